@@ -1,0 +1,106 @@
+//! Command-line interface: every `run` flag also reads its `PORTCULLIS_*` environment variable.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The policy the proxy loads when `--policy` is not given.
+pub const DEFAULT_POLICY: &str = "config/portcullis.yaml";
+
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about = "Egress forward proxy that allows only listed hostnames")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+    /// Validate policy files: errors exit 1, warnings are printed and exit 0.
+    Check(CheckArgs),
+    /// Show how the policy decides one destination: exit 0 allow/report, 3 deny.
+    Explain(ExplainArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Policy file (YAML, version 1); reloaded when it changes.
+    #[arg(long, env = "PORTCULLIS_POLICY", default_value = DEFAULT_POLICY)]
+    pub policy: PathBuf,
+    /// Explicit proxy listener (CONNECT and absolute-form HTTP).
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:3128")]
+    pub listen: SocketAddr,
+    /// Admin listener: /metrics, /healthz, /readyz.
+    #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Transparent TLS listener (destination from SNI); off when absent.
+    #[arg(long, env = "PORTCULLIS_TRANSPARENT_TLS")]
+    pub transparent_tls: Option<SocketAddr>,
+    /// Transparent HTTP listener (destination from Host); off when absent.
+    #[arg(long, env = "PORTCULLIS_TRANSPARENT_HTTP")]
+    pub transparent_http: Option<SocketAddr>,
+    /// DNS server(s) to query instead of the system resolv.conf.
+    #[arg(long = "nameserver", env = "PORTCULLIS_NAMESERVERS", value_delimiter = ',')]
+    pub nameservers: Vec<SocketAddr>,
+    /// Give up dialing the destination after this long.
+    #[arg(long, env = "PORTCULLIS_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Close a tunnel after this long with no bytes either way.
+    #[arg(long, env = "PORTCULLIS_IDLE_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// The request head (or ClientHello) must arrive within this.
+    #[arg(long, env = "PORTCULLIS_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// On SIGTERM, let open connections finish for this long.
+    #[arg(long, env = "PORTCULLIS_DRAIN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Connections accepted at once; beyond it clients get 503 overloaded.
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Audit log destination: a file path, or `-` for stdout.
+    #[arg(long, env = "PORTCULLIS_AUDIT_LOG", default_value = "-")]
+    pub audit_log: String,
+    /// Diagnostic log format (always on stderr).
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Distinct `destination` label values before metrics use `_other`.
+    #[arg(long, env = "PORTCULLIS_MAX_DESTINATION_LABELS", default_value_t = 1000)]
+    pub max_destination_labels: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy files to validate.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Policy file to evaluate.
+    #[arg(long, env = "PORTCULLIS_POLICY")]
+    pub policy: PathBuf,
+    /// Source address of the request (picks the `clients` entry).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub client: IpAddr,
+    /// Destination: `HOST`, `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`. Port defaults to 443.
+    pub target: String,
+}

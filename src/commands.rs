@@ -1,0 +1,177 @@
+//! `portcullis check` and `portcullis explain`: the policy core, driven from files.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::cli::{CheckArgs, ExplainArgs, OutputFormat};
+use crate::policy::{Diagnostic, Host, Policy, Severity, Verdict};
+
+/// Exit codes shared by the subcommands.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const INVALID: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const DENY: i32 = 3;
+}
+
+/// Reads and compiles a policy file; `Err` holds every problem found.
+pub fn load_policy(path: &Path) -> Result<crate::policy::Compiled, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic {
+            severity: Severity::Error,
+            line: 1,
+            column: 1,
+            message: format!("cannot read the policy file: {e}"),
+            hint: None,
+        }]
+    })?;
+    Policy::from_yaml(&text)
+}
+
+/// `PATH:LINE:COLUMN: severity: message (hint: ...)`.
+pub fn render(path: &Path, d: &Diagnostic) -> String {
+    format!("{}:{d}", path.display())
+}
+
+pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
+    let mut problems = Vec::new();
+    let mut files = Vec::new();
+    let mut valid = true;
+    for path in &args.paths {
+        let (diags, rules) = match load_policy(path) {
+            Ok(c) => {
+                let rules = c.policy.rule_counts().iter().map(|(_, n)| n).sum::<usize>();
+                (c.warnings, Some(rules))
+            }
+            Err(errors) => (errors, None),
+        };
+        valid &= rules.is_some();
+        files.push(serde_json::json!({
+            "path": path.display().to_string(),
+            "valid": rules.is_some(),
+            "errors": diags.iter().filter(|d| d.severity == Severity::Error).count(),
+            "warnings": diags.iter().filter(|d| d.severity == Severity::Warning).count(),
+        }));
+        match args.format {
+            OutputFormat::Text => {
+                for d in &diags {
+                    writeln!(out, "{}", render(path, d))?;
+                }
+                if rules.is_some() {
+                    writeln!(out, "{}: ok ({} warnings)", path.display(), diags.len())?;
+                }
+            }
+            OutputFormat::Json => problems.extend(diags.into_iter().map(|d| {
+                serde_json::json!({
+                    "file": path.display().to_string(),
+                    "line": d.line,
+                    "column": d.column,
+                    "severity": d.severity,
+                    "message": d.message,
+                    "hint": d.hint,
+                })
+            })),
+        }
+    }
+    if args.format == OutputFormat::Json {
+        let doc = serde_json::json!({ "valid": valid, "files": files, "problems": problems });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("JSON values serialise"))?;
+    }
+    Ok(if valid { exit::OK } else { exit::INVALID })
+}
+
+/// Splits `HOST`, `HOST:PORT` or `[V6]:PORT`; the port defaults to 443.
+pub fn split_target(target: &str) -> Result<(&str, u16), String> {
+    let (host, port) = if target.starts_with('[') {
+        match target.find(']') {
+            Some(end) => match &target[end + 1..] {
+                "" => (&target[..=end], None),
+                rest => (&target[..=end], Some(rest.strip_prefix(':').unwrap_or(rest))),
+            },
+            None => return Err(format!("`{target}`: unclosed `[`")),
+        }
+    } else {
+        match target.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err(format!("`{target}`: write IPv6 addresses in brackets, e.g. [2001:db8::1]:443"));
+            }
+            Some((h, p)) => (h, Some(p)),
+            None => (target, None),
+        }
+    };
+    let port = match port {
+        None => 443,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 && !p.starts_with(['0', '+']) => n,
+            _ => return Err(format!("`{p}` is not a port (1-65535)")),
+        },
+    };
+    Ok((host, port))
+}
+
+pub fn explain(args: &ExplainArgs, out: &mut impl Write, err: &mut impl Write) -> std::io::Result<i32> {
+    let compiled = match load_policy(&args.policy) {
+        Ok(c) => c,
+        Err(errors) => {
+            for d in &errors {
+                writeln!(err, "{}", render(&args.policy, d))?;
+            }
+            return Ok(exit::USAGE);
+        }
+    };
+    let (host, port) = match split_target(&args.target) {
+        Ok(t) => t,
+        Err(e) => {
+            writeln!(err, "portcullis explain: {e}")?;
+            return Ok(exit::USAGE);
+        }
+    };
+    let policy = &compiled.policy;
+    let parsed = Host::parse(host);
+    let decision = match &parsed {
+        Ok(h) => policy.decide(args.client, h, port),
+        Err(_) => policy.bad_request(args.client),
+    };
+    writeln!(out, "decision: {}", decision.verdict.as_str())?;
+    writeln!(out, "reason:   {}", decision.reason.as_str())?;
+    writeln!(out, "client:   {}", client_line(policy, args.client, decision.client.as_deref()))?;
+    match &decision.rule {
+        Some(text) => writeln!(out, "rule:     {}", rule_line(policy, text))?,
+        None => writeln!(out, "rule:     (none)")?,
+    }
+    match &parsed {
+        Ok(h) => writeln!(out, "target:   {h} port {port}")?,
+        Err(e) => writeln!(out, "target:   `{host}` is not a valid destination: {e}")?,
+    }
+    if let Ok(Host::Name(_)) = parsed
+        && decision.verdict.permits()
+    {
+        writeln!(
+            out,
+            "note:     at connect time the addresses `{host}` resolves to must also pass ip_guard"
+        )?;
+    }
+    Ok(match decision.verdict {
+        Verdict::Allow | Verdict::Report => exit::OK,
+        Verdict::Deny => exit::DENY,
+    })
+}
+
+fn client_line(policy: &Policy, addr: IpAddr, name: Option<&str>) -> String {
+    match (&policy.clients, name) {
+        (None, _) => format!("{addr} (the policy has no `clients`: every source gets the top-level rules)"),
+        (Some(_), Some(name)) => format!("{name} ({addr})"),
+        (Some(_), None) => format!("{addr} matches no `clients` entry"),
+    }
+}
+
+fn rule_line(policy: &Policy, text: &str) -> String {
+    let lists = std::iter::once(&policy.deny)
+        .chain(std::iter::once(&policy.allow))
+        .chain(policy.clients.iter().flatten().map(|c| &c.allow));
+    lists
+        .flat_map(|l| l.rules())
+        .find(|r| &*r.text == text)
+        .map_or_else(|| text.to_string(), |r| format!("{text} (line {}, column {})", r.line, r.column))
+}

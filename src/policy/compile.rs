@@ -1,0 +1,275 @@
+//! Raw YAML -> `Policy`: validate, normalise every pattern once, and collect every error.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde_saphyr::{Location, Spanned};
+
+use super::ip_guard::{default_blocked, parse_net};
+use super::pattern::{parse_destination, valid_port, Ports};
+use super::raw::{RawClient, RawEch, RawMode, RawPolicy, Text};
+use super::ruleset::{Rule, RuleSet};
+use super::{lint, Client, IpGuard, Mode, Policy, TlsPolicy};
+
+/// The only policy format version this build reads.
+pub const VERSION: i64 = 1;
+/// Ports a destination allows when it names none and `default_ports` is absent.
+pub const DEFAULT_PORTS: &[u16] = &[443];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem found in a policy file, at a 1-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(at: Location, message: impl Into<String>, hint: Option<String>) -> Self {
+        Diagnostic::new(Severity::Error, at, message, hint)
+    }
+
+    pub fn warning(at: Location, message: impl Into<String>, hint: Option<String>) -> Self {
+        Diagnostic::new(Severity::Warning, at, message, hint)
+    }
+
+    fn new(severity: Severity, at: Location, message: impl Into<String>, hint: Option<String>) -> Self {
+        Diagnostic {
+            severity,
+            line: at.line(),
+            column: at.column(),
+            message: message.into(),
+            hint,
+        }
+    }
+}
+
+/// `LINE:COLUMN: error: message (hint)`; callers prefix the path.
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}:{}: {severity}: {}", self.line, self.column, self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A policy that compiled, with the warnings `check` prints.
+#[derive(Debug)]
+pub struct Compiled {
+    pub policy: Policy,
+    pub warnings: Vec<Diagnostic>,
+}
+
+pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
+    if text.trim().is_empty() {
+        return Err(vec![Diagnostic::error(
+            Location::UNKNOWN,
+            "the policy file is empty",
+            Some("start with `version: 1` and an `allow:` list".into()),
+        )]);
+    }
+    let raw: RawPolicy = serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(&e)])?;
+    let mut cx = Compiler::default();
+    let policy = cx.policy(raw);
+    if cx.errors.is_empty() {
+        let warnings = lint::lint(&policy);
+        Ok(Compiled { policy, warnings })
+    } else {
+        cx.errors.sort_by_key(|d| (d.line, d.column));
+        Err(cx.errors)
+    }
+}
+
+fn yaml_error(e: &serde_saphyr::Error) -> Diagnostic {
+    let at = e.location().unwrap_or(Location::UNKNOWN);
+    // saphyr's text is "error: line L column C: message"; we print the position ourselves.
+    let full = e.without_snippet().to_string();
+    let mut message = full.trim().strip_prefix("error: ").unwrap_or(full.trim());
+    if message.starts_with("line ")
+        && let Some((_, rest)) = message.split_once(": ")
+    {
+        message = rest;
+    }
+    if let Some((head, _)) = message.rsplit_once(" at line ") {
+        message = head;
+    }
+    let message = message.to_string();
+    let hint = if message.contains("unknown field") {
+        Some("check the key's spelling and indentation (README, \"Policy format\")".into())
+    } else {
+        None
+    };
+    Diagnostic::error(at, message, hint)
+}
+
+#[derive(Default)]
+struct Compiler {
+    errors: Vec<Diagnostic>,
+}
+
+impl Compiler {
+    fn error(&mut self, at: Location, message: impl Into<String>, hint: Option<String>) {
+        self.errors.push(Diagnostic::error(at, message, hint));
+    }
+
+    fn policy(&mut self, raw: RawPolicy) -> Policy {
+        if raw.version.value != VERSION {
+            self.error(
+                raw.version.referenced,
+                format!("unsupported policy version {}", raw.version.value),
+                Some(format!("this portcullis reads `version: {VERSION}`")),
+            );
+        }
+        let top_mode = mode(raw.mode.as_ref()).unwrap_or_default();
+        let default_ports = self.default_ports(raw.default_ports);
+        let allow = self.rules(raw.allow.unwrap_or_default(), &default_ports);
+        let deny = self.rules(raw.deny.unwrap_or_default(), &Ports::Any);
+        let clients = raw.clients.map(|cs| self.clients(cs, &default_ports, top_mode));
+        let guard = match raw.ip_guard {
+            Some(g) => {
+                let blocked = g.blocked.map_or_else(default_blocked, |b| self.blocked(b));
+                let allowed = self.nets(g.allowed.unwrap_or_default());
+                IpGuard::new(blocked, allowed)
+            }
+            None => IpGuard::default(),
+        };
+        let tls = raw.tls.map_or_else(TlsPolicy::default, |t| TlsPolicy {
+            sni_must_match: t.sni_must_match.unwrap_or(true),
+            ech_allowed: t.ech == Some(RawEch::Allow),
+        });
+        Policy {
+            mode: top_mode,
+            allow,
+            deny,
+            clients,
+            guard,
+            tls,
+        }
+    }
+
+    fn default_ports(&mut self, raw: Option<Vec<Spanned<i64>>>) -> Ports {
+        let Some(list) = raw else {
+            return Ports::Ranges(DEFAULT_PORTS.iter().map(|&p| p..=p).collect());
+        };
+        let mut ranges = Vec::new();
+        for p in &list {
+            match valid_port(p.value) {
+                Some(port) => ranges.push(port..=port),
+                None => self.error(
+                    p.referenced,
+                    format!("`{}` is not a port", p.value),
+                    Some("ports are 1-65535".into()),
+                ),
+            }
+        }
+        if list.is_empty() {
+            self.error(
+                Location::UNKNOWN,
+                "`default_ports` is empty, so destinations without ports would match nothing",
+                Some("write `default_ports: [443]` or remove the key".into()),
+            );
+        }
+        Ports::Ranges(ranges)
+    }
+
+    fn rules(&mut self, list: Vec<Text>, default_ports: &Ports) -> RuleSet {
+        let mut rules = Vec::with_capacity(list.len());
+        for item in list {
+            match parse_destination(&item.value) {
+                Ok((pattern, ports)) => rules.push(Rule {
+                    text: Arc::from(item.value.trim()),
+                    pattern,
+                    ports: ports.unwrap_or_else(|| default_ports.clone()),
+                    line: item.referenced.line(),
+                    column: item.referenced.column(),
+                }),
+                Err(e) => self.error(item.referenced, e.message, e.hint),
+            }
+        }
+        RuleSet::new(rules)
+    }
+
+    fn clients(&mut self, raw: Vec<RawClient>, default_ports: &Ports, top_mode: Mode) -> Vec<Client> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for c in raw {
+            let name = c.name.value.trim().to_string();
+            if name.is_empty() {
+                self.error(c.name.referenced, "client name is empty", Some("name each client, e.g. `name: payments`".into()));
+            } else if !seen.insert(name.clone()) {
+                self.error(c.name.referenced, format!("client `{name}` is defined twice"), Some("merge the two entries".into()));
+            }
+            if c.sources.value.is_empty() {
+                self.error(
+                    c.sources.referenced,
+                    format!("client `{name}` has no sources"),
+                    Some("list the client's addresses, e.g. `sources: [10.0.1.0/24]`".into()),
+                );
+            }
+            let sources = self.nets(c.sources.value);
+            out.push(Client {
+                name: Arc::from(name),
+                sources,
+                mode: mode(c.mode.as_ref()).unwrap_or(top_mode),
+                allow: self.rules(c.allow.unwrap_or_default(), default_ports),
+            });
+        }
+        out
+    }
+
+    fn blocked(&mut self, raw: Spanned<super::raw::OneOrMany>) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for item in raw.value.0 {
+            if item.value.trim() == "default" {
+                out.extend(default_blocked());
+                continue;
+            }
+            let at = if item.referenced == Location::UNKNOWN {
+                raw.referenced
+            } else {
+                item.referenced
+            };
+            self.net(Spanned::new(item.value, at, at), &mut out);
+        }
+        out
+    }
+
+    fn nets(&mut self, list: Vec<Text>) -> Vec<IpNet> {
+        let mut out = Vec::with_capacity(list.len());
+        for item in list {
+            self.net(item, &mut out);
+        }
+        out
+    }
+
+    fn net(&mut self, item: Text, out: &mut Vec<IpNet>) {
+        match parse_net(item.value.trim()) {
+            Ok(net) => out.push(net),
+            Err(e) => self.error(item.referenced, e, Some("write a CIDR such as `10.0.1.0/24` or `fd00:1::/64`".into())),
+        }
+    }
+}
+
+fn mode(raw: Option<&Spanned<RawMode>>) -> Option<Mode> {
+    raw.map(|m| match m.value {
+        RawMode::Enforce => Mode::Enforce,
+        RawMode::Report => Mode::Report,
+    })
+}

@@ -1,0 +1,250 @@
+//! `Host`: a request's destination, normalised once into a valid DNS name or a canonical IP.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use idna::AsciiDenyList;
+use idna::uts46::{DnsLength, Hyphens, Uts46};
+
+/// Longest name we accept, in octets, without the trailing dot (RFC 1035).
+pub const MAX_NAME_LEN: usize = 253;
+/// Longest label (RFC 1035).
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// A destination host as the policy sees it.
+///
+/// A `Name` is ASCII lowercase, has no trailing dot, is punycode where the
+/// input was Unicode, and consists only of valid labels. An `Ip` came from a
+/// canonical literal: a dotted quad or a bracketed IPv6 address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    Name(Box<str>),
+    Ip(IpAddr),
+}
+
+/// Why a host string is not a destination we will look at.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("empty host name")]
+    Empty,
+    #[error("host name has an empty label")]
+    EmptyLabel,
+    #[error("host name label longer than 63 characters")]
+    LabelTooLong,
+    #[error("host name longer than 253 characters")]
+    NameTooLong,
+    #[error("host name contains a character outside letters, digits, '-' and '_'")]
+    BadCharacter,
+    #[error("host name is not valid IDNA (UTS 46)")]
+    Idna,
+    #[error("IPv4 address not in canonical dotted-quad form")]
+    NonCanonicalIpv4,
+    #[error("bad IPv6 literal (write it as [2001:db8::1], without a zone)")]
+    BadIpv6,
+}
+
+impl Host {
+    /// Parses a host as it appears in a request: a name, a dotted quad, or a
+    /// bracketed IPv6 literal. Anything that looks like a number but is not a
+    /// canonical dotted quad (`2130706433`, `0x7f.1`, `0177.0.0.1`) is refused:
+    /// resolvers and browsers disagree on what those mean.
+    pub fn parse(input: &str) -> Result<Host, HostError> {
+        if let Some(inner) = input.strip_prefix('[') {
+            let inner = inner.strip_suffix(']').ok_or(HostError::BadIpv6)?;
+            return inner
+                .parse::<Ipv6Addr>()
+                .map(|ip| Host::Ip(IpAddr::V6(ip)))
+                .map_err(|_| HostError::BadIpv6);
+        }
+        let trimmed = input.strip_suffix('.').unwrap_or(input);
+        if trimmed.is_empty() {
+            return Err(HostError::Empty);
+        }
+        if looks_numeric(trimmed) {
+            // A trailing dot is tolerated on names only: "1.2.3.4." is not canonical.
+            return input
+                .parse::<Ipv4Addr>()
+                .map(|ip| Host::Ip(IpAddr::V4(ip)))
+                .map_err(|_| HostError::NonCanonicalIpv4);
+        }
+        normalize_name(trimmed).map(|n| Host::Name(n.into_boxed_str()))
+    }
+
+    /// The name, if this host is one.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Host::Name(n) => Some(n),
+            Host::Ip(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
+/// The WHATWG URL rule: when the last label is a number (decimal, or `0x`
+/// hex), the whole host is meant as an IPv4 address.
+fn looks_numeric(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or(host);
+    if last.is_empty() {
+        return false;
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    let lower = last.as_bytes();
+    lower.len() >= 2
+        && lower[0] == b'0'
+        && (lower[1] | 0x20) == b'x'
+        && lower[2..].iter().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Lowercases, applies UTS 46 (punycode) and validates a name without its
+/// trailing dot. The common all-ASCII case skips the IDNA machinery.
+pub(crate) fn normalize_name(name: &str) -> Result<String, HostError> {
+    let ascii_simple = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let out = if ascii_simple && !has_ace_label(name) {
+        name.to_ascii_lowercase()
+    } else {
+        // UTS 46 maps case and width, so "ＡＰＩ.example.com" and "API.example.com"
+        // meet at "api.example.com"; '_' is let through (SRV-style names are real).
+        const DENY: AsciiDenyList = AsciiDenyList::new(true, "%#/:<>?@[\\]^|*!\"$&'()+,;=`{}~");
+        Uts46::new()
+            .to_ascii(name.as_bytes(), DENY, Hyphens::Allow, DnsLength::Ignore)
+            .map_err(|_| HostError::Idna)?
+            .into_owned()
+    };
+    validate_name(&out)?;
+    Ok(out)
+}
+
+fn has_ace_label(name: &str) -> bool {
+    name.split('.')
+        .any(|l| l.len() >= 4 && l[..4].eq_ignore_ascii_case("xn--"))
+}
+
+/// Checks an already lowercased ASCII name against the DNS rules.
+pub(crate) fn validate_name(name: &str) -> Result<(), HostError> {
+    if name.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(HostError::NameTooLong);
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(HostError::EmptyLabel);
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(HostError::LabelTooLong);
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(HostError::BadCharacter);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Result<String, HostError> {
+        Host::parse(s).map(|h| h.to_string())
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        let cases = [
+            ("api.stripe.com", "api.stripe.com"),
+            ("API.Stripe.COM", "api.stripe.com"),
+            ("api.stripe.com.", "api.stripe.com"),
+            ("_dmarc.example.com", "_dmarc.example.com"),
+            ("bücher.de", "xn--bcher-kva.de"),
+            ("BÜCHER.de", "xn--bcher-kva.de"),
+            ("XN--BCHER-KVA.de", "xn--bcher-kva.de"),
+            ("ｅｘａｍｐｌｅ.com", "example.com"),
+            ("localhost", "localhost"),
+            ("1.2.3.4.example.com", "1.2.3.4.example.com"),
+            ("0x10.example.com", "0x10.example.com"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(name(input).as_deref(), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let long_label = format!("{}.com", "a".repeat(64));
+        let long_name = format!("{}.com", ["abcdefghi"; 25].join("."));
+        let cases: Vec<(&str, HostError)> = vec![
+            ("", HostError::Empty),
+            (".", HostError::Empty),
+            ("example..com", HostError::EmptyLabel),
+            ("example.com..", HostError::EmptyLabel),
+            (".example.com", HostError::EmptyLabel),
+            (&long_label, HostError::LabelTooLong),
+            (&long_name, HostError::NameTooLong),
+            ("exa mple.com", HostError::BadCharacter),
+            ("example.com:443", HostError::BadCharacter),
+            ("ex*ample.com", HostError::BadCharacter),
+            ("user@example.com", HostError::BadCharacter),
+            ("xn--zz.com", HostError::Idna),
+        ];
+        for (input, want) in cases {
+            let got = Host::parse(input);
+            assert!(got.is_err(), "{input:?} parsed as {got:?}");
+            if want != HostError::BadCharacter && want != HostError::Idna {
+                assert_eq!(got, Err(want), "{input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_canonical_ip_literals_are_ips() {
+        assert_eq!(
+            Host::parse("203.0.113.7"),
+            Ok(Host::Ip("203.0.113.7".parse().unwrap()))
+        );
+        assert_eq!(
+            Host::parse("[2001:db8::1]"),
+            Ok(Host::Ip("2001:db8::1".parse().unwrap()))
+        );
+        for odd in [
+            "2130706433",
+            "0x7f.1",
+            "0x7F000001",
+            "0177.0.0.1",
+            "1.2.3.010",
+            "127.1",
+            "127.0.1",
+            "1.2.3.4.",
+            "256.1.1.1",
+            "1.2.3.4.5",
+            "example.0x1",
+            "example.123",
+        ] {
+            assert_eq!(Host::parse(odd), Err(HostError::NonCanonicalIpv4), "{odd}");
+        }
+        for odd in ["[fe80::1%eth0]", "[1.2.3.4]", "[::1", "[example.com]"] {
+            assert_eq!(Host::parse(odd), Err(HostError::BadIpv6), "{odd}");
+        }
+    }
+
+    #[test]
+    fn unbracketed_ipv6_is_not_a_name() {
+        assert!(Host::parse("2001:db8::1").is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! The pure decision core: a compiled policy and `decide`. No I/O, no runtime, no clock.
+
+pub mod compile;
+pub mod host;
+pub mod ip_guard;
+pub mod lint;
+pub mod pattern;
+pub mod raw;
+pub mod ruleset;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+pub use compile::{Compiled, Diagnostic, Severity};
+pub use host::{Host, HostError};
+pub use ip_guard::IpGuard;
+use ruleset::{Rule, RuleSet, Target};
+
+/// What happens to the traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// Let through, but enforce would have denied it (`mode: report`).
+    Report,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Report => "report",
+        }
+    }
+
+    /// Whether the traffic goes through.
+    pub fn permits(self) -> bool {
+        self != Verdict::Deny
+    }
+}
+
+/// Why a connection or request ended the way it did. One value picks the
+/// status code, the metric label and the audit `reason` (SPEC section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Allowed,
+    NotAllowed,
+    ClientNotAllowed,
+    BlockedIp,
+    BadRequest,
+    DnsError,
+    ConnectError,
+    ConnectTimeout,
+    Overloaded,
+    SniMismatch,
+    EchRefused,
+    NoSni,
+    PolicyRevoked,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 13] = [
+        Reason::Allowed,
+        Reason::NotAllowed,
+        Reason::ClientNotAllowed,
+        Reason::BlockedIp,
+        Reason::BadRequest,
+        Reason::DnsError,
+        Reason::ConnectError,
+        Reason::ConnectTimeout,
+        Reason::Overloaded,
+        Reason::SniMismatch,
+        Reason::EchRefused,
+        Reason::NoSni,
+        Reason::PolicyRevoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::NotAllowed => "not_allowed",
+            Reason::ClientNotAllowed => "client_not_allowed",
+            Reason::BlockedIp => "blocked_ip",
+            Reason::BadRequest => "bad_request",
+            Reason::DnsError => "dns_error",
+            Reason::ConnectError => "connect_error",
+            Reason::ConnectTimeout => "connect_timeout",
+            Reason::Overloaded => "overloaded",
+            Reason::SniMismatch => "sni_mismatch",
+            Reason::EchRefused => "ech_refused",
+            Reason::NoSni => "no_sni",
+            Reason::PolicyRevoked => "policy_revoked",
+        }
+    }
+
+    /// The HTTP status an explicit-proxy client receives, when there is one.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Reason::Allowed => Some(200),
+            Reason::NotAllowed | Reason::ClientNotAllowed | Reason::BlockedIp => Some(403),
+            Reason::BadRequest => Some(400),
+            Reason::DnsError | Reason::ConnectError => Some(502),
+            Reason::ConnectTimeout => Some(504),
+            Reason::Overloaded => Some(503),
+            Reason::SniMismatch | Reason::EchRefused | Reason::NoSni | Reason::PolicyRevoked => {
+                None
+            }
+        }
+    }
+
+    /// The one-line body of the error response.
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::Allowed => "allowed",
+            Reason::NotAllowed => "destination not allowed by the egress policy",
+            Reason::ClientNotAllowed => "client address not listed in the egress policy",
+            Reason::BlockedIp => "destination resolves only to blocked addresses",
+            Reason::BadRequest => "malformed request or destination",
+            Reason::DnsError => "destination name could not be resolved",
+            Reason::ConnectError => "could not connect to the destination",
+            Reason::ConnectTimeout => "timed out connecting to the destination",
+            Reason::Overloaded => "proxy connection limit reached",
+            Reason::SniMismatch => "TLS server name differs from the CONNECT host",
+            Reason::EchRefused => "encrypted ClientHello refused by policy",
+            Reason::NoSni => "TLS ClientHello carries no server name",
+            Reason::PolicyRevoked => "destination removed from the policy",
+        }
+    }
+}
+
+/// `enforce` denies; `report` lets traffic through and records what enforce would deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Report,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        }
+    }
+}
+
+/// How ClientHellos inside CONNECT tunnels are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsPolicy {
+    pub sni_must_match: bool,
+    pub ech_allowed: bool,
+}
+
+impl Default for TlsPolicy {
+    fn default() -> Self {
+        TlsPolicy {
+            sni_must_match: true,
+            ech_allowed: false,
+        }
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// For `Report`, the reason enforce mode would have denied with.
+    pub reason: Reason,
+    /// The destination that decided, as written in the file.
+    pub rule: Option<Arc<str>>,
+    /// The `clients` entry the source matched; `None` when the policy has no `clients`.
+    pub client: Option<Arc<str>>,
+}
+
+/// A `clients` entry.
+#[derive(Debug)]
+pub struct Client {
+    pub name: Arc<str>,
+    pub sources: Vec<IpNet>,
+    pub mode: Mode,
+    pub allow: RuleSet,
+}
+
+/// A compiled, immutable policy. Cheap to share behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Policy {
+    pub mode: Mode,
+    pub allow: RuleSet,
+    pub deny: RuleSet,
+    /// `None` when the file has no `clients` section: every source is welcome.
+    pub clients: Option<Vec<Client>>,
+    pub guard: IpGuard,
+    pub tls: TlsPolicy,
+}
+
+impl Policy {
+    /// Parses and compiles a policy file's text. Pure: the caller reads the file.
+    pub fn from_yaml(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
+        compile::compile(text)
+    }
+
+    /// The first `clients` entry listing `addr`, in file order.
+    pub fn client_for(&self, addr: IpAddr) -> Option<&Client> {
+        let addr = addr.to_canonical();
+        self.clients
+            .as_ref()?
+            .iter()
+            .find(|c| c.sources.iter().any(|n| n.contains(&addr)))
+    }
+
+    /// Decides a request from `client_addr` to `host:port`.
+    pub fn decide(&self, client_addr: IpAddr, host: &Host, port: u16) -> Decision {
+        let client = self.client_for(client_addr);
+        let mode = client.map_or(self.mode, |c| c.mode);
+        let client_name = client.map(|c| c.name.clone());
+        let (reason, rule) = match (&self.clients, client) {
+            (Some(_), None) => (Reason::ClientNotAllowed, None),
+            _ => self.match_rules(client, host, port),
+        };
+        let verdict = match (reason, mode) {
+            (Reason::Allowed, _) => Verdict::Allow,
+            (_, Mode::Report) => Verdict::Report,
+            (_, Mode::Enforce) => Verdict::Deny,
+        };
+        Decision {
+            verdict,
+            reason,
+            rule: rule.map(|r| r.text.clone()),
+            client: client_name,
+        }
+    }
+
+    /// Parses `host` first; a malformed host is denied as `bad_request` in every mode.
+    pub fn decide_str(&self, client_addr: IpAddr, host: &str, port: u16) -> Decision {
+        match Host::parse(host) {
+            Ok(host) => self.decide(client_addr, &host, port),
+            Err(_) => self.bad_request(client_addr),
+        }
+    }
+
+    /// The decision for a request too malformed to look at.
+    pub fn bad_request(&self, client_addr: IpAddr) -> Decision {
+        Decision {
+            verdict: Verdict::Deny,
+            reason: Reason::BadRequest,
+            rule: None,
+            client: self.client_for(client_addr).map(|c| c.name.clone()),
+        }
+    }
+
+    fn match_rules<'p>(
+        &'p self,
+        client: Option<&'p Client>,
+        host: &Host,
+        port: u16,
+    ) -> (Reason, Option<&'p Rule>) {
+        let target = Target::new(host, port);
+        if let Some(rule) = self.deny.find(&target) {
+            return (Reason::NotAllowed, Some(rule));
+        }
+        let allowed = self
+            .allow
+            .find(&target)
+            .or_else(|| client.and_then(|c| c.allow.find(&target)));
+        match (allowed, host) {
+            (None, _) => (Reason::NotAllowed, None),
+            (Some(rule), Host::Ip(ip)) if !self.guard.is_dialable(*ip) => {
+                (Reason::BlockedIp, Some(rule))
+            }
+            (Some(rule), _) => (Reason::Allowed, Some(rule)),
+        }
+    }
+
+    /// Number of allow rules that apply to each client (`policy_rules` metric).
+    /// The pseudo-client `default` counts the top-level rules.
+    pub fn rule_counts(&self) -> Vec<(String, usize)> {
+        let mut out = vec![("default".to_string(), self.allow.len() + self.deny.len())];
+        for c in self.clients.iter().flatten() {
+            out.push((c.name.to_string(), self.allow.len() + self.deny.len() + c.allow.len()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
