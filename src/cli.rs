@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_POLICY: &str = "config/portcullis.yaml";
 
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about = "Egress forward proxy that allows only listed hostnames")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Egress forward proxy that allows only listed hostnames"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -50,7 +54,11 @@ pub struct RunArgs {
     #[arg(long, env = "PORTCULLIS_TRANSPARENT_HTTP")]
     pub transparent_http: Option<SocketAddr>,
     /// DNS server(s) to query instead of the system resolv.conf.
-    #[arg(long = "nameserver", env = "PORTCULLIS_NAMESERVERS", value_delimiter = ',')]
+    #[arg(
+        long = "nameserver",
+        env = "PORTCULLIS_NAMESERVERS",
+        value_delimiter = ','
+    )]
     pub nameservers: Vec<SocketAddr>,
     /// Give up dialing the destination after this long.
     #[arg(long, env = "PORTCULLIS_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -71,10 +79,19 @@ pub struct RunArgs {
     #[arg(long, env = "PORTCULLIS_AUDIT_LOG", default_value = "-")]
     pub audit_log: String,
     /// Diagnostic log format (always on stderr).
-    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(
+        long,
+        env = "PORTCULLIS_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
     pub log_format: LogFormat,
     /// Distinct `destination` label values before metrics use `_other`.
-    #[arg(long, env = "PORTCULLIS_MAX_DESTINATION_LABELS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "PORTCULLIS_MAX_DESTINATION_LABELS",
+        default_value_t = 1000
+    )]
     pub max_destination_labels: usize,
 }
 

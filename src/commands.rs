@@ -76,7 +76,11 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
     }
     if args.format == OutputFormat::Json {
         let doc = serde_json::json!({ "valid": valid, "files": files, "problems": problems });
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("JSON values serialise"))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON values serialise")
+        )?;
     }
     Ok(if valid { exit::OK } else { exit::INVALID })
 }
@@ -87,14 +91,19 @@ pub fn split_target(target: &str) -> Result<(&str, u16), String> {
         match target.find(']') {
             Some(end) => match &target[end + 1..] {
                 "" => (&target[..=end], None),
-                rest => (&target[..=end], Some(rest.strip_prefix(':').unwrap_or(rest))),
+                rest => (
+                    &target[..=end],
+                    Some(rest.strip_prefix(':').unwrap_or(rest)),
+                ),
             },
             None => return Err(format!("`{target}`: unclosed `[`")),
         }
     } else {
         match target.rsplit_once(':') {
             Some((h, _)) if h.contains(':') => {
-                return Err(format!("`{target}`: write IPv6 addresses in brackets, e.g. [2001:db8::1]:443"));
+                return Err(format!(
+                    "`{target}`: write IPv6 addresses in brackets, e.g. [2001:db8::1]:443"
+                ));
             }
             Some((h, p)) => (h, Some(p)),
             None => (target, None),
@@ -110,7 +119,11 @@ pub fn split_target(target: &str) -> Result<(&str, u16), String> {
     Ok((host, port))
 }
 
-pub fn explain(args: &ExplainArgs, out: &mut impl Write, err: &mut impl Write) -> std::io::Result<i32> {
+pub fn explain(
+    args: &ExplainArgs,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> std::io::Result<i32> {
     let compiled = match load_policy(&args.policy) {
         Ok(c) => c,
         Err(errors) => {
@@ -135,7 +148,11 @@ pub fn explain(args: &ExplainArgs, out: &mut impl Write, err: &mut impl Write) -
     };
     writeln!(out, "decision: {}", decision.verdict.as_str())?;
     writeln!(out, "reason:   {}", decision.reason.as_str())?;
-    writeln!(out, "client:   {}", client_line(policy, args.client, decision.client.as_deref()))?;
+    writeln!(
+        out,
+        "client:   {}",
+        client_line(policy, args.client, decision.client.as_deref())
+    )?;
     match &decision.rule {
         Some(text) => writeln!(out, "rule:     {}", rule_line(policy, text))?,
         None => writeln!(out, "rule:     (none)")?,
@@ -160,7 +177,9 @@ pub fn explain(args: &ExplainArgs, out: &mut impl Write, err: &mut impl Write) -
 
 fn client_line(policy: &Policy, addr: IpAddr, name: Option<&str>) -> String {
     match (&policy.clients, name) {
-        (None, _) => format!("{addr} (the policy has no `clients`: every source gets the top-level rules)"),
+        (None, _) => {
+            format!("{addr} (the policy has no `clients`: every source gets the top-level rules)")
+        }
         (Some(_), Some(name)) => format!("{name} ({addr})"),
         (Some(_), None) => format!("{addr} matches no `clients` entry"),
     }
@@ -173,5 +192,8 @@ fn rule_line(policy: &Policy, text: &str) -> String {
     lists
         .flat_map(|l| l.rules())
         .find(|r| &*r.text == text)
-        .map_or_else(|| text.to_string(), |r| format!("{text} (line {}, column {})", r.line, r.column))
+        .map_or_else(
+            || text.to_string(),
+            |r| format!("{text} (line {}, column {})", r.line, r.column),
+        )
 }

@@ -10,9 +10,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match &cli.command {
         Command::Check(args) => commands::check(args, &mut std::io::stdout().lock()),
-        Command::Explain(args) => {
-            commands::explain(args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())
-        }
+        Command::Explain(args) => commands::explain(
+            args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
         Command::Run(_) => {
             eprintln!("portcullis run: not implemented yet");
             Ok(commands::exit::USAGE)

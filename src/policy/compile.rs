@@ -8,10 +8,10 @@ use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
 use super::ip_guard::{default_blocked, parse_net};
-use super::pattern::{parse_destination, valid_port, Ports};
+use super::pattern::{Ports, parse_destination, valid_port};
 use super::raw::{RawClient, RawEch, RawMode, RawPolicy, Text};
 use super::ruleset::{Rule, RuleSet};
-use super::{lint, Client, IpGuard, Mode, Policy, TlsPolicy};
+use super::{Client, IpGuard, Mode, Policy, TlsPolicy, lint};
 
 /// The only policy format version this build reads.
 pub const VERSION: i64 = 1;
@@ -44,7 +44,12 @@ impl Diagnostic {
         Diagnostic::new(Severity::Warning, at, message, hint)
     }
 
-    fn new(severity: Severity, at: Location, message: impl Into<String>, hint: Option<String>) -> Self {
+    fn new(
+        severity: Severity,
+        at: Location,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> Self {
         Diagnostic {
             severity,
             line: at.line(),
@@ -62,7 +67,11 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}: {severity}: {}", self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}: {severity}: {}",
+            self.line, self.column, self.message
+        )?;
         if let Some(hint) = &self.hint {
             write!(f, " (hint: {hint})")?;
         }
@@ -141,7 +150,9 @@ impl Compiler {
         let default_ports = self.default_ports(raw.default_ports);
         let allow = self.rules(raw.allow.unwrap_or_default(), &default_ports);
         let deny = self.rules(raw.deny.unwrap_or_default(), &Ports::Any);
-        let clients = raw.clients.map(|cs| self.clients(cs, &default_ports, top_mode));
+        let clients = raw
+            .clients
+            .map(|cs| self.clients(cs, &default_ports, top_mode));
         let guard = match raw.ip_guard {
             Some(g) => {
                 let blocked = g.blocked.map_or_else(default_blocked, |b| self.blocked(b));
@@ -206,15 +217,28 @@ impl Compiler {
         RuleSet::new(rules)
     }
 
-    fn clients(&mut self, raw: Vec<RawClient>, default_ports: &Ports, top_mode: Mode) -> Vec<Client> {
+    fn clients(
+        &mut self,
+        raw: Vec<RawClient>,
+        default_ports: &Ports,
+        top_mode: Mode,
+    ) -> Vec<Client> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(raw.len());
         for c in raw {
             let name = c.name.value.trim().to_string();
             if name.is_empty() {
-                self.error(c.name.referenced, "client name is empty", Some("name each client, e.g. `name: payments`".into()));
+                self.error(
+                    c.name.referenced,
+                    "client name is empty",
+                    Some("name each client, e.g. `name: payments`".into()),
+                );
             } else if !seen.insert(name.clone()) {
-                self.error(c.name.referenced, format!("client `{name}` is defined twice"), Some("merge the two entries".into()));
+                self.error(
+                    c.name.referenced,
+                    format!("client `{name}` is defined twice"),
+                    Some("merge the two entries".into()),
+                );
             }
             if c.sources.value.is_empty() {
                 self.error(
@@ -262,7 +286,11 @@ impl Compiler {
     fn net(&mut self, item: Text, out: &mut Vec<IpNet>) {
         match parse_net(item.value.trim()) {
             Ok(net) => out.push(net),
-            Err(e) => self.error(item.referenced, e, Some("write a CIDR such as `10.0.1.0/24` or `fd00:1::/64`".into())),
+            Err(e) => self.error(
+                item.referenced,
+                e,
+                Some("write a CIDR such as `10.0.1.0/24` or `fd00:1::/64`".into()),
+            ),
         }
     }
 }

@@ -114,6 +114,8 @@ pub(crate) fn normalize_name(name: &str) -> Result<String, HostError> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     let out = if ascii_simple && !has_ace_label(name) {
         name.to_ascii_lowercase()
+    } else if !ascii_simple && name.is_ascii() {
+        return Err(HostError::BadCharacter);
     } else {
         // UTS 46 maps case and width, so "ＡＰＩ.example.com" and "API.example.com"
         // meet at "api.example.com"; '_' is let through (SRV-style names are real).
@@ -188,7 +190,7 @@ mod tests {
     #[test]
     fn bad_names_are_refused() {
         let long_label = format!("{}.com", "a".repeat(64));
-        let long_name = format!("{}.com", ["abcdefghi"; 25].join("."));
+        let long_name = format!("{}.com", ["abcdefghi"; 26].join("."));
         let cases: Vec<(&str, HostError)> = vec![
             ("", HostError::Empty),
             (".", HostError::Empty),

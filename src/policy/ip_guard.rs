@@ -79,12 +79,7 @@ impl IpGuard {
 /// The IPv4 address an IPv6 address carries, for the forms that route to it.
 pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
-    let low32 = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        s[6] as u8,
-        (s[7] >> 8) as u8,
-        s[7] as u8,
-    );
+    let low32 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     let mapped = s[..5] == [0; 5] && s[5] == 0xffff;
     // ::a.b.c.d (deprecated IPv4-compatible), which also catches :: and ::1.
     let compatible = s[..6] == [0; 6];

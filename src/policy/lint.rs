@@ -1,15 +1,18 @@
 //! Warnings for `check`: duplicates, shadowed rules, and wildcards broader than they look.
 
+use super::Policy;
 use super::compile::Diagnostic;
 use super::ruleset::{Rule, RuleSet};
-use super::Policy;
 
 /// Domains where anyone can own a name or bucket below the domain: a
 /// wildcard over one of them lets a compromised workload send data to an
 /// attacker's own bucket, app or distribution. This is the one place the
 /// list lives; README "Policy warnings" documents it.
 pub const SHARED_TENANT_DOMAINS: &[(&str, &str)] = &[
-    ("amazonaws.com", "AWS service endpoints, including anyone's S3 buckets"),
+    (
+        "amazonaws.com",
+        "AWS service endpoints, including anyone's S3 buckets",
+    ),
     ("s3.amazonaws.com", "anyone's S3 buckets"),
     ("cloudfront.net", "anyone's CloudFront distributions"),
     ("elasticbeanstalk.com", "anyone's Elastic Beanstalk apps"),
@@ -21,7 +24,10 @@ pub const SHARED_TENANT_DOMAINS: &[(&str, &str)] = &[
     ("azurewebsites.net", "anyone's Azure web apps"),
     ("azureedge.net", "anyone's Azure CDN endpoints"),
     ("cloudapp.azure.com", "anyone's Azure VMs"),
-    ("storage.googleapis.com", "anyone's Google Cloud Storage buckets"),
+    (
+        "storage.googleapis.com",
+        "anyone's Google Cloud Storage buckets",
+    ),
     ("appspot.com", "anyone's App Engine apps"),
     ("run.app", "anyone's Cloud Run services"),
     ("cloudfunctions.net", "anyone's Cloud Functions"),
@@ -53,7 +59,12 @@ pub fn lint(policy: &Policy) -> Vec<Diagnostic> {
     let all_allows = std::iter::once(top).chain(policy.clients.iter().flatten().map(|c| &c.allow));
     for list in all_allows {
         for rule in list.rules() {
-            if let Some(deny) = policy.deny.covering(&rule.pattern).into_iter().find(|d| d.ports.covers(&rule.ports)) {
+            if let Some(deny) = policy
+                .deny
+                .covering(&rule.pattern)
+                .into_iter()
+                .find(|d| d.ports.covers(&rule.ports))
+            {
                 out.push(warn(
                     rule,
                     format!(
@@ -74,7 +85,8 @@ pub fn lint(policy: &Policy) -> Vec<Diagnostic> {
 /// `allow`, for a client's list) already covers.
 fn lint_list(list: &RuleSet, outer: Option<&RuleSet>, key: &str, out: &mut Vec<Diagnostic>) {
     for (i, rule) in list.rules().iter().enumerate() {
-        let earlier_same = |other: &Rule| other.pattern == rule.pattern && other.ports == rule.ports;
+        let earlier_same =
+            |other: &Rule| other.pattern == rule.pattern && other.ports == rule.ports;
         let mut coverers = list
             .covering(&rule.pattern)
             .into_iter()

@@ -280,7 +280,10 @@ impl Policy {
     pub fn rule_counts(&self) -> Vec<(String, usize)> {
         let mut out = vec![("default".to_string(), self.allow.len() + self.deny.len())];
         for c in self.clients.iter().flatten() {
-            out.push((c.name.to_string(), self.allow.len() + self.deny.len() + c.allow.len()));
+            out.push((
+                c.name.to_string(),
+                self.allow.len() + self.deny.len() + c.allow.len(),
+            ));
         }
         out
     }

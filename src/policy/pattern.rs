@@ -92,7 +92,9 @@ impl Pattern {
             Pattern::Suffix(s) => Some(s),
             Pattern::Glob { labels, .. } => {
                 let last_wild = labels.rfind('*')?;
-                labels[last_wild..].find('.').map(|dot| &labels[last_wild + dot + 1..])
+                labels[last_wild..]
+                    .find('.')
+                    .map(|dot| &labels[last_wild + dot + 1..])
             }
             _ => None,
         }
@@ -336,10 +338,16 @@ mod tests {
     #[test]
     fn destinations_parse() {
         let exact = |s: &str| Pattern::Exact(s.into());
-        assert_eq!(parse_destination("api.stripe.com").unwrap(), (exact("api.stripe.com"), None));
+        assert_eq!(
+            parse_destination("api.stripe.com").unwrap(),
+            (exact("api.stripe.com"), None)
+        );
         assert_eq!(
             parse_destination("API.Stripe.com.:443").unwrap(),
-            (exact("api.stripe.com"), Some(Ports::Ranges(vec![443..=443])))
+            (
+                exact("api.stripe.com"),
+                Some(Ports::Ranges(vec![443..=443]))
+            )
         );
         assert_eq!(
             parse_destination("registry.npmjs.org:443,80").unwrap().1,
@@ -349,31 +357,79 @@ mod tests {
             parse_destination("h.example.com:8000-8100").unwrap().1,
             Some(Ports::Ranges(vec![8000..=8100]))
         );
-        assert_eq!(parse_destination("h.example.com:*").unwrap().1, Some(Ports::Any));
-        assert_eq!(pat("*.githubusercontent.com"), Pattern::Suffix("githubusercontent.com".into()));
+        assert_eq!(
+            parse_destination("h.example.com:*").unwrap().1,
+            Some(Ports::Any)
+        );
+        assert_eq!(
+            pat("*.githubusercontent.com"),
+            Pattern::Suffix("githubusercontent.com".into())
+        );
         assert_eq!(
             pat("api-*.Example.com"),
-            Pattern::Glob { any_depth: false, labels: "api-*.example.com".into() }
+            Pattern::Glob {
+                any_depth: false,
+                labels: "api-*.example.com".into()
+            }
         );
-        assert_eq!(pat("203.0.113.0/24"), Pattern::Net("203.0.113.0/24".parse().unwrap()));
-        assert_eq!(pat("203.0.113.7:443"), Pattern::Net("203.0.113.7/32".parse().unwrap()));
-        assert_eq!(pat("[2001:db8::/32]:443"), Pattern::Net("2001:db8::/32".parse().unwrap()));
-        assert_eq!(pat("[2001:db8::1]"), Pattern::Net("2001:db8::1/128".parse().unwrap()));
+        assert_eq!(
+            pat("203.0.113.0/24"),
+            Pattern::Net("203.0.113.0/24".parse().unwrap())
+        );
+        assert_eq!(
+            pat("203.0.113.7:443"),
+            Pattern::Net("203.0.113.7/32".parse().unwrap())
+        );
+        assert_eq!(
+            pat("[2001:db8::/32]:443"),
+            Pattern::Net("2001:db8::/32".parse().unwrap())
+        );
+        assert_eq!(
+            pat("[2001:db8::1]"),
+            Pattern::Net("2001:db8::1/128".parse().unwrap())
+        );
         assert_eq!(pat("bücher.de"), exact("xn--bcher-kva.de"));
-        assert_eq!(pat("*.bücher.de"), Pattern::Suffix("xn--bcher-kva.de".into()));
+        assert_eq!(
+            pat("*.bücher.de"),
+            Pattern::Suffix("xn--bcher-kva.de".into())
+        );
     }
 
     #[test]
     fn bad_destinations_are_errors() {
         for bad in [
-            "", "*", "*.", "**.example.com", "*.*", "example.*", "api.example.c*", "a**b.example.com",
-            "example.com:0", "example.com:65536", "example.com:-1", "example.com:+443",
-            "example.com:0443", "example.com:", "example.com:http", "example.com:90-80",
-            "203.0.113.5/24", "10.0.0.0/33", "2001:db8::1", "[2001:db8::1", "[203.0.113.0/24]",
-            "[2001:db8::1]x", "0x7f.1", "2130706433", "exa mple.com", "example..com",
+            "",
+            "*",
+            "*.",
+            "**.example.com",
+            "*.*",
+            "example.*",
+            "api.example.c*",
+            "a**b.example.com",
+            "example.com:0",
+            "example.com:65536",
+            "example.com:-1",
+            "example.com:+443",
+            "example.com:0443",
+            "example.com:",
+            "example.com:http",
+            "example.com:90-80",
+            "203.0.113.5/24",
+            "10.0.0.0/33",
+            "2001:db8::1",
+            "[2001:db8::1",
+            "[203.0.113.0/24]",
+            "[2001:db8::1]x",
+            "0x7f.1",
+            "2130706433",
+            "exa mple.com",
+            "example..com",
             "foo_*bar!.example.com",
         ] {
-            assert!(parse_destination(bad).is_err(), "{bad:?} should be an error");
+            assert!(
+                parse_destination(bad).is_err(),
+                "{bad:?} should be an error"
+            );
         }
     }
 
@@ -403,8 +459,14 @@ mod tests {
 
     #[test]
     fn wildcard_tail_is_the_anchor() {
-        assert_eq!(pat("*.s3.amazonaws.com").wildcard_tail(), Some("s3.amazonaws.com"));
-        assert_eq!(pat("bucket-*.s3.amazonaws.com").wildcard_tail(), Some("s3.amazonaws.com"));
+        assert_eq!(
+            pat("*.s3.amazonaws.com").wildcard_tail(),
+            Some("s3.amazonaws.com")
+        );
+        assert_eq!(
+            pat("bucket-*.s3.amazonaws.com").wildcard_tail(),
+            Some("s3.amazonaws.com")
+        );
         assert_eq!(pat("api.example.com").wildcard_tail(), None);
     }
 

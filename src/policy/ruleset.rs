@@ -159,7 +159,10 @@ impl RuleSet {
                 .nets
                 .iter()
                 .map(|&i| &self.rules[i as usize])
-                .find(|r| r.ports.contains(port) && matches!(&r.pattern, Pattern::Net(n) if n.contains(ip))),
+                .find(|r| {
+                    r.ports.contains(port)
+                        && matches!(&r.pattern, Pattern::Net(n) if n.contains(ip))
+                }),
         }
     }
 }
@@ -186,7 +189,12 @@ impl RuleSet {
                 if !self.glob_rules.is_empty() {
                     let slashed = name.replace('.', "/");
                     let cand = Candidate::new(&slashed);
-                    ids.extend(self.globs.matches_candidate(&cand).into_iter().map(|g| self.glob_rules[g]));
+                    ids.extend(
+                        self.globs
+                            .matches_candidate(&cand)
+                            .into_iter()
+                            .map(|g| self.glob_rules[g]),
+                    );
                 }
             }
             Pattern::Suffix(s) => suffixes_of(s, &mut ids, true),
@@ -200,9 +208,9 @@ impl RuleSet {
                     suffixes_of(tail, &mut ids, true);
                 }
             }
-            Pattern::Net(net) => ids.extend(self.nets.iter().filter(|&&i| {
-                matches!(&self.rules[i as usize].pattern, Pattern::Net(n) if n.contains(net))
-            })),
+            Pattern::Net(net) => ids.extend(self.nets.iter().filter(
+                |&&i| matches!(&self.rules[i as usize].pattern, Pattern::Net(n) if n.contains(net)),
+            )),
         }
         ids.sort_unstable();
         ids.dedup();

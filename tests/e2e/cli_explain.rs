@@ -1,0 +1,135 @@
+//! `portcullis explain`: the decision, the client, the rule, and the exit code.
+//! Guard ranges (metadata, private) are exercised here, never over the network.
+
+use crate::support::{TempPolicy, portcullis, stderr, stdout};
+
+const POLICY: &str = r#"version: 1
+allow:
+  - api.stripe.com
+  - "*.githubusercontent.com"
+  - "0.0.0.0/0:443"
+  - "[::/0]:443"
+deny:
+  - gist.githubusercontent.com
+clients:
+  - name: payments
+    sources: [10.0.1.0/24]
+    allow: [api.paypal.com]
+  - name: everyone-else
+    sources: [0.0.0.0/0, "::/0"]
+    mode: report
+"#;
+
+fn explain(p: &TempPolicy, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["explain", "--policy", p.path_str()];
+    all.extend_from_slice(args);
+    let out = portcullis(&all);
+    (
+        out.status.code(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+fn field<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no `{name}:` in\n{text}"))
+}
+
+#[test]
+fn allow_prints_rule_and_client_and_exits_zero() {
+    let p = TempPolicy::new(POLICY);
+    let (code, out) = explain(&p, &["--client", "10.0.1.7", "api.paypal.com:443"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(field(&out, "decision"), "allow");
+    assert_eq!(field(&out, "reason"), "allowed");
+    assert_eq!(field(&out, "client"), "payments (10.0.1.7)");
+    assert_eq!(field(&out, "rule"), "api.paypal.com (line 12, column 13)");
+}
+
+#[test]
+fn deny_exits_three_and_names_the_deny_rule() {
+    let p = TempPolicy::new(POLICY);
+    let (code, out) = explain(&p, &["--client", "10.0.1.7", "gist.githubusercontent.com"]);
+    assert_eq!(code, Some(3), "{out}");
+    assert_eq!(field(&out, "decision"), "deny");
+    assert_eq!(field(&out, "reason"), "not_allowed");
+    assert!(field(&out, "rule").starts_with("gist.githubusercontent.com (line 8"));
+    let (code, out) = explain(&p, &["--client", "10.0.1.7", "api.paypal.com:80"]);
+    assert_eq!((code, field(&out, "rule")), (Some(3), "(none)"));
+}
+
+#[test]
+fn report_mode_exits_zero_with_the_enforce_reason() {
+    let p = TempPolicy::new(POLICY);
+    let (code, out) = explain(&p, &["--client", "192.0.2.1", "evil.example.net"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(field(&out, "decision"), "report");
+    assert_eq!(field(&out, "reason"), "not_allowed");
+    assert_eq!(field(&out, "client"), "everyone-else (192.0.2.1)");
+}
+
+#[test]
+fn metadata_and_private_literals_are_blocked_even_when_a_range_allows_them() {
+    let p = TempPolicy::new(POLICY);
+    for target in [
+        "169.254.169.254:443",
+        "169.254.170.2:443",
+        "10.0.0.1:443",
+        "[::ffff:169.254.169.254]:443",
+        "[64:ff9b::a9fe:a9fe]:443",
+        "[2002:a9fe:a9fe::1]:443",
+        "[fd00:ec2::254]:443",
+    ] {
+        let (code, out) = explain(&p, &["--client", "10.0.1.7", target]);
+        assert_eq!(code, Some(3), "{target}: {out}");
+        assert_eq!(field(&out, "reason"), "blocked_ip", "{target}");
+    }
+    let (code, out) = explain(&p, &["--client", "10.0.1.7", "203.0.113.7:443"]);
+    assert_eq!((code, field(&out, "reason")), (Some(0), "allowed"), "{out}");
+}
+
+#[test]
+fn non_canonical_ipv4_is_a_bad_request() {
+    let p = TempPolicy::new(POLICY);
+    for target in [
+        "2130706433:443",
+        "0x7f.1:443",
+        "0177.0.0.1:443",
+        "1.2.3.010:443",
+    ] {
+        let (code, out) = explain(&p, &["--client", "10.0.1.7", target]);
+        assert_eq!(code, Some(3), "{target}: {out}");
+        assert_eq!(field(&out, "reason"), "bad_request", "{target}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    let p = TempPolicy::new(POLICY);
+    assert_eq!(explain(&p, &["api.stripe.com:99999"]).0, Some(2));
+    assert_eq!(explain(&p, &["2001:db8::1:443"]).0, Some(2));
+    let broken = TempPolicy::new("version: 1\nallow: [\"*\"]\n");
+    let (code, out) = explain(&broken, &["api.stripe.com"]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains(":2:9: error:"), "{out}");
+}
+
+#[test]
+fn example_policy_explains_as_documented() {
+    let out = portcullis(&[
+        "explain",
+        "--policy",
+        "config/portcullis.yaml",
+        "api.stripe.com:443",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let out = portcullis(&[
+        "explain",
+        "--policy",
+        "config/portcullis.yaml",
+        "pastebin.com:443",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+}
