@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Candidate, GlobBuilder, GlobMatcher};
 
 use super::host::Host;
 use super::pattern::{Pattern, Ports};
@@ -53,14 +53,16 @@ impl<'a> Target<'a> {
 }
 
 /// Exact names in a hash map, `*.suffix` keyed on the suffix (probed once
-/// per label of the request), true globs in one `GlobSet`, IP ranges in a list.
+/// per label of the request), globs keyed the same way on the labels after
+/// their last wildcard (a wildcard may not sit in the top-level label, so
+/// every glob has such a tail), IP ranges in a list. Only the globs that
+/// share a tail with the request are ever run.
 #[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
     exact: HashMap<Box<str>, Vec<u32>>,
     suffix: HashMap<Box<str>, Vec<u32>>,
-    globs: GlobSet,
-    glob_rules: Vec<u32>,
+    globs: HashMap<Box<str>, Vec<(u32, GlobMatcher)>>,
     nets: Vec<u32>,
 }
 
@@ -74,8 +76,7 @@ impl RuleSet {
     pub fn new(rules: Vec<Rule>) -> RuleSet {
         let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut suffix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut globs = GlobSetBuilder::new();
-        let mut glob_rules = Vec::new();
+        let mut globs: HashMap<Box<str>, Vec<(u32, GlobMatcher)>> = HashMap::new();
         let mut nets = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let i = i as u32;
@@ -94,19 +95,23 @@ impl RuleSet {
                         .backslash_escape(true)
                         .build()
                         .expect("wildcard patterns hold only [a-z0-9_*-] labels");
-                    globs.add(glob);
-                    glob_rules.push(i);
+                    let tail = rule
+                        .pattern
+                        .wildcard_tail()
+                        .expect("globs end in a literal label");
+                    globs
+                        .entry(tail.into())
+                        .or_default()
+                        .push((i, glob.compile_matcher()));
                 }
                 Pattern::Net(_) => nets.push(i),
             }
         }
-        let globs = globs.build().expect("each glob compiled on its own");
         RuleSet {
             rules,
             exact,
             suffix,
             globs,
-            glob_rules,
             nets,
         }
     }
@@ -137,21 +142,16 @@ impl RuleSet {
                 if let Some(rule) = self.exact.get(&**name).and_then(|ids| pick(ids)) {
                     return Some(rule);
                 }
-                if !self.suffix.is_empty() {
-                    let mut rest: &str = name;
-                    while let Some(dot) = rest.find('.') {
-                        rest = &rest[dot + 1..];
-                        if let Some(rule) = self.suffix.get(rest).and_then(|ids| pick(ids)) {
-                            return Some(rule);
-                        }
-                    }
+                if !self.suffix.is_empty()
+                    && let Some(rule) = proper_suffixes(name)
+                        .find_map(|s| self.suffix.get(s).and_then(|ids| pick(ids)))
+                {
+                    return Some(rule);
                 }
-                if !self.glob_rules.is_empty() {
-                    let cand = target.glob_candidate()?;
-                    let mut hits = self.globs.matches_candidate(&cand);
-                    hits.sort_unstable();
-                    let ids: Vec<u32> = hits.into_iter().map(|g| self.glob_rules[g]).collect();
-                    return pick(&ids);
+                if !self.globs.is_empty() {
+                    return self
+                        .first_glob(name, target)
+                        .map(|i| &self.rules[i as usize]);
                 }
                 None
             }
@@ -168,6 +168,29 @@ impl RuleSet {
 }
 
 impl RuleSet {
+    /// The first glob in file order matching `name` on `target.port`.
+    fn first_glob(&self, name: &str, target: &Target<'_>) -> Option<u32> {
+        let mut best: Option<u32> = None;
+        for tail in proper_suffixes(name) {
+            let Some(bucket) = self.globs.get(tail) else {
+                continue;
+            };
+            let cand = target.glob_candidate()?;
+            for (i, glob) in bucket {
+                if best.is_some_and(|b| b < *i) {
+                    break;
+                }
+                if self.rules[*i as usize].ports.contains(target.port)
+                    && glob.is_match_candidate(&cand)
+                {
+                    best = Some(*i);
+                    break;
+                }
+            }
+        }
+        best
+    }
+
     /// Every rule whose pattern matches at least everything `pattern` does,
     /// found through the index (for `check`'s shadowing warnings).
     pub fn covering<'s>(&'s self, pattern: &Pattern) -> Vec<&'s Rule> {
@@ -176,9 +199,7 @@ impl RuleSet {
             if include_self {
                 ids.extend(self.suffix.get(name).into_iter().flatten());
             }
-            let mut rest = name;
-            while let Some(dot) = rest.find('.') {
-                rest = &rest[dot + 1..];
+            for rest in proper_suffixes(name) {
                 ids.extend(self.suffix.get(rest).into_iter().flatten());
             }
         };
@@ -186,25 +207,25 @@ impl RuleSet {
             Pattern::Exact(name) => {
                 ids.extend(self.exact.get(name).into_iter().flatten());
                 suffixes_of(name, &mut ids, false);
-                if !self.glob_rules.is_empty() {
-                    let slashed = name.replace('.', "/");
-                    let cand = Candidate::new(&slashed);
+                let slashed = name.replace('.', "/");
+                let cand = Candidate::new(&slashed);
+                for tail in proper_suffixes(name) {
+                    let globs = self.globs.get(tail).into_iter().flatten();
                     ids.extend(
-                        self.globs
-                            .matches_candidate(&cand)
-                            .into_iter()
-                            .map(|g| self.glob_rules[g]),
+                        globs
+                            .filter(|(_, g)| g.is_match_candidate(&cand))
+                            .map(|(i, _)| *i),
                     );
                 }
             }
             Pattern::Suffix(s) => suffixes_of(s, &mut ids, true),
             Pattern::Glob { .. } => {
-                ids.extend(
-                    self.glob_rules
-                        .iter()
-                        .filter(|&&i| self.rules[i as usize].pattern == *pattern),
-                );
                 if let Some(tail) = pattern.wildcard_tail() {
+                    let same = self.globs.get(tail).into_iter().flatten();
+                    ids.extend(
+                        same.map(|(i, _)| *i)
+                            .filter(|&i| self.rules[i as usize].pattern == *pattern),
+                    );
                     suffixes_of(tail, &mut ids, true);
                 }
             }
@@ -216,4 +237,10 @@ impl RuleSet {
         ids.dedup();
         ids.into_iter().map(|i| &self.rules[i as usize]).collect()
     }
+}
+
+/// `a.b.c` -> `b.c`, `c`: the suffixes a `*.` rule or a glob tail can be keyed on.
+fn proper_suffixes(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('.')
+        .map(move |(dot, _)| &name[dot + 1..])
 }
