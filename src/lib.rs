@@ -10,3 +10,5 @@
 pub mod cli;
 pub mod commands;
 pub mod policy;
+pub mod resolve;
+pub mod telemetry;

@@ -1,4 +1,61 @@
-//! Shared fixtures: the binary under test and helpers to run it.
+//! Shared fixtures: the binary under test, a programmable DNS server, plain and TLS origins.
+// Each test binary uses only some fixtures; unused ones must not warn.
+#![allow(dead_code)]
+
+pub mod dns;
+pub mod origin;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// A background task that is aborted (closing its sockets) when this guard is dropped.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Binds a TCP listener on 127.0.0.1 with an OS-chosen port.
+pub async fn bind_loopback() -> TcpListener {
+    TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Accepts connections forever, counting each one in `accepted` before spawning `serve`
+/// for it. Connection tasks live in a `JoinSet` owned by the accept task, so aborting
+/// the returned guard also closes every open connection.
+pub fn spawn_accept_loop<F, Fut>(
+    listener: TcpListener,
+    accepted: Arc<AtomicUsize>,
+    serve: F,
+) -> AbortOnDrop
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    AbortOnDrop(tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _peer)) = listener.accept().await else {
+                // e.g. EMFILE: don't spin, let other tasks (and connection closes) run.
+                tokio::task::yield_now().await;
+                continue;
+            };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            conns.spawn(serve(stream));
+            while conns.try_join_next().is_some() {}
+        }
+    }))
+}
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,499 @@
+//! Destination name resolution: hickory-resolver with TTL caching, A and AAAA side by side.
+//!
+//! The proxy resolves every name itself and dials only what it resolved; [`filter`] then
+//! splits the answers into what `ip_guard` lets it dial and what it must not.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError as WireError, NetError, NoRecords};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RecordType};
+
+use crate::telemetry::metrics::{DnsResult, Metrics};
+
+/// Per-try timeout; a dead server costs [`TRIES`] of these, not resolv.conf's 5 s each.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Tries per query in all (hickory counts retries after the first).
+const TRIES: usize = 2;
+
+/// The resolver could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveInitError {
+    #[error("cannot read the system DNS configuration (/etc/resolv.conf): {0}")]
+    SystemConfig(#[source] NetError),
+    #[error("cannot build the DNS resolver: {0}")]
+    Build(#[source] NetError),
+}
+
+/// Why a name gave no address. Every variant is the `dns_error` reason for the client
+/// except `InvalidName`, which callers should have refused earlier as `bad_request`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    #[error("{0:?} is not a valid DNS name")]
+    InvalidName(String),
+    #[error("the name does not exist (NXDOMAIN)")]
+    NxDomain,
+    #[error("the name has no A or AAAA records")]
+    NoAddresses,
+    #[error("lookup failed: {0}")]
+    Failed(String),
+}
+
+impl DnsError {
+    /// The `dns_lookup_seconds{result}` label for this failure.
+    pub fn metric_result(&self) -> DnsResult {
+        match self {
+            Self::NxDomain => DnsResult::NxDomain,
+            Self::NoAddresses => DnsResult::NoAddresses,
+            Self::InvalidName(_) | Self::Failed(_) => DnsResult::Error,
+        }
+    }
+}
+
+/// Answers split by the IP guard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filtered {
+    /// Addresses the proxy may dial, in resolver order.
+    pub dialable: Vec<IpAddr>,
+    /// Addresses the guard refused.
+    pub blocked: Vec<IpAddr>,
+}
+
+impl Filtered {
+    /// True when there were answers and the guard refused every one (`blocked_ip`).
+    pub fn all_blocked(&self) -> bool {
+        self.dialable.is_empty() && !self.blocked.is_empty()
+    }
+}
+
+/// Splits `addrs` into dialable and blocked, keeping their order.
+pub fn filter(
+    addrs: impl IntoIterator<Item = IpAddr>,
+    is_dialable: impl Fn(IpAddr) -> bool,
+) -> Filtered {
+    let mut out = Filtered::default();
+    for addr in addrs {
+        if is_dialable(addr) {
+            out.dialable.push(addr);
+        } else {
+            out.blocked.push(addr);
+        }
+    }
+    out
+}
+
+/// A caching stub resolver. Cheap to clone; clones share the cache.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    inner: TokioResolver,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Resolver {
+    /// Uses `nameservers` (UDP, TCP when a reply is truncated), or the system configuration
+    /// when the slice is empty. `/etc/hosts` is never consulted: destinations come from DNS.
+    pub fn new(nameservers: &[SocketAddr]) -> Result<Self, ResolveInitError> {
+        let mut builder = if nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(ResolveInitError::SystemConfig)?
+        } else {
+            let servers = nameservers.iter().map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            });
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers.collect()),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let opts = builder.options_mut();
+        opts.timeout = TIMEOUT;
+        opts.attempts = TRIES - 1;
+        opts.use_hosts_file = ResolveHosts::Never;
+        // Names are always queried fully qualified, so search/ndots never apply; zero makes
+        // that explicit should a relative name ever slip through.
+        opts.ndots = 0;
+        let inner = builder.build().map_err(ResolveInitError::Build)?;
+        Ok(Self {
+            inner,
+            metrics: None,
+        })
+    }
+
+    /// Records every lookup's duration and outcome in `dns_lookup_seconds`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The addresses of `host` (a normalised name, trailing dot optional): IPv4 first, then
+    /// IPv6, duplicates removed. An IP literal is returned as is, without a query.
+    ///
+    /// IPv4 comes first because many container networks (Fargate and Docker defaults) have
+    /// no IPv6 egress: a dialer walking the list in order reaches a working address first
+    /// and still falls back to IPv6 where IPv4 fails.
+    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let started = Instant::now();
+        let result = self.resolve(host).await;
+        if let Some(metrics) = &self.metrics {
+            let label = match &result {
+                Ok(_) => DnsResult::Ok,
+                Err(error) => error.metric_result(),
+            };
+            metrics.dns_lookup(label, started.elapsed());
+        }
+        result
+    }
+
+    async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let name = fully_qualified(host)?;
+        let (v4, v6) = tokio::join!(
+            self.family(name.clone(), RecordType::A),
+            self.family(name, RecordType::AAAA),
+        );
+        combine(v4, v6)
+    }
+
+    async fn family(&self, name: Name, record_type: RecordType) -> Answer {
+        match self.inner.lookup(name, record_type).await {
+            Ok(lookup) => {
+                let addrs: Vec<IpAddr> = lookup
+                    .answers()
+                    .iter()
+                    .filter(|record| record.record_type() == record_type)
+                    .filter_map(|record| record.data.ip_addr())
+                    .collect();
+                if addrs.is_empty() {
+                    Answer::NoData
+                } else {
+                    Answer::Addrs(addrs)
+                }
+            }
+            Err(NetError::Dns(WireError::NoRecordsFound(NoRecords { response_code, .. }))) => {
+                match response_code {
+                    ResponseCode::NXDomain => Answer::NxDomain,
+                    ResponseCode::NoError => Answer::NoData,
+                    code => Answer::Failed(code.to_string()),
+                }
+            }
+            Err(error) => Answer::Failed(error.to_string()),
+        }
+    }
+}
+
+/// One record type's outcome.
+#[derive(Debug)]
+enum Answer {
+    Addrs(Vec<IpAddr>),
+    /// The name exists without records of this type.
+    NoData,
+    NxDomain,
+    Failed(String),
+}
+
+/// `host` as an absolute name, so resolv.conf `search` domains are never appended.
+fn fully_qualified(host: &str) -> Result<Name, DnsError> {
+    let invalid = || DnsError::InvalidName(host.to_owned());
+    // A numeric last label is an IPv4 address in a form browsers and libc accept
+    // (`2130706433`, `0x7f.1`, `0177.0.0.1`): never ask DNS about it.
+    let last = host.strip_suffix('.').unwrap_or(host).rsplit('.').next();
+    let numeric = |label: &str| {
+        let hex = label
+            .strip_prefix("0x")
+            .or_else(|| label.strip_prefix("0X"));
+        match hex {
+            Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => label.bytes().all(|b| b.is_ascii_digit()),
+        }
+    };
+    if last.is_none_or(|label| label.is_empty() || numeric(label)) {
+        return Err(invalid());
+    }
+    let mut name = Name::from_ascii(host).map_err(|_| invalid())?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+/// Merges both families: any address wins; otherwise NXDOMAIN only when both say so,
+/// and a failure on either side is reported over a mere absence of records.
+fn combine(v4: Answer, v6: Answer) -> Result<Vec<IpAddr>, DnsError> {
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for answer in [&v4, &v6] {
+        if let Answer::Addrs(found) = answer {
+            for addr in found {
+                if !addrs.contains(addr) {
+                    addrs.push(*addr);
+                }
+            }
+        }
+    }
+    if !addrs.is_empty() {
+        return Ok(addrs);
+    }
+    match (v4, v6) {
+        (Answer::NxDomain, Answer::NxDomain) => Err(DnsError::NxDomain),
+        (Answer::Failed(reason), _) | (_, Answer::Failed(reason)) => Err(DnsError::Failed(reason)),
+        _ => Err(DnsError::NoAddresses),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::sync::Mutex;
+
+    use hickory_resolver::proto::op::Message;
+    use hickory_resolver::proto::rr::rdata::{A, AAAA};
+    use hickory_resolver::proto::rr::{RData, Record};
+    use tokio::net::UdpSocket;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    const LOCAL_V4: Ipv4Addr = Ipv4Addr::LOCALHOST;
+    const LOCAL_V4_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+    /// The zone every test server serves. Answers are loopback addresses only.
+    fn zone(name: &str, record_type: RecordType) -> (ResponseCode, Vec<RData>, u32) {
+        let v4 = |ip| vec![RData::A(A(ip))];
+        let v6 = vec![RData::AAAA(AAAA(Ipv6Addr::LOCALHOST))];
+        match (name, record_type) {
+            ("v4.test.", RecordType::A) => (ResponseCode::NoError, v4(LOCAL_V4), 300),
+            ("v6.test.", RecordType::AAAA) => (ResponseCode::NoError, v6, 300),
+            ("both.test.", RecordType::A) => (ResponseCode::NoError, v4(LOCAL_V4_B), 300),
+            ("both.test.", RecordType::AAAA) => (ResponseCode::NoError, v6, 300),
+            ("zero-ttl.test.", RecordType::A) => (ResponseCode::NoError, v4(LOCAL_V4), 0),
+            ("v4.test." | "v6.test." | "zero-ttl.test." | "empty.test.", _) => {
+                (ResponseCode::NoError, vec![], 0)
+            }
+            ("servfail.test.", _) => (ResponseCode::ServFail, vec![], 0),
+            _ => (ResponseCode::NXDomain, vec![], 0),
+        }
+    }
+
+    /// A UDP DNS server on 127.0.0.1:0 answering from [`zone`] and counting queries by name.
+    struct TestDns {
+        addr: SocketAddr,
+        queries: Arc<Mutex<HashMap<String, usize>>>,
+        task: JoinHandle<()>,
+    }
+
+    impl TestDns {
+        async fn start() -> Self {
+            let socket = UdpSocket::bind((LOCAL_V4, 0)).await.expect("bind test DNS");
+            let addr = socket.local_addr().expect("test DNS address");
+            let queries = Arc::new(Mutex::new(HashMap::new()));
+            let counted = Arc::clone(&queries);
+            let task = tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
+                    let Ok(request) = Message::from_vec(&buf[..len]) else {
+                        continue;
+                    };
+                    let Some(query) = request.queries.first().cloned() else {
+                        continue;
+                    };
+                    let name = query.name().to_ascii().to_ascii_lowercase();
+                    *counted
+                        .lock()
+                        .expect("counter")
+                        .entry(name.clone())
+                        .or_insert(0) += 1;
+                    let (code, rdatas, ttl) = zone(&name, query.query_type());
+                    let mut response =
+                        Message::response(request.metadata.id, request.metadata.op_code);
+                    response.metadata.recursion_desired = request.metadata.recursion_desired;
+                    response.metadata.recursion_available = true;
+                    response.metadata.response_code = code;
+                    response.add_query(query.clone());
+                    for rdata in rdatas {
+                        response.add_answer(Record::from_rdata(query.name().clone(), ttl, rdata));
+                    }
+                    if let Ok(bytes) = response.to_vec() {
+                        let _ = socket.send_to(&bytes, peer).await;
+                    }
+                }
+            });
+            Self {
+                addr,
+                queries,
+                task,
+            }
+        }
+
+        fn queries(&self, name: &str) -> usize {
+            self.queries
+                .lock()
+                .expect("counter")
+                .get(name)
+                .copied()
+                .unwrap_or(0)
+        }
+
+        fn resolver(&self) -> Resolver {
+            Resolver::new(&[self.addr]).expect("resolver")
+        }
+    }
+
+    impl Drop for TestDns {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_only_aaaa_only_and_both() {
+        let dns = TestDns::start().await;
+        let resolver = dns.resolver();
+        assert_eq!(
+            resolver.lookup("v4.test").await,
+            Ok(vec![IpAddr::V4(LOCAL_V4)])
+        );
+        assert_eq!(
+            resolver.lookup("v6.test.").await,
+            Ok(vec![IpAddr::V6(Ipv6Addr::LOCALHOST)])
+        );
+        assert_eq!(
+            resolver.lookup("both.test").await,
+            Ok(vec![
+                IpAddr::V4(LOCAL_V4_B),
+                IpAddr::V6(Ipv6Addr::LOCALHOST)
+            ]),
+            "IPv4 first"
+        );
+    }
+
+    #[tokio::test]
+    async fn negative_answers() {
+        let dns = TestDns::start().await;
+        let resolver = dns.resolver();
+        assert_eq!(resolver.lookup("nx.test").await, Err(DnsError::NxDomain));
+        assert_eq!(
+            resolver.lookup("empty.test").await,
+            Err(DnsError::NoAddresses)
+        );
+        assert!(matches!(
+            resolver.lookup("servfail.test").await,
+            Err(DnsError::Failed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_names_and_literals_never_reach_the_server() {
+        let dns = TestDns::start().await;
+        let resolver = dns.resolver();
+        assert!(matches!(
+            resolver.lookup("").await,
+            Err(DnsError::InvalidName(_))
+        ));
+        assert!(matches!(
+            resolver.lookup("a..b").await,
+            Err(DnsError::InvalidName(_))
+        ));
+        for numeric in ["2130706433", "0x7f.1", "0177.0.0.1", "1.2.3.4.", "a.0X1F"] {
+            assert_eq!(
+                resolver.lookup(numeric).await,
+                Err(DnsError::InvalidName(numeric.into()))
+            );
+        }
+        // IP literals never reach the server.
+        assert_eq!(
+            resolver.lookup("::1").await,
+            Ok(vec![IpAddr::V6(Ipv6Addr::LOCALHOST)])
+        );
+        assert_eq!(dns.queries.lock().expect("counter").len(), 0);
+    }
+
+    #[tokio::test]
+    async fn names_are_queried_fully_qualified_once() {
+        let dns = TestDns::start().await;
+        let resolver = dns.resolver();
+        let _ = resolver.lookup("nx.test").await;
+        // One A and one AAAA query for the name itself, no search-domain variants.
+        assert_eq!(dns.queries("nx.test."), 2);
+        assert_eq!(dns.queries.lock().expect("counter").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn answers_are_cached_by_ttl() {
+        let dns = TestDns::start().await;
+        let resolver = dns.resolver();
+        for _ in 0..3 {
+            assert_eq!(resolver.lookup("both.test").await.map(|a| a.len()), Ok(2));
+        }
+        assert_eq!(
+            dns.queries("both.test."),
+            2,
+            "one A and one AAAA query in all"
+        );
+
+        assert!(resolver.lookup("zero-ttl.test").await.is_ok());
+        let after_first = dns.queries("zero-ttl.test.");
+        assert!(resolver.lookup("zero-ttl.test").await.is_ok());
+        assert!(
+            dns.queries("zero-ttl.test.") > after_first,
+            "TTL 0 is not cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_server_fails_within_bounded_time() {
+        // Bound but never answering: every query times out.
+        let silent = UdpSocket::bind((LOCAL_V4, 0))
+            .await
+            .expect("bind silent socket");
+        let resolver = Resolver::new(&[silent.local_addr().expect("addr")]).expect("resolver");
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(15), resolver.lookup("v4.test"))
+            .await
+            .expect("lookup gave up by itself");
+        assert!(matches!(result, Err(DnsError::Failed(_))), "{result:?}");
+        let elapsed = started.elapsed();
+        assert!(elapsed < TIMEOUT * 4, "took {elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn lookups_are_timed_by_result() {
+        let dns = TestDns::start().await;
+        let metrics = Arc::new(Metrics::default());
+        let resolver = dns.resolver().with_metrics(Arc::clone(&metrics));
+        let _ = resolver.lookup("v4.test").await;
+        let _ = resolver.lookup("nx.test").await;
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"portcullis_dns_lookup_seconds_count{result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"portcullis_dns_lookup_seconds_count{result="nxdomain"} 1"#));
+    }
+
+    #[test]
+    fn builds_outside_a_runtime() {
+        // main builds the resolver before (or beside) the runtime; nothing is spawned yet.
+        assert!(Resolver::new(&[SocketAddr::from((LOCAL_V4, 53))]).is_ok());
+    }
+
+    #[test]
+    fn filter_splits_and_keeps_order() {
+        let a = IpAddr::V4(LOCAL_V4);
+        let b = IpAddr::V4(LOCAL_V4_B);
+        let c = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let split = filter([a, b, c], |ip| ip != a);
+        assert_eq!(split.dialable, [b, c]);
+        assert_eq!(split.blocked, [a]);
+        assert!(!split.all_blocked());
+        assert!(filter([a], |_| false).all_blocked());
+        assert!(!filter([], |_| false).all_blocked());
+    }
+}

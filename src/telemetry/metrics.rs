@@ -1,0 +1,523 @@
+//! Prometheus metrics (SPEC section 7): one registry, handles made up front, bounded labels.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{Decision, Listener, ReloadResult, label_enum};
+
+/// `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Default number of distinct `destination` label values before `_other`.
+pub const DEFAULT_DESTINATION_CAP: usize = 1000;
+
+/// The `destination` label value once the cap is reached.
+pub const OTHER_DESTINATION: &str = "_other";
+
+/// Longest host kept as a label value: a valid DNS name is at most 253 bytes, so anything
+/// longer is junk from a client and must not be stored.
+const MAX_HOST_LEN: usize = 253;
+
+/// Latency buckets in seconds, 1 ms to 10 s, shared by the DNS and connect histograms.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+label_enum! {
+    /// Direction of tunnelled bytes, seen from the client.
+    Direction {
+        /// Client to upstream.
+        Egress => "egress",
+        /// Upstream to client.
+        Ingress => "ingress",
+    }
+}
+
+label_enum! {
+    /// Outcome of one name lookup, for `dns_lookup_seconds`.
+    DnsResult {
+        /// At least one address.
+        Ok => "ok",
+        /// The name does not exist.
+        NxDomain => "nxdomain",
+        /// The name exists but has no A or AAAA records.
+        NoAddresses => "no_addresses",
+        /// SERVFAIL, timeout, or any other failure.
+        Error => "error",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: Listener,
+    client: Arc<str>,
+    decision: Decision,
+    reason: &'static str,
+    destination: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelLabels {
+    client: Arc<str>,
+    destination: Arc<str>,
+    direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: Listener,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    result: DnsResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: ReloadResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    client: Arc<str>,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Bounds the `destination` label: the first `max` distinct hosts ever seen keep their name,
+/// every later one is `_other`. Hosts are attacker-chosen, so memory is bounded too
+/// (at most `max` names of at most 253 bytes each).
+#[derive(Debug)]
+pub struct DestinationCap {
+    max: usize,
+    seen: RwLock<HashSet<Arc<str>>>,
+    /// Set once `seen` is full, so unseen hosts skip the write lock from then on.
+    full: AtomicBool,
+    other: Arc<str>,
+}
+
+impl DestinationCap {
+    /// A cap of `max` distinct destinations (`0` labels everything `_other`).
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: RwLock::new(HashSet::new()),
+            full: AtomicBool::new(max == 0),
+            other: Arc::from(OTHER_DESTINATION),
+        }
+    }
+
+    /// The label value for `host`: itself if it is (or now becomes) one of the first `max`
+    /// distinct hosts, `_other` otherwise.
+    pub fn label(&self, host: &str) -> Arc<str> {
+        if host.len() > MAX_HOST_LEN {
+            return self.other.clone();
+        }
+        // A poisoned lock only means another thread panicked mid-insert; the set is still valid.
+        if let Some(known) = self
+            .seen
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(host)
+        {
+            return known.clone();
+        }
+        if self.full.load(Ordering::Relaxed) {
+            return self.other.clone();
+        }
+        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = seen.get(host) {
+            return known.clone();
+        }
+        if seen.len() >= self.max {
+            self.full.store(true, Ordering::Relaxed);
+            return self.other.clone();
+        }
+        let label: Arc<str> = Arc::from(host);
+        seen.insert(label.clone());
+        label
+    }
+}
+
+impl Default for DestinationCap {
+    fn default() -> Self {
+        Self::new(DEFAULT_DESTINATION_CAP)
+    }
+}
+
+/// Every portcullis metric, registered once under the `portcullis_` prefix.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    destinations: DestinationCap,
+    requests: Family<RequestLabels, Counter>,
+    tunnel_bytes: Family<TunnelLabels, Counter>,
+    active_connections: Family<ListenerLabels, Gauge>,
+    upstream_connect: HistogramFamily<DestinationLabels>,
+    dns_lookup: HistogramFamily<DnsLabels>,
+    policy_reloads: Family<ReloadLabels, Counter>,
+    policy_generation: Gauge,
+    policy_rules: Family<ClientLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Registers every metric; `destination_cap` bounds the `destination` label.
+    pub fn new(destination_cap: usize) -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::default();
+        let tunnel_bytes = Family::default();
+        let active_connections: Family<ListenerLabels, Gauge> = Family::default();
+        let upstream_connect: HistogramFamily<_> = Family::new_with_constructor(latency_histogram);
+        let dns_lookup: HistogramFamily<_> = Family::new_with_constructor(latency_histogram);
+        let policy_reloads: Family<ReloadLabels, Counter> = Family::default();
+        let policy_generation = Gauge::default();
+        let policy_rules = Family::default();
+
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "requests",
+            "Decided connections and requests",
+            requests.clone(),
+        );
+        registry.register(
+            "tunnel_bytes",
+            "Bytes relayed through tunnels and forwarded requests",
+            tunnel_bytes.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Client connections currently open",
+            active_connections.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_connect",
+            "Time to establish the upstream TCP connection",
+            Unit::Seconds,
+            upstream_connect.clone(),
+        );
+        registry.register_with_unit(
+            "dns_lookup",
+            "Time to resolve a destination name",
+            Unit::Seconds,
+            dns_lookup.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy reload attempts",
+            policy_reloads.clone(),
+        );
+        registry.register(
+            "policy_generation",
+            "Generation of the policy in force",
+            policy_generation.clone(),
+        );
+        registry.register(
+            "policy_rules",
+            "Allow rules in force per client",
+            policy_rules.clone(),
+        );
+
+        // Known label sets start at zero so rate() and absent() work before the first event.
+        for result in [ReloadResult::Ok, ReloadResult::Error] {
+            drop(policy_reloads.get_or_create(&ReloadLabels { result }));
+        }
+        for listener in [
+            Listener::Explicit,
+            Listener::TransparentTls,
+            Listener::TransparentHttp,
+        ] {
+            drop(active_connections.get_or_create(&ListenerLabels { listener }));
+        }
+
+        Self {
+            registry,
+            destinations: DestinationCap::new(destination_cap),
+            requests,
+            tunnel_bytes,
+            active_connections,
+            upstream_connect,
+            dns_lookup,
+            policy_reloads,
+            policy_generation,
+            policy_rules,
+        }
+    }
+
+    /// The capped `destination` label for `host` (what the other methods record).
+    pub fn destination_label(&self, host: &str) -> Arc<str> {
+        self.destinations.label(host)
+    }
+
+    /// Counts one decided connection or request. `reason` is a `Reason::as_str()`;
+    /// `destination` is the normalised host (or the raw one for `bad_request`), capped here.
+    pub fn request(
+        &self,
+        listener: Listener,
+        client: &str,
+        decision: Decision,
+        reason: &'static str,
+        destination: &str,
+    ) {
+        let labels = RequestLabels {
+            listener,
+            client: Arc::from(client),
+            decision,
+            reason,
+            destination: self.destinations.label(destination),
+        };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Adds the bytes one tunnel or forwarded exchange relayed in each direction.
+    pub fn tunnel_bytes(&self, client: &str, destination: &str, egress: u64, ingress: u64) {
+        let client: Arc<str> = Arc::from(client);
+        let destination = self.destinations.label(destination);
+        for (direction, bytes) in [(Direction::Egress, egress), (Direction::Ingress, ingress)] {
+            let labels = TunnelLabels {
+                client: client.clone(),
+                destination: destination.clone(),
+                direction,
+            };
+            self.tunnel_bytes.get_or_create(&labels).inc_by(bytes);
+        }
+    }
+
+    /// Counts an open client connection until the returned guard is dropped.
+    #[must_use = "the connection is counted only while the guard lives"]
+    pub fn connection_opened(&self, listener: Listener) -> ActiveGuard {
+        let gauge = self
+            .active_connections
+            .get_or_create_owned(&ListenerLabels { listener });
+        gauge.inc();
+        ActiveGuard { gauge }
+    }
+
+    /// Records how long the upstream connect to `destination` took.
+    pub fn upstream_connect(&self, destination: &str, elapsed: Duration) {
+        let labels = DestinationLabels {
+            destination: self.destinations.label(destination),
+        };
+        self.upstream_connect
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long a name lookup took and how it ended.
+    pub fn dns_lookup(&self, result: DnsResult, elapsed: Duration) {
+        self.dns_lookup
+            .get_or_create(&DnsLabels { result })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one reload attempt.
+    pub fn policy_reload(&self, ok: bool) {
+        let result = if ok {
+            ReloadResult::Ok
+        } else {
+            ReloadResult::Error
+        };
+        self.policy_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    /// Publishes the policy now in force: its generation and the rule count per client.
+    /// Clients the previous policy had and this one lacks disappear from `policy_rules`.
+    pub fn set_policy(&self, generation: u64, rules_per_client: &[(String, usize)]) {
+        self.policy_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        // A scrape racing this swap may briefly see no series; it never sees stale clients.
+        self.policy_rules.clear();
+        for (client, rules) in rules_per_client {
+            let labels = ClientLabels {
+                client: Arc::from(client.as_str()),
+            };
+            self.policy_rules
+                .get_or_create(&labels)
+                .set(i64::try_from(*rules).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The whole registry in OpenMetrics text format (serve with [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail, and every label value here encodes infallibly.
+        if let Err(error) = encode(&mut out, &self.registry) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(DEFAULT_DESTINATION_CAP)
+    }
+}
+
+/// Keeps one connection counted in `active_connections`; decrements on drop.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric_lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn encodes_the_spec_names_and_labels() {
+        let m = Metrics::new(10);
+        m.request(
+            Listener::Explicit,
+            "payments",
+            Decision::Allow,
+            "allowed",
+            "api.stripe.com",
+        );
+        m.request(
+            Listener::Explicit,
+            "payments",
+            Decision::Allow,
+            "allowed",
+            "api.stripe.com",
+        );
+        m.request(
+            Listener::TransparentTls,
+            "default",
+            Decision::Deny,
+            "not_allowed",
+            "evil\"host",
+        );
+        m.tunnel_bytes("payments", "api.stripe.com", 100, 2048);
+        m.upstream_connect("api.stripe.com", Duration::from_millis(3));
+        m.dns_lookup(DnsResult::NxDomain, Duration::from_millis(2));
+        m.policy_reload(true);
+        m.policy_reload(false);
+        m.set_policy(7, &[("payments".into(), 3), ("default".into(), 5)]);
+        let guard = m.connection_opened(Listener::TransparentHttp);
+
+        let text = m.encode();
+        let lines = metric_lines(&text);
+        for expected in [
+            r#"portcullis_requests_total{listener="explicit",client="payments",decision="allow",reason="allowed",destination="api.stripe.com"} 2"#,
+            r#"portcullis_requests_total{listener="transparent_tls",client="default",decision="deny",reason="not_allowed",destination="evil\"host"} 1"#,
+            r#"portcullis_tunnel_bytes_total{client="payments",destination="api.stripe.com",direction="egress"} 100"#,
+            r#"portcullis_tunnel_bytes_total{client="payments",destination="api.stripe.com",direction="ingress"} 2048"#,
+            r#"portcullis_active_connections{listener="transparent_http"} 1"#,
+            r#"portcullis_upstream_connect_seconds_count{destination="api.stripe.com"} 1"#,
+            r#"portcullis_upstream_connect_seconds_bucket{le="0.005",destination="api.stripe.com"} 1"#,
+            r#"portcullis_dns_lookup_seconds_count{result="nxdomain"} 1"#,
+            r#"portcullis_policy_reloads_total{result="ok"} 1"#,
+            r#"portcullis_policy_reloads_total{result="error"} 1"#,
+            "portcullis_policy_generation 7",
+            r#"portcullis_policy_rules{client="payments"} 3"#,
+            r#"portcullis_policy_rules{client="default"} 5"#,
+            "# TYPE portcullis_upstream_connect_seconds histogram",
+            "# EOF",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+        }
+
+        drop(guard);
+        m.set_policy(8, &[("default".into(), 4)]);
+        let text = m.encode();
+        let lines = metric_lines(&text);
+        assert!(lines.contains(&r#"portcullis_active_connections{listener="transparent_http"} 0"#));
+        assert!(lines.contains(&r#"portcullis_policy_rules{client="default"} 4"#));
+        assert!(!text.contains(r#"portcullis_policy_rules{client="payments"}"#));
+        assert!(lines.contains(&"portcullis_policy_generation 8"));
+    }
+
+    #[test]
+    fn destination_cardinality_stays_bounded() {
+        let m = Metrics::new(1000);
+        for i in 0..5000 {
+            let host = format!("h{i}.attacker.example");
+            m.request(
+                Listener::Explicit,
+                "c",
+                Decision::Deny,
+                "not_allowed",
+                &host,
+            );
+        }
+        m.request(
+            Listener::Explicit,
+            "c",
+            Decision::Deny,
+            "bad_request",
+            &"x".repeat(10_000),
+        );
+        let text = m.encode();
+        let destinations: HashSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("portcullis_requests_total{"))
+            .filter_map(|l| l.split("destination=\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(destinations.len() <= 1001, "{} values", destinations.len());
+        assert!(destinations.contains(OTHER_DESTINATION));
+        assert!(destinations.contains("h0.attacker.example"));
+        assert!(!destinations.contains("h1000.attacker.example"));
+    }
+
+    #[test]
+    fn cap_keeps_first_hosts_and_is_thread_safe() {
+        let cap = Arc::new(DestinationCap::new(50));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let cap = Arc::clone(&cap);
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|i| cap.label(&format!("{}.example", (i * 7 + t) % 120)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut named = HashSet::new();
+        for thread in threads {
+            let labels = thread.join().expect("worker thread");
+            named.extend(labels.into_iter().filter(|l| &**l != OTHER_DESTINATION));
+        }
+        assert_eq!(named.len(), 50);
+        // Once admitted, a host keeps its own label.
+        for host in &named {
+            assert_eq!(cap.label(host), *host);
+        }
+        assert_eq!(
+            &*DestinationCap::new(0).label("a.example"),
+            OTHER_DESTINATION
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Telemetry on the side of the data path: Prometheus metrics and the JSON-lines audit log.
+//!
+//! The label vocabulary shared by both (which listener, what was decided) lives here so a
+//! metric label and an audit field can never spell the same thing two ways.
+
+pub mod audit;
+pub mod metrics;
+
+/// Declares a closed set of label values with one spelling, used by metrics and the audit log.
+macro_rules! label_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// The value as it appears in metric labels and audit records.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::prometheus_client::encoding::EncodeLabelValue for $name {
+            fn encode(
+                &self,
+                encoder: &mut ::prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> ::std::fmt::Result {
+                ::std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use label_enum;
+
+label_enum! {
+    /// Which listener accepted the connection.
+    Listener {
+        /// `--listen`: CONNECT and absolute-form HTTP.
+        Explicit => "explicit",
+        /// `--transparent-tls`: destination taken from the ClientHello's SNI.
+        TransparentTls => "transparent_tls",
+        /// `--transparent-http`: destination taken from the `Host` header.
+        TransparentHttp => "transparent_http",
+    }
+}
+
+label_enum! {
+    /// What the policy decided for one connection or request.
+    Decision {
+        /// Allowed by a rule.
+        Allow => "allow",
+        /// Denied (no rule, a deny rule, or a guard such as `blocked_ip`).
+        Deny => "deny",
+        /// Would have been denied, but the policy (or client) is in `report` mode.
+        Report => "report",
+    }
+}
+
+label_enum! {
+    /// Outcome of a policy reload.
+    ReloadResult {
+        /// The new policy was swapped in.
+        Ok => "ok",
+        /// The file was invalid; the last good policy stays.
+        Error => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_match_the_spec_spelling() {
+        assert_eq!(Listener::TransparentTls.as_str(), "transparent_tls");
+        assert_eq!(Decision::Report.to_string(), "report");
+        assert_eq!(
+            serde_json::to_string(&Listener::Explicit).ok().as_deref(),
+            Some("\"explicit\"")
+        );
+    }
+}
