@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::cli::{CheckArgs, ExplainArgs, OutputFormat};
+use crate::policy::host::split_host_port;
 use crate::policy::{Diagnostic, Host, Policy, Severity, Verdict};
 
 /// Exit codes shared by the subcommands.
@@ -87,36 +88,9 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
 
 /// Splits `HOST`, `HOST:PORT` or `[V6]:PORT`; the port defaults to 443.
 pub fn split_target(target: &str) -> Result<(&str, u16), String> {
-    let (host, port) = if target.starts_with('[') {
-        match target.find(']') {
-            Some(end) => match &target[end + 1..] {
-                "" => (&target[..=end], None),
-                rest => (
-                    &target[..=end],
-                    Some(rest.strip_prefix(':').unwrap_or(rest)),
-                ),
-            },
-            None => return Err(format!("`{target}`: unclosed `[`")),
-        }
-    } else {
-        match target.rsplit_once(':') {
-            Some((h, _)) if h.contains(':') => {
-                return Err(format!(
-                    "`{target}`: write IPv6 addresses in brackets, e.g. [2001:db8::1]:443"
-                ));
-            }
-            Some((h, p)) => (h, Some(p)),
-            None => (target, None),
-        }
-    };
-    let port = match port {
-        None => 443,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n != 0 && !p.starts_with(['0', '+']) => n,
-            _ => return Err(format!("`{p}` is not a port (1-65535)")),
-        },
-    };
-    Ok((host, port))
+    split_host_port(target)
+        .map(|(host, port)| (host, port.unwrap_or(443)))
+        .map_err(|e| format!("`{target}`: {e}"))
 }
 
 pub fn explain(

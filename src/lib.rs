@@ -1,14 +1,145 @@
 //! portcullis: an egress forward proxy that lets a workload reach only the
 //! hostnames its team allowed.
 //!
+//! The path of a connection, and the module that owns each step:
+//!
+//! - [`listener`]: accept (with `--max-connections`), parse the request
+//!   ([`listener::explicit`]: CONNECT and absolute-form HTTP), record the exchange.
 //! - [`policy`]: the pure decision core (YAML -> compiled `Policy` -> `decide`).
-//! - [`cli`]: command-line flags and their environment variables.
-//! - [`commands`]: `check` and `explain`, built on the policy core.
+//! - [`resolve`] and [`dial`]: resolve the name ourselves, drop guarded
+//!   addresses, connect within `--connect-timeout`.
+//! - [`tunnel`]: relay bytes with counting and an idle timeout.
+//! - [`telemetry`]: Prometheus metrics and the JSON audit log, on the side.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`cli`] and [`commands`]: flags, `check` and `explain`.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod commands;
+pub mod dial;
+pub mod listener;
 pub mod policy;
 pub mod resolve;
+pub mod state;
 pub mod telemetry;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::cli::RunArgs;
+use crate::policy::Diagnostic;
+use crate::state::{Limits, Shared, Snapshot};
+use crate::telemetry::Listener;
+use crate::telemetry::audit::AuditLog;
+use crate::telemetry::metrics::Metrics;
+
+/// Why `run` could not start. Nothing is served when any of these happen:
+/// the proxy never starts open.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the policy {path} does not load")]
+    Policy {
+        path: PathBuf,
+        problems: Vec<Diagnostic>,
+    },
+    #[error("cannot bind the {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Audit(#[from] telemetry::audit::AuditError),
+    #[error(transparent)]
+    Resolver(#[from] resolve::ResolveInitError),
+}
+
+/// Runs the proxy until `shutdown` resolves, then drains: `/readyz` turns
+/// 503, listeners stop accepting, open connections and tunnels get
+/// `--drain-timeout` to finish, and whatever is left is cut.
+pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let compiled = commands::load_policy(&args.policy).map_err(|problems| RunError::Policy {
+        path: args.policy.clone(),
+        problems,
+    })?;
+    for w in &compiled.warnings {
+        tracing::warn!(policy = %args.policy.display(), "{w}");
+    }
+    let metrics = Arc::new(Metrics::new(args.max_destination_labels));
+    metrics.set_policy(1, &compiled.policy.rule_counts());
+    let audit = Arc::new(AuditLog::open(std::path::Path::new(&args.audit_log))?);
+    let resolver = resolve::Resolver::new(&args.nameservers)?.with_metrics(metrics.clone());
+
+    let explicit = bind("explicit", args.listen).await?;
+    let admin = bind("admin", args.admin).await?;
+    let own_addrs = [&explicit, &admin]
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let limits = Limits {
+        connect_timeout: args.connect_timeout,
+        idle_timeout: args.idle_timeout,
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections,
+    };
+    let snapshot = Snapshot {
+        policy: compiled.policy,
+        generation: 1,
+    };
+    let shared = Arc::new(Shared::new(
+        snapshot, resolver, metrics, audit, limits, own_addrs,
+    ));
+
+    for (what, l) in [("explicit", &explicit), ("admin", &admin)] {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(listener = what, addr = %addr, "listening");
+        }
+    }
+    let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
+    let accept = tokio::spawn(listener::accept_loop(
+        shared.clone(),
+        explicit,
+        Listener::Explicit,
+        listener::explicit::serve,
+    ));
+    shared.set_ready(true);
+    tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
+
+    shutdown.await;
+    tracing::info!(drain_timeout = ?args.drain_timeout, "draining");
+    shared.draining.cancel();
+    let _ = accept.await;
+    shared.tracker.close();
+    if tokio::time::timeout(args.drain_timeout, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; closing the connections still open");
+        shared.abort.cancel();
+        // Give cut tunnels a moment to write their audit records.
+        let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
+    }
+    admin_task.abort();
+    let _ = admin_task.await;
+    let audit = shared.audit.clone();
+    drop(shared);
+    match Arc::try_unwrap(audit) {
+        Ok(log) => log.flush_and_close(),
+        Err(_) => tracing::warn!("audit log still shared at exit; it flushes when dropped"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { what, addr, source })
+}

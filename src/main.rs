@@ -1,24 +1,21 @@
-//! The `portcullis` binary: parse the command line and hand over to the library.
+//! The `portcullis` binary: parse the command line, set up logging, run until a signal.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use portcullis::cli::{Cli, Command};
-use portcullis::commands;
+use portcullis::cli::{Cli, Command, LogFormat, RunArgs};
+use portcullis::{RunError, commands};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match &cli.command {
-        Command::Check(args) => commands::check(args, &mut std::io::stdout().lock()),
+    let code = match cli.command {
+        Command::Check(args) => commands::check(&args, &mut std::io::stdout().lock()),
         Command::Explain(args) => commands::explain(
-            args,
+            &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
-        Command::Run(_) => {
-            eprintln!("portcullis run: not implemented yet");
-            Ok(commands::exit::USAGE)
-        }
+        Command::Run(args) => return run(*args),
     };
     match code {
         Ok(code) => ExitCode::from(code as u8),
@@ -26,5 +23,71 @@ fn main() -> ExitCode {
             eprintln!("portcullis: {e}");
             ExitCode::from(commands::exit::USAGE as u8)
         }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let policy = args.policy.clone();
+    match runtime.block_on(portcullis::run(args, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Policy { problems, .. }) => {
+            for p in &problems {
+                eprintln!("{}", commands::render(&policy, p));
+            }
+            tracing::error!(policy = %policy.display(), errors = problems.len(), "policy does not load; not starting");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("portcullis: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Diagnostics go to stderr; stdout is the audit log's by default.
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGTERM (what ECS and Kubernetes send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
     }
 }

@@ -41,6 +41,38 @@ pub enum HostError {
     NonCanonicalIpv4,
     #[error("bad IPv6 literal (write it as [2001:db8::1], without a zone)")]
     BadIpv6,
+    #[error("bad port (1-65535, decimal, no leading zero or sign)")]
+    BadPort,
+}
+
+/// Splits `host[:port]` or `[v6][:port]` as written in a CONNECT target, a
+/// `Host` header or an absolute URI. The port is `None` when absent; a port
+/// must be plain decimal 1-65535 (`0443`, `+443`, `-1` and `65536` are refused).
+pub fn split_host_port(input: &str) -> Result<(&str, Option<u16>), HostError> {
+    let (host, port) = if input.starts_with('[') {
+        let end = input.find(']').ok_or(HostError::BadIpv6)?;
+        match &input[end + 1..] {
+            "" => (&input[..=end], None),
+            rest => (
+                &input[..=end],
+                Some(rest.strip_prefix(':').ok_or(HostError::BadIpv6)?),
+            ),
+        }
+    } else {
+        match input.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => return Err(HostError::BadIpv6),
+            Some((h, p)) => (h, Some(p)),
+            None => (input, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 && !p.starts_with(['0', '+']) => Some(n),
+            _ => return Err(HostError::BadPort),
+        },
+    };
+    Ok((host, port))
 }
 
 impl Host {
@@ -242,6 +274,25 @@ mod tests {
         }
         for odd in ["[fe80::1%eth0]", "[1.2.3.4]", "[::1", "[example.com]"] {
             assert_eq!(Host::parse(odd), Err(HostError::BadIpv6), "{odd}");
+        }
+    }
+
+    #[test]
+    fn host_and_port_split() {
+        assert_eq!(
+            split_host_port("api.stripe.com:443"),
+            Ok(("api.stripe.com", Some(443)))
+        );
+        assert_eq!(
+            split_host_port("api.stripe.com"),
+            Ok(("api.stripe.com", None))
+        );
+        assert_eq!(split_host_port("[::1]:8443"), Ok(("[::1]", Some(8443))));
+        assert_eq!(split_host_port("[::1]"), Ok(("[::1]", None)));
+        for bad in [
+            "h:0", "h:65536", "h:-1", "h:+443", "h:0443", "h:", "h:x", "::1:443", "[::1]x", "[::1",
+        ] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
         }
     }
 

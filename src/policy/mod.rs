@@ -223,6 +223,9 @@ impl Policy {
         };
         let verdict = match (reason, mode) {
             (Reason::Allowed, _) => Verdict::Allow,
+            // The guard is a safety net, not an allowlist: report mode never
+            // opens the way to metadata or private addresses.
+            (Reason::BlockedIp, _) => Verdict::Deny,
             (_, Mode::Report) => Verdict::Report,
             (_, Mode::Enforce) => Verdict::Deny,
         };

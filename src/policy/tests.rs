@@ -525,16 +525,13 @@ fn clients_first_match_extra_allow_and_refusal() {
 }
 
 #[test]
-fn report_mode_reports_what_enforce_would_deny_but_not_bad_requests() {
+fn report_mode_reports_what_enforce_would_deny_but_not_bad_requests_or_guarded_ips() {
     let p = policy(
         "version: 1\nmode: report\nallow: [ok.example.com, \"10.0.0.0/8:443\"]\nclients:\n  - name: strict\n    sources: [127.0.0.5]\n    mode: enforce\n  - name: inherits\n    sources: [127.0.0.6]\n",
     );
     let d = p.decide_str(ip("127.0.0.6"), "other.example.com", 443);
     assert_eq!((d.verdict, d.reason), (Report, NotAllowed));
-    assert_eq!(
-        p.decide_str(ip("127.0.0.6"), "10.0.0.1", 443).verdict,
-        Report
-    );
+    assert_eq!(p.decide_str(ip("127.0.0.6"), "10.0.0.1", 443).verdict, Deny);
     assert_eq!(
         p.decide_str(ip("127.0.0.6"), "10.0.0.1", 443).reason,
         BlockedIp

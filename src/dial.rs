@@ -1,0 +1,76 @@
+//! Resolve, guard, dial: turn an allowed destination into a connected upstream socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use crate::policy::{Host, Reason};
+use crate::resolve::{DnsError, filter};
+use crate::state::{Shared, Snapshot};
+
+/// A connected upstream.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+}
+
+/// Resolves `host` itself (never trusting an address from the client), drops
+/// every answer the guard or the proxy's own addresses rule out, and tries
+/// the rest in order within `--connect-timeout`.
+pub async fn dial(
+    shared: &Shared,
+    snap: &Snapshot,
+    host: &Host,
+    port: u16,
+) -> Result<Upstream, Reason> {
+    let addrs: Vec<IpAddr> = match host {
+        Host::Ip(ip) => vec![*ip],
+        Host::Name(name) => shared.resolver.lookup(name).await.map_err(|e| {
+            tracing::debug!(host = %name, error = %e, "lookup failed");
+            match e {
+                DnsError::InvalidName(_) => Reason::BadRequest,
+                _ => Reason::DnsError,
+            }
+        })?,
+    };
+    let guard = &snap.policy.guard;
+    let usable = filter(addrs, |ip| {
+        guard.is_dialable(ip) && !shared.is_own_addr(SocketAddr::new(ip, port))
+    });
+    if usable.dialable.is_empty() {
+        tracing::debug!(%host, blocked = ?usable.blocked, "every address is guarded");
+        return Err(if usable.blocked.is_empty() {
+            Reason::DnsError
+        } else {
+            Reason::BlockedIp
+        });
+    }
+    let started = Instant::now();
+    let attempt = async {
+        let mut last = Reason::ConnectError;
+        for ip in &usable.dialable {
+            let addr = SocketAddr::new(*ip, port);
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Upstream { stream, addr });
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "connect failed");
+                    last = Reason::ConnectError;
+                }
+            }
+        }
+        Err(last)
+    };
+    let result = tokio::time::timeout(shared.limits.connect_timeout, attempt)
+        .await
+        .unwrap_or(Err(Reason::ConnectTimeout));
+    if result.is_ok() {
+        shared
+            .metrics
+            .upstream_connect(&host.to_string(), started.elapsed());
+    }
+    result
+}

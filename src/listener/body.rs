@@ -1,0 +1,101 @@
+//! Body wrappers that count relayed bytes and finish an exchange when the body ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use super::Exchange;
+use crate::state::Shared;
+
+/// Counts the data bytes that pass through into `count`.
+pub struct Counting<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+}
+
+impl<B> Counting<B> {
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Counting { inner, count }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A relayed response body: counts ingress bytes, and when it is dropped
+/// (fully sent, or the client went away) writes the exchange's audit record.
+pub struct Finishing<B> {
+    inner: Counting<B>,
+    ingress: Arc<AtomicU64>,
+    egress: Arc<AtomicU64>,
+    exchange: Option<(Exchange, Arc<Shared>)>,
+}
+
+impl<B> Finishing<B> {
+    pub fn new(inner: B, egress: Arc<AtomicU64>, exchange: Exchange, shared: Arc<Shared>) -> Self {
+        let ingress = Arc::new(AtomicU64::new(0));
+        Finishing {
+            inner: Counting::new(inner, ingress.clone()),
+            ingress,
+            egress,
+            exchange: Some((exchange, shared)),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Finishing<B> {
+    fn drop(&mut self) {
+        if let Some((mut ex, shared)) = self.exchange.take() {
+            ex.ingress = self.ingress.load(Ordering::Relaxed);
+            ex.egress = self.egress.load(Ordering::Relaxed);
+            ex.finish(&shared);
+        }
+    }
+}

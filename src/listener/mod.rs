@@ -1,0 +1,287 @@
+//! Listeners: accepting connections, and what every listener records about each exchange.
+
+pub mod body;
+pub mod explicit;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::policy::{Decision, Host, Reason, Verdict};
+use crate::state::{ConnSlot, Shared, Snapshot};
+use crate::telemetry::audit::{AuditRecord, Event};
+use crate::telemetry::{self, Listener};
+
+/// Response bodies the proxy sends: its own short texts or a relayed origin body.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The header that names why the proxy refused.
+pub const REASON_HEADER: &str = "x-portcullis-reason";
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// SPEC 3's error response: status, `X-Portcullis-Reason`, a one-line body, `Connection: close`.
+pub fn error_response(reason: Reason) -> Response<Body> {
+    let status = reason
+        .status()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = Response::new(full(error_body(reason)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+fn error_body(reason: Reason) -> String {
+    format!("portcullis: {}: {}\n", reason.as_str(), reason.message())
+}
+
+/// One decided connection or request, from accept to its audit record.
+pub struct Exchange {
+    started: Instant,
+    listener: Listener,
+    event: Event,
+    pub client_addr: SocketAddr,
+    pub method: Option<String>,
+    /// The destination as normalised, or as received when it did not parse.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub sni: Option<String>,
+    pub decision: Option<Decision>,
+    /// Where the exchange ended: the decision's reason, or a later failure.
+    pub reason: Reason,
+    pub generation: Option<u64>,
+    has_clients: bool,
+    pub upstream: Option<SocketAddr>,
+    pub status: Option<u16>,
+    pub egress: u64,
+    pub ingress: u64,
+}
+
+impl Exchange {
+    pub fn new(listener: Listener, event: Event, client_addr: SocketAddr) -> Exchange {
+        Exchange {
+            started: Instant::now(),
+            listener,
+            event,
+            client_addr,
+            method: None,
+            host: None,
+            port: None,
+            sni: None,
+            decision: None,
+            reason: Reason::BadRequest,
+            generation: None,
+            has_clients: false,
+            upstream: None,
+            status: None,
+            egress: 0,
+            ingress: 0,
+        }
+    }
+
+    /// Records the destination as received, before it is known to be valid.
+    pub fn target_raw(&mut self, host: &str, port: Option<u16>) {
+        const MAX: usize = 512;
+        let mut end = host.len().min(MAX);
+        while !host.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.host = Some(host[..end].to_string());
+        self.port = port;
+    }
+
+    /// Decides `host:port` on `snap` and records the outcome.
+    pub fn decide(&mut self, snap: &Snapshot, host: &Host, port: u16) -> &Decision {
+        self.host = Some(host.to_string());
+        self.port = Some(port);
+        self.generation = Some(snap.generation);
+        self.has_clients = snap.policy.clients.is_some();
+        let decision = snap.policy.decide(self.client_addr.ip(), host, port);
+        self.reason = decision.reason;
+        self.decision.insert(decision)
+    }
+
+    /// Records a request too malformed to decide.
+    pub fn bad_request(&mut self, snap: &Snapshot) {
+        self.generation = Some(snap.generation);
+        self.has_clients = snap.policy.clients.is_some();
+        self.decision = Some(snap.policy.bad_request(self.client_addr.ip()));
+        self.reason = Reason::BadRequest;
+    }
+
+    /// Whether the traffic may go on (allow, or report).
+    pub fn permits(&self) -> bool {
+        self.decision.as_ref().is_some_and(|d| d.verdict.permits())
+    }
+
+    /// The verdict as audited: a guard refusal after resolution, or a request
+    /// that never reached a decision, is a deny.
+    fn verdict(&self) -> Verdict {
+        match (&self.decision, self.reason) {
+            (_, Reason::BlockedIp | Reason::BadRequest | Reason::Overloaded) => Verdict::Deny,
+            (Some(d), _) => d.verdict,
+            (None, _) => Verdict::Deny,
+        }
+    }
+
+    fn client_label(&self) -> &str {
+        match self.decision.as_ref().and_then(|d| d.client.as_deref()) {
+            Some(name) => name,
+            None if self.has_clients => "_unknown",
+            None => "default",
+        }
+    }
+
+    /// Writes the audit record and counts the exchange.
+    pub fn finish(self, shared: &Shared) {
+        let verdict = self.verdict();
+        let decision = telemetry::Decision::from(verdict);
+        let destination = match (&self.host, self.reason) {
+            (_, Reason::BadRequest) | (None, _) => "_invalid",
+            (Some(h), _) => h.as_str(),
+        };
+        let client = self.client_label().to_string();
+        let m = &shared.metrics;
+        m.request(
+            self.listener,
+            &client,
+            decision,
+            self.reason.as_str(),
+            destination,
+        );
+        if self.egress > 0 || self.ingress > 0 {
+            m.tunnel_bytes(&client, destination, self.egress, self.ingress);
+        }
+        let mut rec = AuditRecord::new(self.event);
+        rec.listener = Some(self.listener);
+        rec.client = self
+            .decision
+            .as_ref()
+            .and_then(|d| d.client.as_deref())
+            .map(str::to_string);
+        rec.client_addr = Some(self.client_addr);
+        rec.method = self.method;
+        rec.host = self.host;
+        rec.port = self.port;
+        rec.sni = self.sni;
+        rec.decision = Some(decision);
+        rec.reason = Some(self.reason.as_str());
+        rec.rule = self
+            .decision
+            .as_ref()
+            .and_then(|d| d.rule.as_deref())
+            .map(str::to_string);
+        rec.upstream_addr = self.upstream;
+        rec.status = self.status;
+        rec.bytes_egress = Some(self.egress);
+        rec.bytes_ingress = Some(self.ingress);
+        rec.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        rec.policy_generation = self.generation;
+        shared.audit.write(&rec);
+    }
+}
+
+impl From<Verdict> for telemetry::Decision {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Allow => telemetry::Decision::Allow,
+            Verdict::Deny => telemetry::Decision::Deny,
+            Verdict::Report => telemetry::Decision::Report,
+        }
+    }
+}
+
+/// Accepts until draining, handing each connection (with its slot) to `serve`.
+/// Beyond `--max-connections`, `refuse` answers instead.
+pub async fn accept_loop<F, Fut>(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: Listener,
+    serve: F,
+) where
+    F: Fn(Arc<Shared>, TcpStream, SocketAddr, ConnSlot) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shared.draining.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors, typically: back off instead of spinning.
+                tracing::warn!(listener = kind.as_str(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match shared.try_slot(kind) {
+            Some(slot) => {
+                shared
+                    .tracker
+                    .spawn(serve(shared.clone(), stream, peer, slot));
+            }
+            None => {
+                shared
+                    .tracker
+                    .spawn(refuse_overloaded(shared.clone(), stream, peer, kind));
+            }
+        }
+    }
+}
+
+/// Answers `503 overloaded` without parsing anything, then closes. The
+/// client's request is drained briefly so that closing does not reset the
+/// connection before the client has read the answer.
+async fn refuse_overloaded(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+) {
+    let mut ex = Exchange::new(kind, Event::Connection, peer);
+    ex.reason = Reason::Overloaded;
+    ex.status = Some(503);
+    ex.finish(&shared);
+    if kind == Listener::TransparentTls {
+        return;
+    }
+    let body = error_body(Reason::Overloaded);
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\n{REASON_HEADER}: overloaded\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let io = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if stream.read(&mut sink).await? == 0 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), io).await;
+}

@@ -1,0 +1,112 @@
+//! What every connection shares: the current policy snapshot, resolver, telemetry and limits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::policy::Policy;
+use crate::resolve::Resolver;
+use crate::telemetry::Listener;
+use crate::telemetry::audit::AuditLog;
+use crate::telemetry::metrics::{ActiveGuard, Metrics};
+
+/// A compiled policy and the generation number it was loaded as.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub policy: Policy,
+    pub generation: u64,
+}
+
+/// Timeouts and limits from the command line.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Largest request head (request line and headers) the explicit listener reads.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+pub struct Shared {
+    /// Each connection loads this once and keeps the snapshot to its end.
+    pub policy: ArcSwap<Snapshot>,
+    pub resolver: Resolver,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditLog>,
+    pub limits: Limits,
+    /// The proxy's own listening addresses, never dialed.
+    pub own_addrs: Vec<SocketAddr>,
+    permits: Arc<Semaphore>,
+    /// Every connection, request and tunnel task, so that a drain can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled on SIGTERM: stop accepting, finish in-flight requests.
+    pub draining: CancellationToken,
+    /// Cancelled when the drain timeout expires: cut what is still open.
+    pub abort: CancellationToken,
+    ready: AtomicBool,
+}
+
+/// Held for as long as a client connection (and any tunnel it became) is open.
+pub struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    _active: ActiveGuard,
+}
+
+impl Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        resolver: Resolver,
+        metrics: Arc<Metrics>,
+        audit: Arc<AuditLog>,
+        limits: Limits,
+        own_addrs: Vec<SocketAddr>,
+    ) -> Shared {
+        Shared {
+            policy: ArcSwap::from_pointee(snapshot),
+            resolver,
+            metrics,
+            audit,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            own_addrs,
+            tracker: TaskTracker::new(),
+            draining: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// A connection slot, or `None` when `--max-connections` are open.
+    pub fn try_slot(&self, listener: Listener) -> Option<ConnSlot> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(ConnSlot {
+            _permit: permit,
+            _active: self.metrics.connection_opened(listener),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Policy loaded, listeners bound, and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.draining.is_cancelled()
+    }
+
+    /// Whether `addr` is one of the proxy's own listeners (dialing it would loop).
+    pub fn is_own_addr(&self, addr: SocketAddr) -> bool {
+        self.own_addrs.iter().any(|own| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip() || own.ip().is_unspecified() || addr.ip().is_loopback())
+        })
+    }
+}
