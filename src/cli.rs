@@ -28,6 +28,18 @@ pub enum Command {
     Check(CheckArgs),
     /// Show how the policy decides one destination: exit 0 allow/report, 3 deny.
     Explain(ExplainArgs),
+    /// Show the destinations each client gains and loses between two policies.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The policy before the change (e.g. the base branch's file).
+    pub old: PathBuf,
+    /// The policy after the change.
+    pub new: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,6 +98,9 @@ pub struct RunArgs {
         default_value = "json"
     )]
     pub log_format: LogFormat,
+    /// After a reload, close open tunnels whose destination the new policy denies.
+    #[arg(long, env = "PORTCULLIS_REVALIDATE_ON_RELOAD")]
+    pub revalidate_on_reload: bool,
     /// Distinct `destination` label values before metrics use `_other`.
     #[arg(
         long,

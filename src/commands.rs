@@ -4,7 +4,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::cli::{CheckArgs, ExplainArgs, OutputFormat};
+use crate::cli::{CheckArgs, DiffArgs, ExplainArgs, OutputFormat};
 use crate::policy::host::split_host_port;
 use crate::policy::{Diagnostic, Host, Policy, Severity, Verdict};
 
@@ -18,6 +18,13 @@ pub mod exit {
 
 /// Reads and compiles a policy file; `Err` holds every problem found.
 pub fn load_policy(path: &Path) -> Result<crate::policy::Compiled, Vec<Diagnostic>> {
+    load_policy_with_hash(path).map(|(c, _)| c)
+}
+
+/// Like [`load_policy`], with the SHA-256 of the file's bytes.
+pub fn load_policy_with_hash(
+    path: &Path,
+) -> Result<(crate::policy::Compiled, String), Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![Diagnostic {
             severity: Severity::Error,
@@ -27,7 +34,8 @@ pub fn load_policy(path: &Path) -> Result<crate::policy::Compiled, Vec<Diagnosti
             hint: None,
         }]
     })?;
-    Policy::from_yaml(&text)
+    let sha = crate::reload::sha256_hex(text.as_bytes());
+    Policy::from_yaml(&text).map(|c| (c, sha))
 }
 
 /// `PATH:LINE:COLUMN: severity: message (hint: ...)`.
@@ -170,4 +178,31 @@ fn rule_line(policy: &Policy, text: &str) -> String {
             || text.to_string(),
             |r| format!("{text} (line {}, column {})", r.line, r.column),
         )
+}
+
+/// `portcullis diff OLD NEW`: exit 0 with the changes, 2 when either file does not load.
+pub fn diff(args: &DiffArgs, out: &mut impl Write, err: &mut impl Write) -> std::io::Result<i32> {
+    let (old, new) = match (load_policy(&args.old), load_policy(&args.new)) {
+        (Ok(o), Ok(n)) => (o.policy, n.policy),
+        (o, n) => {
+            for (path, r) in [(&args.old, o), (&args.new, n)] {
+                if let Err(problems) = r {
+                    for d in &problems {
+                        writeln!(err, "{}", render(path, d))?;
+                    }
+                }
+            }
+            return Ok(exit::USAGE);
+        }
+    };
+    let changes = crate::policy::diff::diff(&old, &new);
+    match args.format {
+        OutputFormat::Text => write!(out, "{}", crate::policy::diff::render(&changes))?,
+        OutputFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&changes).expect("JSON values serialise")
+        )?,
+    }
+    Ok(exit::OK)
 }

@@ -21,6 +21,7 @@ pub mod commands;
 pub mod dial;
 pub mod listener;
 pub mod policy;
+pub mod reload;
 pub mod resolve;
 pub mod state;
 pub mod telemetry;
@@ -59,16 +60,22 @@ pub enum RunError {
     Audit(#[from] telemetry::audit::AuditError),
     #[error(transparent)]
     Resolver(#[from] resolve::ResolveInitError),
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains: `/readyz` turns
 /// 503, listeners stop accepting, open connections and tunnels get
 /// `--drain-timeout` to finish, and whatever is left is cut.
 pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let compiled = commands::load_policy(&args.policy).map_err(|problems| RunError::Policy {
-        path: args.policy.clone(),
-        problems,
-    })?;
+    let (compiled, sha256) =
+        commands::load_policy_with_hash(&args.policy).map_err(|problems| RunError::Policy {
+            path: args.policy.clone(),
+            problems,
+        })?;
+    // Installed before anything is served: SIGHUP's default action is to exit.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(RunError::Signal)?;
     for w in &compiled.warnings {
         tracing::warn!(policy = %args.policy.display(), "{w}");
     }
@@ -89,13 +96,34 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         header_timeout: args.header_timeout,
         max_connections: args.max_connections,
     };
+    let rules: usize = compiled.policy.rule_counts().iter().map(|(_, n)| n).sum();
     let snapshot = Snapshot {
         policy: compiled.policy,
         generation: 1,
+        sha256: sha256.clone(),
     };
     let shared = Arc::new(Shared::new(
-        snapshot, resolver, metrics, audit, limits, own_addrs,
+        snapshot,
+        resolver,
+        metrics,
+        audit,
+        limits,
+        own_addrs,
+        args.revalidate_on_reload,
     ));
+    shared
+        .audit
+        .write(&telemetry::audit::AuditRecord::policy_reload(
+            Some(1),
+            telemetry::audit::ReloadDetails {
+                result: telemetry::ReloadResult::Ok,
+                path: Some(args.policy.display().to_string()),
+                sha256: Some(sha256),
+                rules: Some(rules),
+                error: None,
+                changes: None,
+            },
+        ));
 
     for (what, l) in [("explicit", &explicit), ("admin", &admin)] {
         if let Ok(addr) = l.local_addr() {
@@ -109,6 +137,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         Listener::Explicit,
         listener::explicit::serve,
     ));
+    let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
     shared.set_ready(true);
     tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
 
@@ -126,8 +155,10 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         // Give cut tunnels a moment to write their audit records.
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
     }
-    admin_task.abort();
-    let _ = admin_task.await;
+    for task in [admin_task, reloader] {
+        task.abort();
+        let _ = task.await;
+    }
     let audit = shared.audit.clone();
     drop(shared);
     match Arc::try_unwrap(audit) {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::policy::Policy;
+use crate::reload::OpenTunnels;
 use crate::resolve::Resolver;
 use crate::telemetry::Listener;
 use crate::telemetry::audit::AuditLog;
@@ -21,6 +22,8 @@ use crate::telemetry::metrics::{ActiveGuard, Metrics};
 pub struct Snapshot {
     pub policy: Policy,
     pub generation: u64,
+    /// SHA-256 of the file it was compiled from.
+    pub sha256: String,
 }
 
 /// Timeouts and limits from the command line.
@@ -51,6 +54,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Cancelled when the drain timeout expires: cut what is still open.
     pub abort: CancellationToken,
+    /// Present with `--revalidate-on-reload`.
+    pub open_tunnels: Option<OpenTunnels>,
     ready: AtomicBool,
 }
 
@@ -68,6 +73,7 @@ impl Shared {
         audit: Arc<AuditLog>,
         limits: Limits,
         own_addrs: Vec<SocketAddr>,
+        revalidate_on_reload: bool,
     ) -> Shared {
         Shared {
             policy: ArcSwap::from_pointee(snapshot),
@@ -80,6 +86,7 @@ impl Shared {
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
             abort: CancellationToken::new(),
+            open_tunnels: revalidate_on_reload.then(OpenTunnels::default),
             ready: AtomicBool::new(false),
         }
     }

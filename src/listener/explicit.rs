@@ -162,6 +162,7 @@ async fn connect(
     ex.status = Some(200);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let slot = conn.slot.clone();
+    let conn_peer = conn.peer;
     let shared_task = shared.clone();
     shared.tracker.spawn(async move {
         let shared = shared_task;
@@ -169,14 +170,22 @@ async fn connect(
             Ok(upgraded) => {
                 let counters = Counters::default();
                 let Upstream { stream, .. } = upstream;
+                let cancel = shared.abort.child_token();
+                let _registration = shared
+                    .open_tunnels
+                    .as_ref()
+                    .map(|open| open.register(conn_peer.ip(), host, port, cancel.clone()));
                 let end = tunnel::pump(
                     TokioIo::new(upgraded),
                     stream,
                     shared.limits.idle_timeout,
-                    &shared.abort,
+                    &cancel,
                     &counters,
                 )
                 .await;
+                if end == tunnel::End::Aborted && !shared.abort.is_cancelled() {
+                    ex.reason = Reason::PolicyRevoked;
+                }
                 tracing::debug!(host = ?ex.host, ?end, "tunnel closed");
                 ex.egress = counters.egress();
                 ex.ingress = counters.ingress();

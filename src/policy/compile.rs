@@ -119,6 +119,10 @@ fn yaml_error(e: &serde_saphyr::Error) -> Diagnostic {
     if let Some((head, _)) = message.rsplit_once(" at line ") {
         message = head;
     }
+    // saphyr's advice on its own options means nothing to a policy author.
+    if let Some((head, _)) = message.split_once(", set DuplicateKeyPolicy") {
+        message = head;
+    }
     let message = message.to_string();
     let hint = if message.contains("unknown field") {
         Some("check the key's spelling and indentation (README, \"Policy format\")".into())

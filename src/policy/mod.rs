@@ -1,6 +1,7 @@
 //! The pure decision core: a compiled policy and `decide`. No I/O, no runtime, no clock.
 
 pub mod compile;
+pub mod diff;
 pub mod host;
 pub mod ip_guard;
 pub mod lint;
