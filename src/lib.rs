@@ -25,6 +25,7 @@ pub mod reload;
 pub mod resolve;
 pub mod state;
 pub mod telemetry;
+pub mod tls_peek;
 pub mod tunnel;
 
 use std::net::SocketAddr;

@@ -3,9 +3,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::policy::Reason;
+use crate::tls_peek::{FirstFlight, read_first_flight};
 
 /// Copy buffer per direction.
 const BUF: usize = 16 * 1024;
@@ -17,8 +22,22 @@ pub enum End {
     Closed,
     /// No bytes either way for the idle timeout.
     Idle,
-    /// The drain timeout expired during shutdown.
+    /// The drain timeout expired during shutdown, or a reload revoked the tunnel.
     Aborted,
+    /// The client's first bytes failed the first-flight check.
+    Refused(Reason),
+}
+
+/// Checks the client's first flight (a TLS ClientHello, or other bytes)
+/// before anything is forwarded.
+pub struct FirstFlightCheck<F> {
+    pub timeout: Duration,
+    pub check: F,
+}
+
+enum Stop {
+    Io,
+    Refused(Reason),
 }
 
 /// Bytes relayed: client -> upstream (`egress`) and back (`ingress`).
@@ -28,6 +47,8 @@ pub struct Counters {
     pub ingress: AtomicU64,
     /// Milliseconds since the tunnel started, at the last byte either way.
     last_activity_ms: AtomicU64,
+    /// The server name of the client's ClientHello, when it sent one.
+    pub sni: OnceLock<String>,
 }
 
 impl Counters {
@@ -43,42 +64,65 @@ impl Counters {
 /// Relays bytes both ways until both directions are done, the tunnel sits
 /// idle for `idle`, or `abort` fires. A half-close is passed on: when one
 /// side stops sending, the other side's write half is shut down and the
-/// opposite direction keeps flowing.
-pub async fn pump<C, U>(
+/// opposite direction keeps flowing. With `first`, the client's first bytes
+/// are judged before any is forwarded, while upstream bytes already flow
+/// (server-first protocols).
+pub async fn pump<C, U, F>(
     client: C,
     upstream: U,
     idle: Duration,
     abort: &CancellationToken,
     counters: &Counters,
+    first: Option<FirstFlightCheck<F>>,
 ) -> End
 where
     C: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
+    F: FnOnce(&FirstFlight) -> Result<(), Reason>,
 {
     let start = Instant::now();
-    let (client_r, client_w) = tokio::io::split(client);
-    let (up_r, up_w) = tokio::io::split(upstream);
-    let egress = one_way(
-        client_r,
-        up_w,
-        &counters.egress,
-        &counters.last_activity_ms,
-        start,
-    );
-    let ingress = one_way(
-        up_r,
-        client_w,
-        &counters.ingress,
-        &counters.last_activity_ms,
-        start,
-    );
-    let both = async {
-        // An error in one direction (a reset) ends the tunnel.
-        let _ = tokio::try_join!(egress, ingress);
+    let (mut client_r, client_w) = tokio::io::split(client);
+    let (up_r, mut up_w) = tokio::io::split(upstream);
+    let activity = &counters.last_activity_ms;
+    let egress = async {
+        if let Some(FirstFlightCheck { timeout, check }) = first {
+            let mut buf = Vec::new();
+            let flight = read_first_flight(&mut client_r, &mut buf, timeout)
+                .await
+                .map_err(|_| Stop::Refused(Reason::BadRequest))?;
+            if let FirstFlight::Hello(hello) = &flight
+                && let Some(name) = hello.server_names.first()
+            {
+                let _ = counters.sni.set(name.clone());
+            }
+            check(&flight).map_err(Stop::Refused)?;
+            if buf.is_empty() {
+                // The client closed without a byte.
+                return up_w.shutdown().await.map_err(|_| Stop::Io);
+            }
+            up_w.write_all(&buf).await.map_err(|_| Stop::Io)?;
+            counters
+                .egress
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        one_way(client_r, up_w, &counters.egress, activity, start)
+            .await
+            .map_err(|_| Stop::Io)
     };
+    let ingress = async {
+        one_way(up_r, client_w, &counters.ingress, activity, start)
+            .await
+            .map_err(|_| Stop::Io)
+    };
+    // An error in one direction (a reset) ends the tunnel.
+    let both = async { tokio::try_join!(egress, ingress) };
     tokio::select! {
-        () = both => End::Closed,
-        () = idle_watch(idle, &counters.last_activity_ms, start) => End::Idle,
+        res = both => match res {
+            Err(Stop::Refused(reason)) => End::Refused(reason),
+            Ok(_) | Err(Stop::Io) => End::Closed,
+        },
+        () = idle_watch(idle, activity, start) => End::Idle,
         () = abort.cancelled() => End::Aborted,
     }
 }
@@ -118,6 +162,10 @@ async fn idle_watch(idle: Duration, last_ms: &AtomicU64, start: Instant) {
     }
 }
 
+/// For tunnels whose first bytes need no check.
+pub type NoCheck = fn(&FirstFlight) -> Result<(), Reason>;
+pub const NO_CHECK: Option<FirstFlightCheck<NoCheck>> = None;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,7 +177,14 @@ mod tests {
         let (upstream, mut upstream_peer) = duplex(64);
         let counters = Counters::default();
         let abort = CancellationToken::new();
-        let pumping = pump(client, upstream, Duration::from_secs(5), &abort, &counters);
+        let pumping = pump(
+            client,
+            upstream,
+            Duration::from_secs(5),
+            &abort,
+            &counters,
+            NO_CHECK,
+        );
         let driving = async {
             client_peer.write_all(b"hello").await.unwrap();
             let mut got = [0u8; 5];
@@ -161,6 +216,7 @@ mod tests {
             Duration::from_secs(3),
             &CancellationToken::new(),
             &counters,
+            NO_CHECK,
         )
         .await;
         assert_eq!(end, End::Idle);
@@ -178,6 +234,7 @@ mod tests {
             Duration::from_secs(60),
             &abort,
             &Counters::default(),
+            NO_CHECK,
         )
         .await;
         assert_eq!(end, End::Aborted);

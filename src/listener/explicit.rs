@@ -24,7 +24,8 @@ use crate::policy::{Host, Reason};
 use crate::state::{ConnSlot, MAX_HEAD_BYTES, Shared, Snapshot};
 use crate::telemetry::Listener;
 use crate::telemetry::audit::Event;
-use crate::tunnel::{self, Counters};
+use crate::tls_peek::{FirstFlight, check_tunnel};
+use crate::tunnel::{self, Counters, End, FirstFlightCheck};
 
 /// Upstream connections one client connection keeps open for keep-alive.
 const MAX_UPSTREAMS: usize = 4;
@@ -163,6 +164,7 @@ async fn connect(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let slot = conn.slot.clone();
     let conn_peer = conn.peer;
+    let target = host;
     let shared_task = shared.clone();
     shared.tracker.spawn(async move {
         let shared = shared_task;
@@ -174,18 +176,30 @@ async fn connect(
                 let _registration = shared
                     .open_tunnels
                     .as_ref()
-                    .map(|open| open.register(conn_peer.ip(), host, port, cancel.clone()));
+                    .map(|open| open.register(conn_peer.ip(), target.clone(), port, cancel.clone()));
+                let tls = snap.policy.tls;
+                let first = FirstFlightCheck {
+                    timeout: shared.limits.header_timeout,
+                    check: |flight: &FirstFlight| check_tunnel(flight, &target, &tls),
+                };
                 let end = tunnel::pump(
                     TokioIo::new(upgraded),
                     stream,
                     shared.limits.idle_timeout,
                     &cancel,
                     &counters,
+                    Some(first),
                 )
                 .await;
-                if end == tunnel::End::Aborted && !shared.abort.is_cancelled() {
-                    ex.reason = Reason::PolicyRevoked;
+                match end {
+                    End::Aborted if !shared.abort.is_cancelled() => ex.reason = Reason::PolicyRevoked,
+                    End::Refused(reason) => {
+                        tracing::info!(host = ?ex.host, reason = reason.as_str(), "tunnel refused after its first bytes");
+                        ex.reason = reason;
+                    }
+                    _ => {}
                 }
+                ex.sni = counters.sni.get().cloned();
                 tracing::debug!(host = ?ex.host, ?end, "tunnel closed");
                 ex.egress = counters.egress();
                 ex.ingress = counters.ingress();

@@ -136,7 +136,16 @@ impl Exchange {
     /// that never reached a decision, is a deny.
     fn verdict(&self) -> Verdict {
         match (&self.decision, self.reason) {
-            (_, Reason::BlockedIp | Reason::BadRequest | Reason::Overloaded) => Verdict::Deny,
+            (
+                _,
+                Reason::BlockedIp
+                | Reason::BadRequest
+                | Reason::Overloaded
+                | Reason::SniMismatch
+                | Reason::EchRefused
+                | Reason::NoSni
+                | Reason::PolicyRevoked,
+            ) => Verdict::Deny,
             (Some(d), _) => d.verdict,
             (None, _) => Verdict::Deny,
         }
