@@ -4,7 +4,7 @@
 //! The path of a connection, and the module that owns each step:
 //!
 //! - [`listener`]: accept (with `--max-connections`), parse the request
-//!   ([`listener::explicit`]: CONNECT and absolute-form HTTP), record the exchange.
+//!   ([`listener::client`]: CONNECT and absolute-form HTTP), record the exchange.
 //! - [`policy`]: the pure decision core (YAML -> compiled `Policy` -> `decide`).
 //! - [`resolve`] and [`dial`]: resolve the name ourselves, drop guarded
 //!   addresses, connect within `--connect-timeout`.
@@ -87,10 +87,32 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
 
     let explicit = bind("explicit", args.listen).await?;
     let admin = bind("admin", args.admin).await?;
-    let own_addrs = [&explicit, &admin]
+    let transparent_tls = match args.transparent_tls {
+        Some(addr) => Some(bind("transparent_tls", addr).await?),
+        None => None,
+    };
+    let transparent_http = match args.transparent_http {
+        Some(addr) => Some(bind("transparent_http", addr).await?),
+        None => None,
+    };
+    let bound: Vec<(&str, &TcpListener)> = [
+        Some(("explicit", &explicit)),
+        Some(("admin", &admin)),
+        transparent_tls.as_ref().map(|l| ("transparent_tls", l)),
+        transparent_http.as_ref().map(|l| ("transparent_http", l)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let own_addrs = bound
         .iter()
-        .filter_map(|l| l.local_addr().ok())
+        .filter_map(|(_, l)| l.local_addr().ok())
         .collect();
+    for (what, l) in &bound {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(listener = *what, addr = %addr, "listening");
+        }
+    }
     let limits = Limits {
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
@@ -126,18 +148,31 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             },
         ));
 
-    for (what, l) in [("explicit", &explicit), ("admin", &admin)] {
-        if let Ok(addr) = l.local_addr() {
-            tracing::info!(listener = what, addr = %addr, "listening");
-        }
-    }
     let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
-    let accept = tokio::spawn(listener::accept_loop(
+    let mut accepting = vec![tokio::spawn(listener::accept_loop(
         shared.clone(),
         explicit,
         Listener::Explicit,
-        listener::explicit::serve,
-    ));
+        listener::client::serve_explicit,
+    ))];
+    if let Some(l) = transparent_tls {
+        let serve = listener::tls::serve;
+        accepting.push(tokio::spawn(listener::accept_loop(
+            shared.clone(),
+            l,
+            Listener::TransparentTls,
+            serve,
+        )));
+    }
+    if let Some(l) = transparent_http {
+        let serve = listener::client::serve_transparent;
+        accepting.push(tokio::spawn(listener::accept_loop(
+            shared.clone(),
+            l,
+            Listener::TransparentHttp,
+            serve,
+        )));
+    }
     let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
     shared.set_ready(true);
     tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
@@ -145,7 +180,9 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     shutdown.await;
     tracing::info!(drain_timeout = ?args.drain_timeout, "draining");
     shared.draining.cancel();
-    let _ = accept.await;
+    for task in accepting {
+        let _ = task.await;
+    }
     shared.tracker.close();
     if tokio::time::timeout(args.drain_timeout, shared.tracker.wait())
         .await

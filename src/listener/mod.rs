@@ -1,7 +1,14 @@
 //! Listeners: accepting connections, and what every listener records about each exchange.
+//!
+//! [`client`] serves HTTP/1 connections (explicit and transparent), handing
+//! CONNECT to `connect` and other requests to `forward`; [`tls`] is the
+//! transparent TLS listener.
 
 pub mod body;
-pub mod explicit;
+pub mod client;
+mod connect;
+mod forward;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -216,6 +223,20 @@ impl From<Verdict> for telemetry::Decision {
             Verdict::Report => telemetry::Decision::Report,
         }
     }
+}
+
+/// The destination an iptables/nftables REDIRECT rule rewrote, when the
+/// connection was redirected (`SO_ORIGINAL_DST` reports the listener's own
+/// address when it was not).
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let local = stream.local_addr().ok()?;
+    let dst = match local {
+        SocketAddr::V4(_) => sock.original_dst_v4(),
+        SocketAddr::V6(_) => sock.original_dst_v6(),
+    };
+    let dst = dst.ok()?.as_socket()?;
+    (dst != local).then_some(dst)
 }
 
 /// Accepts until draining, handing each connection (with its slot) to `serve`.

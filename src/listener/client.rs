@@ -1,0 +1,160 @@
+//! HTTP/1 client connections on the explicit and transparent-HTTP listeners:
+//! one exchange per request, each decided on its own.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use super::forward::{Pooled, forward};
+use super::{Body, Exchange, connect, error_response};
+use crate::policy::host::split_host_port;
+use crate::policy::{Host, Reason};
+use crate::state::{ConnSlot, MAX_HEAD_BYTES, Shared, Snapshot};
+use crate::telemetry::Listener;
+use crate::telemetry::audit::Event;
+
+/// State of one client connection.
+pub(super) struct Conn {
+    pub shared: Arc<Shared>,
+    pub listener: Listener,
+    pub peer: SocketAddr,
+    /// Where the client meant to go, when iptables redirected it here.
+    pub original_dst: Option<SocketAddr>,
+    /// Shared with tunnels this connection becomes, so the slot lives as long as they do.
+    pub slot: Arc<ConnSlot>,
+    /// Idle keep-alive upstreams.
+    pub upstreams: Mutex<Vec<Pooled>>,
+}
+
+/// Serves an explicit-proxy client connection.
+pub async fn serve_explicit(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnSlot,
+) {
+    serve(shared, stream, peer, slot, Listener::Explicit).await
+}
+
+/// Serves a client connection redirected to the transparent HTTP listener.
+pub async fn serve_transparent(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnSlot,
+) {
+    serve(shared, stream, peer, slot, Listener::TransparentHttp).await
+}
+
+/// Serves one client connection until it closes or the proxy drains.
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnSlot,
+    listener: Listener,
+) {
+    let original_dst = match listener {
+        Listener::TransparentHttp => super::original_dst(&stream),
+        _ => None,
+    };
+    let conn = Arc::new(Conn {
+        shared: shared.clone(),
+        listener,
+        peer,
+        original_dst,
+        slot: Arc::new(slot),
+        upstreams: Mutex::new(Vec::new()),
+    });
+    let svc = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(conn, req).await) }
+    });
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192) * 4)
+        .half_close(false)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(http);
+    tokio::select! {
+        res = http.as_mut() => log_conn_end(peer, res),
+        () = shared.draining.cancelled() => {
+            http.as_mut().graceful_shutdown();
+            tokio::select! {
+                res = http => log_conn_end(peer, res),
+                () = shared.abort.cancelled() => {}
+            }
+        }
+    }
+}
+
+fn log_conn_end(peer: SocketAddr, res: Result<(), hyper::Error>) {
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+    let snap = conn.shared.policy.load_full();
+    let event = if req.method() == Method::CONNECT {
+        Event::Connection
+    } else {
+        Event::Request
+    };
+    let mut ex = Exchange::new(conn.listener, event, conn.peer);
+    ex.method = Some(req.method().as_str().to_string());
+    match (conn.listener, req.method()) {
+        (Listener::Explicit, &Method::CONNECT) => connect::connect(conn, snap, ex, req).await,
+        // A redirected client speaks to the origin: CONNECT makes no sense there.
+        (_, &Method::CONNECT) => {
+            ex.bad_request(&snap);
+            refuse(&conn.shared, ex, Reason::BadRequest)
+        }
+        _ => forward(conn, snap, ex, req).await,
+    }
+}
+
+/// Ends the exchange with an error response.
+pub(super) fn refuse(shared: &Shared, mut ex: Exchange, reason: Reason) -> Response<Body> {
+    ex.reason = reason;
+    let resp = error_response(reason);
+    ex.status = Some(resp.status().as_u16());
+    ex.finish(shared);
+    resp
+}
+
+/// Parses and decides `host[:port]`; `Err` is the response to send.
+pub(super) fn decide_target(
+    snap: &Snapshot,
+    ex: &mut Exchange,
+    authority: &str,
+    default_port: Option<u16>,
+) -> Result<(Host, u16), Reason> {
+    let parsed = split_host_port(authority).ok().and_then(|(h, p)| {
+        ex.target_raw(h, p.or(default_port));
+        Some((Host::parse(h).ok()?, p.or(default_port)?))
+    });
+    let Some((host, port)) = parsed else {
+        if ex.host.is_none() {
+            ex.target_raw(authority, None);
+        }
+        ex.bad_request(snap);
+        return Err(Reason::BadRequest);
+    };
+    let decision = ex.decide(snap, &host, port);
+    if decision.verdict.permits() {
+        Ok((host, port))
+    } else {
+        Err(decision.reason)
+    }
+}

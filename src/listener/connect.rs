@@ -1,0 +1,93 @@
+//! `CONNECT host:port`: decide, dial, answer 200, then tunnel with the
+//! ClientHello check of SPEC 3.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::ext::ReasonPhrase;
+use hyper_util::rt::TokioIo;
+
+use super::client::{Conn, decide_target, refuse};
+use super::{Body, Exchange, full};
+use crate::dial::{Upstream, dial};
+use crate::policy::Reason;
+use crate::state::Snapshot;
+use crate::tls_peek::{FirstFlight, check_tunnel};
+use crate::tunnel::{self, Counters, End, FirstFlightCheck};
+
+pub(super) async fn connect(
+    conn: Arc<Conn>,
+    snap: Arc<Snapshot>,
+    mut ex: Exchange,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let shared = &conn.shared;
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let Some(authority) = authority.filter(|_| req.uri().path_and_query().is_none()) else {
+        ex.bad_request(&snap);
+        return refuse(shared, ex, Reason::BadRequest);
+    };
+    let (host, port) = match decide_target(&snap, &mut ex, &authority, None) {
+        Ok(target) => target,
+        Err(reason) => return refuse(shared, ex, reason),
+    };
+    let upstream = match dial(shared, &snap, &host, port).await {
+        Ok(up) => up,
+        Err(reason) => return refuse(shared, ex, reason),
+    };
+    ex.upstream = Some(upstream.addr);
+    ex.status = Some(200);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let slot = conn.slot.clone();
+    let conn_peer = conn.peer;
+    let target = host;
+    let shared_task = shared.clone();
+    shared.tracker.spawn(async move {
+        let shared = shared_task;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let counters = Counters::default();
+                let Upstream { stream, .. } = upstream;
+                let cancel = shared.abort.child_token();
+                let _registration = shared
+                    .open_tunnels
+                    .as_ref()
+                    .map(|open| open.register(conn_peer.ip(), target.clone(), port, cancel.clone()));
+                let tls = snap.policy.tls;
+                let first = FirstFlightCheck {
+                    timeout: shared.limits.header_timeout,
+                    check: |flight: &FirstFlight| check_tunnel(flight, &target, &tls),
+                };
+                let end = tunnel::pump(
+                    TokioIo::new(upgraded),
+                    stream,
+                    shared.limits.idle_timeout,
+                    &cancel,
+                    &counters,
+                    Some(first),
+                )
+                .await;
+                match end {
+                    End::Aborted if !shared.abort.is_cancelled() => ex.reason = Reason::PolicyRevoked,
+                    End::Refused(reason) => {
+                        tracing::info!(host = ?ex.host, reason = reason.as_str(), "tunnel refused after its first bytes");
+                        ex.reason = reason;
+                    }
+                    _ => {}
+                }
+                ex.sni = counters.sni.get().cloned();
+                tracing::debug!(host = ?ex.host, ?end, "tunnel closed");
+                ex.egress = counters.egress();
+                ex.ingress = counters.ingress();
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+        ex.finish(&shared);
+        drop(slot);
+    });
+    let mut resp = Response::new(full(""));
+    resp.extensions_mut()
+        .insert(ReasonPhrase::from_static(b"Connection Established"));
+    resp
+}

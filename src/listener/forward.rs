@@ -1,0 +1,264 @@
+//! Plain-HTTP forwarding: absolute-form requests on the explicit listener,
+//! `Host`-addressed requests on the transparent one; keep-alive both sides.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use super::body::{Counting, Finishing};
+use super::client::{Conn, decide_target, refuse};
+use super::{Body, Exchange};
+use crate::dial::{Upstream, dial};
+use crate::policy::host::split_host_port;
+use crate::policy::{Host, Reason};
+use crate::state::{Shared, Snapshot};
+use crate::telemetry::Listener;
+
+/// Upstream connections one client connection keeps open for keep-alive.
+const MAX_UPSTREAMS: usize = 4;
+
+type UpstreamBody = Counting<Incoming>;
+
+/// An upstream HTTP/1 connection kept for the next request to the same `host:port`.
+pub(super) struct Pooled {
+    key: String,
+    sender: SendRequest<UpstreamBody>,
+    addr: SocketAddr,
+}
+
+pub(super) async fn forward(
+    conn: Arc<Conn>,
+    snap: Arc<Snapshot>,
+    mut ex: Exchange,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let shared = &conn.shared;
+    let uri = req.uri().clone();
+    let Some((authority, default_port)) = destination(&conn, &req) else {
+        ex.bad_request(&snap);
+        return refuse(shared, ex, Reason::BadRequest);
+    };
+    if uri.scheme_str().is_some_and(|s| s != "http") {
+        // https:// in absolute-form would ask us to originate TLS: use CONNECT.
+        ex.target_raw(&authority, None);
+        ex.bad_request(&snap);
+        return refuse(shared, ex, Reason::BadRequest);
+    }
+    let (host, port) = match decide_target(&snap, &mut ex, &authority, Some(default_port)) {
+        Ok(target) => target,
+        Err(reason) => return refuse(shared, ex, reason),
+    };
+    if !host_header_agrees(req.headers(), &host, port, default_port) {
+        ex.reason = Reason::BadRequest;
+        return refuse(shared, ex, Reason::BadRequest);
+    }
+    let key = format!("{host}:{port}");
+    let mut pooled = match take_upstream(&conn, &key).await {
+        Some(p) => p,
+        None => match dial(shared, &snap, &host, port).await {
+            Ok(up) => {
+                ex.upstream = Some(up.addr);
+                match handshake(shared, up).await {
+                    Ok(sender) => Pooled {
+                        key,
+                        sender,
+                        addr: ex.upstream.unwrap_or(conn.peer),
+                    },
+                    Err(()) => return refuse(shared, ex, Reason::ConnectError),
+                }
+            }
+            Err(reason) => return refuse(shared, ex, reason),
+        },
+    };
+    ex.upstream = Some(pooled.addr);
+    let egress = Arc::new(AtomicU64::new(0));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::PROXY_AUTHORIZATION);
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&authority)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.uri = origin_form(&uri);
+    let upstream_req = Request::from_parts(parts, Counting::new(body, egress.clone()));
+    let resp = match pooled.sender.send_request(upstream_req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(upstream = %pooled.addr, error = %e, "upstream request failed");
+            return refuse(shared, ex, Reason::ConnectError);
+        }
+    };
+    put_upstream(&conn, pooled).await;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    ex.status = Some(parts.status.as_u16());
+    let body = Finishing::new(body, egress, ex, shared.clone()).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// The `host[:port]` to decide on, and the port to assume when it names none.
+/// The explicit listener takes the absolute-form URI (origin-form `GET /` is
+/// for origin servers, not proxies); the transparent listener takes the URI
+/// or else the `Host` header, with the redirected port as the default.
+fn destination(conn: &Conn, req: &Request<Incoming>) -> Option<(String, u16)> {
+    let uri_authority = req.uri().authority().map(|a| a.as_str().to_string());
+    match conn.listener {
+        Listener::TransparentHttp => {
+            let port = conn.original_dst.map_or(80, |d| d.port());
+            let host = || {
+                req.headers()
+                    .get(header::HOST)?
+                    .to_str()
+                    .ok()
+                    .map(str::to_string)
+            };
+            Some((uri_authority.or_else(host)?, port))
+        }
+        _ => Some((uri_authority.filter(|_| req.uri().scheme().is_some())?, 80)),
+    }
+}
+
+/// An idle upstream for `key` that is still usable, if one is kept.
+async fn take_upstream(conn: &Conn, key: &str) -> Option<Pooled> {
+    let mut list = conn.upstreams.lock().await;
+    let i = list.iter().position(|p| p.key == key)?;
+    let mut pooled = list.swap_remove(i);
+    drop(list);
+    pooled.sender.ready().await.ok()?;
+    Some(pooled)
+}
+
+async fn put_upstream(conn: &Conn, pooled: Pooled) {
+    let mut list = conn.upstreams.lock().await;
+    if list.len() >= MAX_UPSTREAMS {
+        list.remove(0);
+    }
+    list.push(pooled);
+}
+
+async fn handshake(shared: &Arc<Shared>, up: Upstream) -> Result<SendRequest<UpstreamBody>, ()> {
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(up.stream))
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "upstream handshake failed"))?;
+    let abort = shared.abort.clone();
+    shared.tracker.spawn(async move {
+        tokio::select! {
+            res = connection => if let Err(e) = res {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            },
+            () = abort.cancelled() => {}
+        }
+    });
+    Ok(sender)
+}
+
+/// A `Host` header, when present, must name the URI's host and port.
+fn host_header_agrees(headers: &HeaderMap, host: &Host, port: u16, default_port: u16) -> bool {
+    let mut values = headers.get_all(header::HOST).iter();
+    let Some(value) = values.next() else {
+        return true;
+    };
+    if values.next().is_some() {
+        return false;
+    }
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    match split_host_port(text) {
+        Ok((h, p)) => Host::parse(h).is_ok_and(|h| h == *host) && p.unwrap_or(default_port) == port,
+        Err(_) => false,
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) and any header `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("x-keep", "1"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep"]);
+    }
+
+    #[test]
+    fn host_header_must_agree_with_the_uri() {
+        let host = Host::parse("origin.test").unwrap();
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(host_header_agrees(&HeaderMap::new(), &host, 80, 80));
+        assert!(host_header_agrees(&with("origin.test"), &host, 80, 80));
+        assert!(host_header_agrees(&with("ORIGIN.test:80"), &host, 80, 80));
+        assert!(host_header_agrees(
+            &with("origin.test:8080"),
+            &host,
+            8080,
+            80
+        ));
+        assert!(!host_header_agrees(&with("origin.test"), &host, 8080, 80));
+        assert!(!host_header_agrees(&with("evil.test"), &host, 80, 80));
+        assert!(!host_header_agrees(
+            &with("origin.test:0080"),
+            &host,
+            80,
+            80
+        ));
+    }
+}
