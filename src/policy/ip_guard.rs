@@ -59,12 +59,15 @@ impl IpGuard {
     /// NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by the IPv4 address,
     /// because that is where the packets end up.
     pub fn is_dialable(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
+        let allowed = |ip: &IpAddr| self.allowed.iter().any(|net| net.contains(ip));
+        if allowed(&ip) {
+            return true;
+        }
+        let judged = match ip {
             IpAddr::V6(v6) => embedded_ipv4(v6).map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        let blocked = self.blocked.iter().any(|net| net.contains(&ip));
-        !blocked || self.allowed.iter().any(|net| net.contains(&ip))
+        !self.blocked.iter().any(|net| net.contains(&judged)) || allowed(&judged)
     }
 
     pub fn blocked(&self) -> &[IpNet] {
@@ -81,8 +84,8 @@ pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
     let low32 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     let mapped = s[..5] == [0; 5] && s[5] == 0xffff;
-    // ::a.b.c.d (deprecated IPv4-compatible), which also catches :: and ::1.
-    let compatible = s[..6] == [0; 6];
+    // ::a.b.c.d (deprecated IPv4-compatible); :: and ::1 are IPv6's own.
+    let compatible = s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1);
     let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
     if mapped || compatible || nat64 {
         return Some(low32);
@@ -208,6 +211,10 @@ mod tests {
         assert!(guard.is_dialable(ip("127.0.0.1")));
         assert!(guard.is_dialable(ip("::ffff:127.0.0.1")));
         assert!(!guard.is_dialable(ip("::1")));
+        let v6 = IpGuard::new(default_blocked(), vec!["::1/128".parse().unwrap()]);
+        assert!(v6.is_dialable(ip("::1")));
+        assert!(!v6.is_dialable(ip("::")));
+        assert!(!v6.is_dialable(ip("127.0.0.1")));
         assert!(!guard.is_dialable(ip("169.254.169.254")));
     }
 
