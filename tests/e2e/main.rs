@@ -2,4 +2,11 @@
 
 mod cli_check;
 mod cli_explain;
+mod proxy_clients;
+mod proxy_connect;
+mod proxy_dns;
+mod proxy_errors;
+mod proxy_forward;
+mod proxy_limits;
+mod proxy_telemetry;
 mod support;

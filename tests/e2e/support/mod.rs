@@ -2,8 +2,11 @@
 // Each test binary uses only some fixtures; unused ones must not warn.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod dns;
+pub mod metrics;
 pub mod origin;
+pub mod proxy;
 pub mod tls;
 
 use std::future::Future;
