@@ -1,0 +1,2 @@
+//! End-to-end load harness (work in progress).
+fn main() {}
