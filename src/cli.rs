@@ -30,7 +30,24 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Show the destinations each client gains and loses between two policies.
     Diff(DiffArgs),
+    /// Ask a running proxy's admin listener for /readyz: exit 0 when ready, 1 otherwise.
+    Health(HealthArgs),
+    /// Print the policy file's JSON Schema (for editors and CI).
+    Schema(SchemaArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Admin listener of the proxy to ask (an unspecified IP such as 0.0.0.0 means loopback).
+    #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Give up (and exit 1) after this long.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {}
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {

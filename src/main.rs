@@ -20,6 +20,12 @@ fn main() -> ExitCode {
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
+        Command::Health(args) => portcullis::health::check(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
+        Command::Schema(_) => portcullis::schema::print(&mut std::io::stdout().lock()),
         Command::Run(args) => return run(*args),
     };
     match code {

@@ -1,18 +1,25 @@
-//! Byte pumping between client and upstream, with counting and an idle timeout.
+//! Byte pumping between client and upstream sockets, with counting, an idle
+//! timeout, and a check of the client's first flight.
+//!
+//! An idle tunnel holds no copy buffer: each direction waits for its socket
+//! to become readable, borrows a buffer only while bytes are moving, and
+//! gives it back before waiting again.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::sync::OnceLock;
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::Reason;
 use crate::tls_peek::{FirstFlight, read_first_flight};
 
-/// Copy buffer per direction.
+/// Copy buffer per direction while bytes are moving.
 const BUF: usize = 16 * 1024;
 
 /// Why a tunnel ended.
@@ -34,6 +41,10 @@ pub struct FirstFlightCheck<F> {
     pub timeout: Duration,
     pub check: F,
 }
+
+/// For tunnels whose first bytes need no check.
+pub type NoCheck = fn(&FirstFlight) -> Result<(), Reason>;
+pub const NO_CHECK: Option<FirstFlightCheck<NoCheck>> = None;
 
 enum Stop {
     Io,
@@ -61,33 +72,39 @@ impl Counters {
     }
 }
 
+/// The client side of a tunnel: its socket, and bytes already read from it
+/// (what hyper buffered after the CONNECT head).
+pub struct Client {
+    pub stream: TcpStream,
+    pub prefix: Bytes,
+}
+
 /// Relays bytes both ways until both directions are done, the tunnel sits
 /// idle for `idle`, or `abort` fires. A half-close is passed on: when one
 /// side stops sending, the other side's write half is shut down and the
 /// opposite direction keeps flowing. With `first`, the client's first bytes
 /// are judged before any is forwarded, while upstream bytes already flow
 /// (server-first protocols).
-pub async fn pump<C, U, F>(
-    client: C,
-    upstream: U,
+pub async fn pump<F>(
+    client: Client,
+    upstream: TcpStream,
     idle: Duration,
     abort: &CancellationToken,
     counters: &Counters,
     first: Option<FirstFlightCheck<F>>,
 ) -> End
 where
-    C: AsyncRead + AsyncWrite,
-    U: AsyncRead + AsyncWrite,
     F: FnOnce(&FirstFlight) -> Result<(), Reason>,
 {
     let start = Instant::now();
-    let (mut client_r, client_w) = tokio::io::split(client);
-    let (up_r, mut up_w) = tokio::io::split(upstream);
+    let (mut client_r, client_w) = client.stream.into_split();
+    let (up_r, mut up_w) = upstream.into_split();
     let activity = &counters.last_activity_ms;
+    let touch = || activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let egress = async {
+        let mut head = client.prefix.to_vec();
         if let Some(FirstFlightCheck { timeout, check }) = first {
-            let mut buf = Vec::new();
-            let flight = read_first_flight(&mut client_r, &mut buf, timeout)
+            let flight = read_first_flight(&mut client_r, &mut head, timeout)
                 .await
                 .map_err(|_| Stop::Refused(Reason::BadRequest))?;
             if let FirstFlight::Hello(hello) = &flight
@@ -96,22 +113,25 @@ where
                 let _ = counters.sni.set(name.clone());
             }
             check(&flight).map_err(Stop::Refused)?;
-            if buf.is_empty() {
+            if head.is_empty() {
                 // The client closed without a byte.
                 return up_w.shutdown().await.map_err(|_| Stop::Io);
             }
-            up_w.write_all(&buf).await.map_err(|_| Stop::Io)?;
+        }
+        if !head.is_empty() {
+            up_w.write_all(&head).await.map_err(|_| Stop::Io)?;
             counters
                 .egress
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                .fetch_add(head.len() as u64, Ordering::Relaxed);
+            touch();
         }
-        one_way(client_r, up_w, &counters.egress, activity, start)
+        drop(head);
+        one_way(client_r, up_w, &counters.egress, &touch)
             .await
             .map_err(|_| Stop::Io)
     };
     let ingress = async {
-        one_way(up_r, client_w, &counters.ingress, activity, start)
+        one_way(up_r, client_w, &counters.ingress, &touch)
             .await
             .map_err(|_| Stop::Io)
     };
@@ -127,26 +147,29 @@ where
     }
 }
 
-async fn one_way<R, W>(
-    mut r: R,
-    mut w: W,
+/// Copies until EOF, then shuts the write side down. The buffer lives only
+/// while the socket has bytes to give.
+async fn one_way(
+    r: OwnedReadHalf,
+    mut w: OwnedWriteHalf,
     count: &AtomicU64,
-    activity: &AtomicU64,
-    start: Instant,
-) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF];
+    touch: &impl Fn(),
+) -> std::io::Result<()> {
     loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return w.shutdown().await;
+        r.readable().await?;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            match r.try_read(&mut buf) {
+                Ok(0) => return w.shutdown().await,
+                Ok(n) => {
+                    w.write_all(&buf[..n]).await?;
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                    touch();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
         }
-        w.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -162,24 +185,40 @@ async fn idle_watch(idle: Duration, last_ms: &AtomicU64, start: Instant) {
     }
 }
 
-/// For tunnels whose first bytes need no check.
-pub type NoCheck = fn(&FirstFlight) -> Result<(), Reason>;
-pub const NO_CHECK: Option<FirstFlightCheck<NoCheck>> = None;
-
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
     use super::*;
-    use tokio::io::duplex;
+
+    /// Two connected loopback socket pairs: (proxy side, test side) for the
+    /// client and for the upstream.
+    async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
+        async fn pair() -> (TcpStream, TcpStream) {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let out = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (inn, _) = l.accept().await.unwrap();
+            (inn, out)
+        }
+        (pair().await, pair().await)
+    }
+
+    fn client(stream: TcpStream, prefix: &'static [u8]) -> Client {
+        Client {
+            stream,
+            prefix: Bytes::from_static(prefix),
+        }
+    }
 
     #[tokio::test]
-    async fn relays_both_ways_counts_and_passes_half_close() {
-        let (client, mut client_peer) = duplex(64);
-        let (upstream, mut upstream_peer) = duplex(64);
+    async fn relays_both_ways_counts_prefix_and_passes_half_close() {
+        let ((c, mut client_peer), (u, mut upstream_peer)) = pairs().await;
         let counters = Counters::default();
         let abort = CancellationToken::new();
         let pumping = pump(
-            client,
-            upstream,
+            client(c, b">"),
+            u,
             Duration::from_secs(5),
             &abort,
             &counters,
@@ -187,9 +226,9 @@ mod tests {
         );
         let driving = async {
             client_peer.write_all(b"hello").await.unwrap();
-            let mut got = [0u8; 5];
+            let mut got = [0u8; 6];
             upstream_peer.read_exact(&mut got).await.unwrap();
-            assert_eq!(&got, b"hello");
+            assert_eq!(&got, b">hello");
             client_peer.shutdown().await.unwrap();
             // upstream sees EOF, yet can still answer
             let mut rest = Vec::new();
@@ -202,20 +241,80 @@ mod tests {
         };
         let (end, ()) = tokio::join!(pumping, driving);
         assert_eq!(end, End::Closed);
-        assert_eq!((counters.egress(), counters.ingress()), (5, 6));
+        assert_eq!((counters.egress(), counters.ingress()), (6, 6));
+    }
+
+    #[tokio::test]
+    async fn server_first_bytes_flow_while_the_first_flight_is_awaited() {
+        let ((c, mut client_peer), (u, mut upstream_peer)) = pairs().await;
+        let counters = Counters::default();
+        let abort = CancellationToken::new();
+        let check = FirstFlightCheck {
+            timeout: Duration::from_secs(5),
+            check: |_: &FirstFlight| Ok(()),
+        };
+        let pumping = pump(
+            client(c, b""),
+            u,
+            Duration::from_secs(5),
+            &abort,
+            &counters,
+            Some(check),
+        );
+        let driving = async {
+            upstream_peer
+                .write_all(b"220 smtp ready\r\n")
+                .await
+                .unwrap();
+            let mut greeting = [0u8; 16];
+            client_peer.read_exact(&mut greeting).await.unwrap();
+            client_peer.write_all(b"EHLO x\r\n").await.unwrap();
+            let mut got = [0u8; 8];
+            upstream_peer.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"EHLO x\r\n");
+            drop((client_peer, upstream_peer));
+        };
+        let (end, ()) = tokio::join!(pumping, driving);
+        assert_eq!(end, End::Closed);
+    }
+
+    #[tokio::test]
+    async fn a_refused_first_flight_forwards_nothing() {
+        let ((c, mut client_peer), (u, mut upstream_peer)) = pairs().await;
+        let counters = Counters::default();
+        let check = FirstFlightCheck {
+            timeout: Duration::from_secs(5),
+            check: |_: &FirstFlight| Err(Reason::SniMismatch),
+        };
+        client_peer
+            .write_all(b"\x16\x03\x01\x00\x05hello")
+            .await
+            .unwrap();
+        let end = pump(
+            client(c, b""),
+            u,
+            Duration::from_secs(5),
+            &CancellationToken::new(),
+            &counters,
+            Some(check),
+        )
+        .await;
+        assert_eq!(end, End::Refused(Reason::SniMismatch));
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
+        assert_eq!(counters.egress(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_tunnels_end() {
-        let (client, _keep_client) = duplex(64);
-        let (upstream, _keep_upstream) = duplex(64);
-        let counters = Counters::default();
+        let ((c, _keep_client), (u, _keep_upstream)) = pairs().await;
         let end = pump(
-            client,
-            upstream,
+            client(c, b""),
+            u,
             Duration::from_secs(3),
             &CancellationToken::new(),
-            &counters,
+            &Counters::default(),
             NO_CHECK,
         )
         .await;
@@ -224,13 +323,12 @@ mod tests {
 
     #[tokio::test]
     async fn abort_ends_the_tunnel() {
-        let (client, _keep_client) = duplex(64);
-        let (upstream, _keep_upstream) = duplex(64);
+        let ((c, _keep_client), (u, _keep_upstream)) = pairs().await;
         let abort = CancellationToken::new();
         abort.cancel();
         let end = pump(
-            client,
-            upstream,
+            client(c, b""),
+            u,
             Duration::from_secs(60),
             &abort,
             &Counters::default(),

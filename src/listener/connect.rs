@@ -7,6 +7,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::client::{Conn, decide_target, refuse};
 use super::{Body, Exchange, full};
@@ -59,8 +60,16 @@ pub(super) async fn connect(
                     timeout: shared.limits.header_timeout,
                     check: |flight: &FirstFlight| check_tunnel(flight, &target, &tls),
                 };
+                let client = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => tunnel::Client { stream: parts.io.into_inner(), prefix: parts.read_buf },
+                    Err(_) => {
+                        tracing::error!("CONNECT upgrade is not a TCP stream");
+                        ex.finish(&shared);
+                        return;
+                    }
+                };
                 let end = tunnel::pump(
-                    TokioIo::new(upgraded),
+                    client,
                     stream,
                     shared.limits.idle_timeout,
                     &cancel,

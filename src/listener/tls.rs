@@ -92,8 +92,12 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
         return refuse(&shared, ex, stream, Reason::ConnectError, INTERNAL_ERROR).await;
     }
     let counters = Counters::default();
-    let end = tunnel::pump(
+    let client = tunnel::Client {
         stream,
+        prefix: bytes::Bytes::new(),
+    };
+    let end = tunnel::pump(
+        client,
         upstream.stream,
         shared.limits.idle_timeout,
         &shared.abort,

@@ -2,57 +2,96 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 pub type Text = Spanned<String>;
 
-#[derive(Debug, Deserialize)]
+// The `schemars` attributes describe the YAML a person writes (`Spanned` is
+// transparent there): `portcullis schema` and config/portcullis.schema.json.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "portcullis policy",
+    description = "portcullis egress policy, version 1: every destination not allowed here is denied."
+)]
 pub struct RawPolicy {
+    /// Policy format version: always `1`.
+    #[schemars(with = "crate::schema::Version")]
     pub version: Spanned<i64>,
+    /// `enforce` denies what no rule allows; `report` allows everything but logs and counts what enforce would deny.
+    #[schemars(with = "Option<RawMode>")]
     pub mode: Option<Spanned<RawMode>>,
+    /// Ports a destination allows when it names none (default `[443]`).
+    #[schemars(with = "Option<Vec<crate::schema::Port>>")]
     pub default_ports: Option<Vec<Spanned<i64>>>,
+    /// Destinations every client may reach.
+    #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
     pub allow: Option<Vec<Text>>,
+    /// Destinations nobody reaches, whatever allows them (deny wins); without ports: every port.
+    #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
     pub deny: Option<Vec<Text>>,
+    /// Per-client policies by source address (first match wins); when present, a source no client lists is refused.
     pub clients: Option<Vec<RawClient>>,
+    /// Addresses never dialed, even when an allowed name resolves to them.
     pub ip_guard: Option<RawIpGuard>,
+    /// Checks on TLS ClientHellos inside CONNECT tunnels.
     pub tls: Option<RawTls>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "Mode")]
 pub enum RawMode {
     Enforce,
     Report,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Client")]
 pub struct RawClient {
+    /// Unique name: the `client` label in metrics and the audit log.
+    #[schemars(with = "String", length(min = 1))]
     pub name: Text,
+    /// Source addresses (CIDRs) of this client's connections.
+    #[schemars(with = "Vec<crate::schema::Cidr>", length(min = 1))]
     pub sources: Spanned<Vec<Text>>,
+    /// Overrides the top-level `mode` for this client.
+    #[schemars(with = "Option<RawMode>")]
     pub mode: Option<Spanned<RawMode>>,
+    /// Destinations this client may reach, in addition to the top-level `allow`.
+    #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
     pub allow: Option<Vec<Text>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "IpGuard")]
 pub struct RawIpGuard {
+    /// Never dial these: `default` (private, loopback, link-local incl. cloud metadata, ...), a list that replaces it, or `[default, ...]` to extend it.
+    #[schemars(with = "Option<OneOrMany>")]
     pub blocked: Option<Spanned<OneOrMany>>,
+    /// CIDRs carved out of `blocked`, e.g. an internal API.
+    #[schemars(with = "Option<Vec<crate::schema::Cidr>>")]
     pub allowed: Option<Vec<Text>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tls")]
 pub struct RawTls {
+    /// In CONNECT tunnels, a TLS ClientHello's SNI must equal the CONNECT host (default `true`).
     pub sni_must_match: Option<bool>,
+    /// `deny` (default) refuses ClientHellos that carry encrypted_client_hello; `allow` lets them through.
     pub ech: Option<RawEch>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "Ech")]
 pub enum RawEch {
     Deny,
     Allow,

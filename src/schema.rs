@@ -1,0 +1,124 @@
+//! `portcullis schema`: the JSON Schema of the policy file, generated from the
+//! serde mirror in [`crate::policy::raw`].
+//!
+//! The schema describes the YAML a person writes, so editors (VS Code with the
+//! YAML extension, JetBrains, Neovim with yaml-language-server) can complete
+//! keys and flag mistakes as one types. It checks structure only: the syntax of
+//! destinations and CIDRs, shadowed rules and the like are `portcullis check`'s
+//! job. The committed `config/portcullis.schema.json` is this output (a test
+//! keeps them equal). Draft-07, which every editor integration understands.
+
+use std::borrow::Cow;
+use std::io::Write;
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+
+use crate::policy::raw::{OneOrMany, RawPolicy};
+
+/// Where the published schema lives in the repository.
+pub const SCHEMA_PATH: &str = "config/portcullis.schema.json";
+
+/// The policy schema as a JSON value.
+pub fn policy_schema() -> Schema {
+    SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<RawPolicy>()
+}
+
+/// The schema as `portcullis schema` prints it: pretty JSON and a final newline.
+pub fn policy_schema_json() -> String {
+    let mut text = serde_json::to_string_pretty(&policy_schema())
+        .expect("a schema is plain JSON and always serialises");
+    text.push('\n');
+    text
+}
+
+/// `portcullis schema`: print the schema on `out`.
+pub fn print(out: &mut impl Write) -> std::io::Result<i32> {
+    out.write_all(policy_schema_json().as_bytes())?;
+    Ok(crate::commands::exit::OK)
+}
+
+/// `version: 1`.
+pub struct Version;
+
+impl JsonSchema for Version {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Version".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "integer", "const": 1 })
+    }
+}
+
+/// A TCP port, 1-65535.
+pub struct Port;
+
+impl JsonSchema for Port {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        "Port".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "integer", "minimum": 1, "maximum": 65535 })
+    }
+}
+
+/// A destination pattern: `check` validates its syntax, with line and column.
+pub struct Destination;
+
+impl JsonSchema for Destination {
+    fn schema_name() -> Cow<'static, str> {
+        "Destination".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "description": "A destination: `HOST` (on default_ports), `HOST:443,80`, `HOST:8000-8100` or `HOST:*`. HOST is an exact name (`api.stripe.com`), `*.example.com` (any name below it, not the apex), a glob with `*` inside one label (`api-*.example.com`), an IPv4 range (`203.0.113.0/24`) or an IPv6 range or literal in brackets (`[2001:db8::/32]`). Quote values that start with `*` or `[`.",
+            "examples": ["api.stripe.com", "*.githubusercontent.com", "registry.npmjs.org:443,80", "203.0.113.0/24:443"]
+        })
+    }
+}
+
+/// An IPv4 or IPv6 CIDR (or a single address).
+pub struct Cidr;
+
+impl JsonSchema for Cidr {
+    fn schema_name() -> Cow<'static, str> {
+        "Cidr".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "description": "An IPv4 or IPv6 CIDR without host bits, such as `10.0.1.0/24` or `fd00:1::/64`, or a single address.",
+            "examples": ["10.0.1.0/24", "fd00:1::/64"]
+        })
+    }
+}
+
+/// `blocked: default`, `blocked: 192.0.2.0/24` or a list of those.
+impl JsonSchema for OneOrMany {
+    fn schema_name() -> Cow<'static, str> {
+        "Blocked".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let item = json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "description": "`default` (the built-in ranges) or a CIDR such as `192.0.2.0/24`.",
+            "examples": ["default", "192.0.2.0/24"]
+        });
+        json_schema!({
+            "anyOf": [item, { "type": "array", "items": item }],
+            "examples": ["default", ["default", "192.0.2.0/24"]]
+        })
+    }
+}
