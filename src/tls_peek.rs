@@ -325,6 +325,40 @@ pub mod tests {
         ));
     }
 
+    /// ClientHellos captured from real clients (openssl, curl): the fuzz seeds.
+    #[test]
+    fn real_client_hellos() {
+        let seed = |name: &str| {
+            std::fs::read(format!(
+                "{}/fuzz/seeds/client_hello/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            classify(&seed("openssl_sni")),
+            Some(hello(&["api.stripe.com"], false))
+        );
+        assert_eq!(
+            classify(&seed("two_records")),
+            Some(hello(&["api.stripe.com"], false))
+        );
+        assert_eq!(
+            classify(&seed("openssl_tls12")),
+            Some(hello(&["registry.npmjs.org"], false))
+        );
+        assert_eq!(classify(&seed("openssl_no_sni")), Some(hello(&[], false)));
+        assert_eq!(
+            classify(&seed("curl")),
+            Some(hello(&["origin.test"], false))
+        );
+        assert_eq!(classify(&seed("not_tls")), Some(FirstFlight::NotTls));
+        let whole = seed("openssl_sni");
+        for cut in 1..whole.len() {
+            assert_eq!(classify(&whole[..cut]), None, "prefix {cut}");
+        }
+    }
+
     #[tokio::test]
     async fn reads_one_byte_at_a_time() {
         let bytes = records(&hello_message(&["api.stripe.com"], false, 500), 100);
