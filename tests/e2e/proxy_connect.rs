@@ -298,3 +298,36 @@ async fn report_mode_lets_traffic_through_and_records_what_enforce_would_do() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_can_be_put_in_report_mode_alone() {
+    let dns = TestDns::start().await;
+    dns.set_a("unlisted.test", &[LOCAL], 60);
+    let echo = TcpEcho::start().await;
+    let clients = "clients:\n  - name: enforced\n    sources: [127.0.0.2/32]\n  \
+                   - name: observed\n    sources: [127.0.0.4/32]\n    mode: report\n";
+    let proxy = Proxy::start(
+        &loopback_policy(&["listed.test:*"], clients),
+        dns.addr(),
+        &[],
+    )
+    .await;
+    let target = format!("unlisted.test:{}", echo.addr().port());
+
+    let mut observed = connect_from([127, 0, 0, 4].into(), proxy.addr()).await;
+    tunnel_on(&mut observed, &target).await;
+    echo_roundtrip(&mut observed, b"watched").await;
+    let mut enforced = connect_from([127, 0, 0, 2].into(), proxy.addr()).await;
+    send_connect(&mut enforced, &target).await;
+    expect_refusal(&mut enforced, 403, "not_allowed").await;
+
+    finish(&mut observed).await;
+    let record = proxy
+        .wait_audit(|r| r["client"] == "observed", AUDIT_WAIT)
+        .await;
+    assert_eq!(
+        (&record["decision"], &record["reason"]),
+        (&"report".into(), &"not_allowed".into()),
+        "{record}"
+    );
+}

@@ -1,9 +1,12 @@
-//! Resolution by the proxy itself: AAAA-only names, every answer tried in turn, answers cached by TTL.
+//! Resolution by the proxy itself: AAAA-only names, answers tried in turn or dropped by the guard, TTLs.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hickory_server::proto::rr::RecordType;
+use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
 
 use crate::support::client::{
@@ -11,7 +14,8 @@ use crate::support::client::{
 };
 use crate::support::dns::TestDns;
 use crate::support::origin::TcpEcho;
-use crate::support::proxy::{Proxy, loopback_policy};
+use crate::support::proxy::{Proxy, allow_list, loopback_policy};
+use crate::support::spawn_accept_loop;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -57,6 +61,37 @@ async fn each_resolved_address_is_tried_in_turn() {
         "{record}"
     );
     assert_eq!(echo.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_inside_the_guard_are_dropped_and_never_dialed() {
+    let dns = TestDns::start().await;
+    let echo = TcpEcho::start().await;
+    let port = echo.addr().port();
+    // A trap on the blocked address, same port: any dial there is counted.
+    let trap = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), port))
+        .await
+        .expect("bind 127.0.0.2");
+    let trapped = Arc::new(AtomicUsize::new(0));
+    let _trap = spawn_accept_loop(trap, trapped.clone(), |_stream| async {});
+    dns.set_a("mixed.test", &[Ipv4Addr::new(127, 0, 0, 2), LOCAL], 60);
+    // Only 127.0.0.1 is carved out of the default guard; 127.0.0.2 stays blocked.
+    let policy = format!(
+        "version: 1\n{}ip_guard:\n  allowed: [127.0.0.1/32]\n",
+        allow_list(&["mixed.test:*"])
+    );
+    let proxy = Proxy::start(&policy, dns.addr(), &[]).await;
+
+    for _ in 0..3 {
+        let mut tunnel = open_tunnel(proxy.addr(), &format!("mixed.test:{port}")).await;
+        echo_roundtrip(&mut tunnel, b"guarded").await;
+    }
+    assert_eq!(
+        trapped.load(Ordering::SeqCst),
+        0,
+        "a blocked answer was dialed"
+    );
+    assert_eq!(echo.connections(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

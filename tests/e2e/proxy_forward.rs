@@ -63,6 +63,31 @@ async fn absolute_form_get_is_forwarded_in_origin_form() {
         "the origin gets origin-form: {echo}"
     );
     assert_eq!(header(&echo, "host"), Some(authority.as_str()), "{echo}");
+
+    // No path at all: the origin is asked for `/`.
+    let req = format!("GET http://{authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    send(&mut stream, req.as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 200, "{}", head.raw);
+    assert_eq!(read_body(&mut stream, &head).await, b"ok");
+    assert_eq!(origin.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_canonical_ip_hosts_are_bad_request_in_absolute_form_too() {
+    let (dns, origin, proxy) = setup(&["origin.test:*", "127.0.0.0/8:*"]).await;
+    let port = origin.addr().port();
+
+    for host in ["2130706433", "0x7f.1", "0177.0.0.1"] {
+        let mut stream = connect(proxy.addr()).await;
+        get(&mut stream, &format!("{host}:{port}"), "/echo", "").await;
+        expect_refusal(&mut stream, 400, "bad_request").await;
+        assert_eq!(dns.queries(host), 0, "{host} must never be resolved");
+    }
+    // The canonical form is allowed by the range rule.
+    let mut stream = connect(proxy.addr()).await;
+    get(&mut stream, &format!("127.0.0.1:{port}"), "/echo", "").await;
+    read_echo(&mut stream).await;
     assert_eq!(origin.requests(), 1);
 }
 
@@ -131,6 +156,17 @@ async fn request_bodies_are_forwarded() {
     let echo = read_echo(&mut stream).await;
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["body"], "hello world");
+
+    // A chunked body on the same connection: re-framed, never mixed into the next request.
+    let req = format!(
+        "POST http://{authority}/echo HTTP/1.1\r\nHost: {authority}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n chunk\r\n0\r\n\r\n"
+    );
+    send(&mut stream, req.as_bytes()).await;
+    let echo = read_echo(&mut stream).await;
+    assert_eq!(echo["body"], "hello chunk");
+    get(&mut stream, &authority, "/echo", "").await;
+    assert_eq!(read_echo(&mut stream).await["method"], "GET");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,9 +110,33 @@ async fn idle_timeout_closes_quiet_tunnels_but_not_busy_ones() {
     }
 
     let mut quiet = open_tunnel(proxy.addr(), &target).await;
+    let quiet_addr = quiet.local_addr().expect("local_addr");
     echo_roundtrip(&mut quiet, b"once").await;
     let started = Instant::now();
     expect_closed(&mut quiet, WAIT).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "closed after only {waited:?}"
+    );
+    // The tunnel the proxy closed is audited like any other.
+    let record = proxy
+        .wait_audit(|r| r["client_addr"] == quiet_addr.to_string(), WAIT)
+        .await;
+    assert_eq!(
+        (&record["bytes_egress"], &record["bytes_ingress"]),
+        (&4.into(), &4.into()),
+        "{record}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_closes_a_client_that_sends_nothing() {
+    let (_dns, _echo, proxy, _target) = echo_setup(&["--header-timeout", "1s"]).await;
+
+    let mut silent = TcpStream::connect(proxy.addr()).await.expect("connect");
+    let started = Instant::now();
+    expect_closed(&mut silent, WAIT).await;
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(500),
@@ -202,6 +226,20 @@ async fn sigterm_drains_open_tunnels_then_exits_zero() {
         started.elapsed() < Duration::from_secs(15),
         "did not exit well before the drain timeout"
     );
+    assert_tunnel_audited(&proxy, 6 + 13);
+}
+
+/// The record of the one tunnel to `origin.test` is in the audit log after exit, with its bytes.
+fn assert_tunnel_audited(proxy: &Proxy, bytes: u64) {
+    let records = proxy.audit_records();
+    let tunnel = records
+        .iter()
+        .find(|r| r["event"] == "connection" && r["host"] == "origin.test");
+    let Some(tunnel) = tunnel else {
+        panic!("tunnel record lost at shutdown; records: {records:?}");
+    };
+    assert_eq!(tunnel["bytes_egress"], bytes, "{tunnel}");
+    assert_eq!(tunnel["bytes_ingress"], bytes, "{tunnel}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,6 +263,7 @@ async fn drain_timeout_cuts_tunnels_that_stay_open() {
     );
     assert!(waited < Duration::from_secs(6), "exited after {waited:?}");
     expect_closed(&mut tunnel, WAIT).await;
+    assert_tunnel_audited(&proxy, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

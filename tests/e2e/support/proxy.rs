@@ -106,7 +106,7 @@ pub struct Proxy {
     audit: Audit,
     stderr: Lines,
     _policy: TempPolicy,
-    _stderr_task: AbortOnDrop,
+    stderr_task: AbortOnDrop,
 }
 
 impl Proxy {
@@ -185,7 +185,7 @@ impl Proxy {
             audit,
             stderr,
             _policy: policy,
-            _stderr_task: stderr_task,
+            stderr_task,
         };
         proxy.await_listeners().await;
         proxy.await_ready().await;
@@ -204,8 +204,8 @@ impl Proxy {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the reader drain what the process wrote before it died.
-                sleep(Duration::from_millis(100)).await;
+                // The reader ends at EOF: then it holds all the process wrote before dying.
+                let _ = tokio::time::timeout(STARTUP, &mut self.stderr_task.0).await;
                 panic!(
                     "portcullis exited at start-up ({status}):\n{}",
                     self.stderr_text()
