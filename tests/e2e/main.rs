@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `portcullis` binary, driven the way users drive it.
 
 mod cli_check;
+mod cli_diff;
 mod cli_explain;
 mod proxy_clients;
 mod proxy_connect;
@@ -9,4 +10,5 @@ mod proxy_errors;
 mod proxy_forward;
 mod proxy_limits;
 mod proxy_telemetry;
+mod reload;
 mod support;

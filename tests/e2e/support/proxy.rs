@@ -72,6 +72,9 @@ pub struct Launch<'a> {
     pub via_env: bool,
     /// Audit log to stdout (`-`, the default) instead of a file.
     pub audit_stdout: bool,
+    /// Use this policy file (which the test owns and may rewrite) instead of
+    /// writing the YAML to a temp file.
+    pub policy_path: Option<&'a std::path::Path>,
 }
 
 /// Where the audit records of a [`Proxy`] go.
@@ -105,7 +108,7 @@ pub struct Proxy {
     admin: SocketAddr,
     audit: Audit,
     stderr: Lines,
-    _policy: TempPolicy,
+    _policy: Option<TempPolicy>,
     stderr_task: AbortOnDrop,
 }
 
@@ -124,7 +127,15 @@ impl Proxy {
     /// [`Proxy::start`] with the choices of `launch`.
     pub async fn launch(policy_yaml: &str, dns: SocketAddr, launch: Launch<'_>) -> Proxy {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let policy = TempPolicy::new(policy_yaml);
+        let policy = launch
+            .policy_path
+            .is_none()
+            .then(|| TempPolicy::new(policy_yaml));
+        let policy_arg = match (&policy, launch.policy_path) {
+            (Some(temp), _) => temp.path_str().to_owned(),
+            (None, Some(path)) => path.to_str().expect("UTF-8 policy path").to_owned(),
+            (None, None) => unreachable!("one of the two is set"),
+        };
         let audit_path = std::env::temp_dir().join(format!(
             "portcullis-audit-{}-{}.jsonl",
             std::process::id(),
@@ -136,7 +147,7 @@ impl Proxy {
             false => audit_path.to_str().expect("UTF-8 temp path"),
         };
         let settings = [
-            ("--policy", "PORTCULLIS_POLICY", policy.path_str()),
+            ("--policy", "PORTCULLIS_POLICY", policy_arg.as_str()),
             ("--listen", "PORTCULLIS_LISTEN", "127.0.0.1:0"),
             ("--admin", "PORTCULLIS_ADMIN", "127.0.0.1:0"),
             ("--nameserver", "PORTCULLIS_NAMESERVERS", &dns.to_string()),
@@ -236,8 +247,9 @@ impl Proxy {
         }
     }
 
-    /// The address of a `listening` line for `listener` (`explicit` / `admin`), if logged yet.
-    fn listening_addr(&self, listener: &str) -> Option<SocketAddr> {
+    /// The address of a `listening` line for `listener` (`explicit`, `admin`,
+    /// `transparent_tls`, `transparent_http`), if logged yet.
+    pub fn listening_addr(&self, listener: &str) -> Option<SocketAddr> {
         let lines = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
         lines.iter().find_map(|line| {
             let v: Value = serde_json::from_str(line).ok()?;

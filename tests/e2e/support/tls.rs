@@ -39,6 +39,11 @@ impl TlsOrigin {
     /// Generates a CA and a leaf certificate for `names` (DNS names or IP literals), binds
     /// 127.0.0.1:0 and starts serving; bound before this returns.
     pub async fn start(names: &[&str]) -> TlsOrigin {
+        TlsOrigin::start_on(bind_loopback().await, names).await
+    }
+
+    /// [`TlsOrigin::start`] on a listener the caller bound (e.g. 127.0.0.1:443).
+    pub async fn start_on(listener: tokio::net::TcpListener, names: &[&str]) -> TlsOrigin {
         assert!(!names.is_empty(), "TlsOrigin needs at least one name");
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -73,7 +78,6 @@ impl TlsOrigin {
         let ca_file = write_ca_file(&ca_pem);
         let client_config = client_config_trusting(ca.der().clone());
 
-        let listener = bind_loopback().await;
         let addr = listener.local_addr().expect("local_addr");
         let snis = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
