@@ -216,9 +216,9 @@ pub async fn read_first_flight<R: AsyncRead + Unpin>(
     }
 }
 
-#[cfg(test)]
-pub mod tests {
-    use super::*;
+/// Minimal ClientHellos for tests, fuzz seeds and benchmarks.
+pub mod synth {
+    use super::{EXT_ECH, HANDSHAKE_CLIENT_HELLO, RECORD_HANDSHAKE};
 
     /// A minimal, valid TLS 1.2-style ClientHello handshake message.
     pub fn hello_message(server_names: &[&str], ech: bool, padding: usize) -> Vec<u8> {
@@ -268,6 +268,12 @@ pub mod tests {
         }
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::synth::{hello_message, records};
+    use super::*;
 
     fn hello(names: &[&str], ech: bool) -> FirstFlight {
         FirstFlight::Hello(ClientHello {
