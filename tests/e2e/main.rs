@@ -11,5 +11,5 @@ mod proxy_forward;
 mod proxy_limits;
 mod proxy_telemetry;
 mod reload;
-mod tls;
 mod support;
+mod tls;
