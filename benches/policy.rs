@@ -93,12 +93,16 @@ fn bench_parse(c: &mut Criterion) {
 }
 
 fn bench_compile(c: &mut Criterion) {
-    let yaml = policy_yaml(10_000);
     let mut group = c.benchmark_group("compile");
     group.sample_size(10);
-    group.bench_function("10k_rules", |b| {
-        b.iter(|| Policy::from_yaml(black_box(&yaml)).unwrap())
-    });
+    for n in [10_000usize, 100_000] {
+        let yaml = policy_yaml(n);
+        group.bench_with_input(BenchmarkId::new("rules", n), &yaml, |b, yaml| {
+            b.iter(|| Policy::from_yaml(black_box(yaml)).unwrap())
+        });
+    }
+    let compiled = Policy::from_yaml(&policy_yaml(10_000)).unwrap();
+    group.bench_function("lint_10k_rules", |b| b.iter(|| compiled.warnings()));
     group.finish();
 }
 

@@ -23,7 +23,9 @@ fn policy(rules: usize, marker: usize) -> String {
             _ => y.push_str(&format!("  - \"api-*.glob{i}.example.com\"\n")),
         }
     }
-    y.push_str(&format!("  - marker{marker}.example.org\nip_guard:\n  allowed: [127.0.0.0/8]\n"));
+    y.push_str(&format!(
+        "  - marker{marker}.example.org\nip_guard:\n  allowed: [127.0.0.0/8]\n"
+    ));
     y
 }
 
@@ -75,7 +77,9 @@ fn start(policy_path: &Path) -> Running {
         if std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() == 0 {
             panic!("portcullis exited");
         }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
         if v["message"] == "listening" {
             let addr = v["addr"].as_str().and_then(|a| a.parse().ok());
             match v["listener"].as_str() {
@@ -86,7 +90,11 @@ fn start(policy_path: &Path) -> Running {
         }
     }
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    Running { child, proxy: proxy.unwrap(), admin: admin.unwrap() }
+    Running {
+        child,
+        proxy: proxy.unwrap(),
+        admin: admin.unwrap(),
+    }
 }
 
 /// CONNECT to the echo origin and wait for the 200; returns the latency.
@@ -97,7 +105,11 @@ fn connect_once(proxy: SocketAddr, target: SocketAddr) -> Duration {
     write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
     let mut buf = [0u8; 256];
     let n = s.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     t.elapsed()
 }
 
@@ -118,10 +130,13 @@ fn main() {
             });
         }
     });
-    println!("| rules | compile+swap, file written -> new generation (median / max of {RELOADS}) | CONNECT p50 / p99 idle | CONNECT p50 / p99 during reloads |");
+    println!(
+        "| rules | compile+swap, file written -> new generation (median / max of {RELOADS}) | CONNECT p50 / p99 idle | CONNECT p50 / p99 during reloads |"
+    );
     println!("|---|---|---|---|");
     for rules in [10_000usize, 100_000] {
-        let dir = std::env::temp_dir().join(format!("portcullis-reload-bench-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-reload-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("policy.yaml");
         std::fs::write(&path, policy(rules, 0)).unwrap();

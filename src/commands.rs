@@ -51,7 +51,7 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
         let (diags, rules) = match load_policy(path) {
             Ok(c) => {
                 let rules = c.policy.rule_counts().iter().map(|(_, n)| n).sum::<usize>();
-                (c.warnings, Some(rules))
+                (c.warnings(), Some(rules))
             }
             Err(errors) => (errors, None),
         };

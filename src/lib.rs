@@ -79,7 +79,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     // Installed before anything is served: SIGHUP's default action is to exit.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RunError::Signal)?;
-    for w in &compiled.warnings {
+    for w in &compiled.warnings() {
         tracing::warn!(policy = %args.policy.display(), "{w}");
     }
     let metrics = Arc::new(Metrics::new(args.max_destination_labels));

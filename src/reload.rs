@@ -104,11 +104,13 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path, last: &mut String, forced
         return;
     }
     last.clone_from(&sha);
+    let started = std::time::Instant::now();
     let compiled = tokio::task::spawn_blocking(move || {
         let text = String::from_utf8_lossy(&bytes);
         Policy::from_yaml(&text)
     })
     .await;
+    let compile_ms = started.elapsed().as_millis() as u64;
     let compiled = match compiled {
         Ok(Ok(c)) => c,
         Ok(Err(problems)) => {
@@ -135,7 +137,7 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path, last: &mut String, forced
     shared.policy.store(next.clone());
     shared.metrics.policy_reload(true);
     shared.metrics.set_policy(generation, &rules);
-    tracing::info!(generation, sha256 = %sha, changed_clients = changes.len(), "policy reloaded");
+    tracing::info!(generation, sha256 = %sha, compile_ms, changed_clients = changes.len(), "policy reloaded");
     let details = ReloadDetails {
         result: ReloadResult::Ok,
         path: Some(path.display().to_string()),

@@ -79,11 +79,18 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// A policy that compiled, with the warnings `check` prints.
+/// A policy that compiled. Its warnings are worked out on demand: `check`
+/// and start-up want them, a hot reload does not wait for them.
 #[derive(Debug)]
 pub struct Compiled {
     pub policy: Policy,
-    pub warnings: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    /// Duplicates, shadowed rules, and wildcards broader than they look.
+    pub fn warnings(&self) -> Vec<Diagnostic> {
+        lint::lint(&self.policy)
+    }
 }
 
 pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
@@ -98,8 +105,7 @@ pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
     let mut cx = Compiler::default();
     let policy = cx.policy(raw);
     if cx.errors.is_empty() {
-        let warnings = lint::lint(&policy);
-        Ok(Compiled { policy, warnings })
+        Ok(Compiled { policy })
     } else {
         cx.errors.sort_by_key(|d| (d.line, d.column));
         Err(cx.errors)
