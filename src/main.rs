@@ -26,6 +26,11 @@ fn main() -> ExitCode {
             &mut std::io::stderr().lock(),
         ),
         Command::Schema(_) => portcullis::schema::print(&mut std::io::stdout().lock()),
+        Command::Suggest(args) => portcullis::suggest::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
         Command::Run(args) => return run(*args),
     };
     match code {

@@ -130,37 +130,61 @@ fn lint_list(list: &RuleSet, outer: Option<&RuleSet>, key: &str, out: &mut Vec<D
     }
 }
 
-fn wildcard_breadth(rule: &Rule, out: &mut Vec<Diagnostic>) {
-    let Some(tail) = rule.pattern.wildcard_tail() else {
-        return;
-    };
+/// Why a wildcard `*.tail` reaches names that no single owner controls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breadth {
+    /// `tail` is, or is below, a domain from [`SHARED_TENANT_DOMAINS`]: the
+    /// matching entry (the most specific one) and who owns names there.
+    SharedTenant {
+        domain: &'static str,
+        what: &'static str,
+    },
+    /// `tail` is itself a public suffix (Public Suffix List, private section included).
+    PublicSuffix,
+}
+
+/// Whether a wildcard over `tail` (`*.tail`, or a glob anchored on `tail`) is
+/// broader than one owner's names. The one test behind `check`'s warnings and
+/// `suggest`'s refusal to collapse names into a wildcard.
+pub fn too_broad(tail: &str) -> Option<Breadth> {
     if let Some((domain, what)) = SHARED_TENANT_DOMAINS
         .iter()
         .filter(|(d, _)| tail == *d || super::pattern::is_strictly_below(tail, d))
         .max_by_key(|(d, _)| d.len())
     {
-        out.push(warn(
+        return Some(Breadth::SharedTenant { domain, what });
+    }
+    if let Some(suffix) = psl::suffix(tail.as_bytes())
+        && suffix.is_known()
+        && suffix.as_bytes() == tail.as_bytes()
+    {
+        return Some(Breadth::PublicSuffix);
+    }
+    None
+}
+
+fn wildcard_breadth(rule: &Rule, out: &mut Vec<Diagnostic>) {
+    let Some(tail) = rule.pattern.wildcard_tail() else {
+        return;
+    };
+    match too_broad(tail) {
+        Some(Breadth::SharedTenant { domain, what }) => out.push(warn(
             rule,
             format!(
                 "`{}` is a wildcard over the shared-tenant domain `{domain}` ({what}): data can leave to a name an attacker owns",
                 rule.text
             ),
             "list the exact names you use, e.g. `my-bucket.s3.eu-west-1.amazonaws.com`",
-        ));
-        return;
-    }
-    if let Some(suffix) = psl::suffix(tail.as_bytes())
-        && suffix.is_known()
-        && suffix.as_bytes() == tail.as_bytes()
-    {
-        out.push(warn(
+        )),
+        Some(Breadth::PublicSuffix) => out.push(warn(
             rule,
             format!(
                 "`{}` is broader than a registrable domain: `{tail}` is a public suffix, so anyone can register a name below it",
                 rule.text
             ),
             "allow the registrable domains you need, e.g. `*.example.co.uk`",
-        ));
+        )),
+        None => {}
     }
 }
 
