@@ -34,6 +34,27 @@ pub enum Command {
     Health(HealthArgs),
     /// Print the policy file's JSON Schema (for editors and CI).
     Schema(SchemaArgs),
+    /// Suggest an allowlist from audit logs (e.g. of `mode: report`), for review.
+    Suggest(SuggestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    /// Audit log to read (JSON lines, plain or gzip); repeat for several; `-` (the default) is stdin.
+    #[arg(long = "audit", value_name = "PATH|-")]
+    pub audit: Vec<String>,
+    /// The policy in force: print only what it would deny, and list its allow rules no record used.
+    #[arg(long, value_name = "CURRENT")]
+    pub policy: Option<PathBuf>,
+    /// Only this client's destinations (`default`: the top-level list).
+    #[arg(long, value_name = "NAME")]
+    pub client: Option<String>,
+    /// Leave out destinations seen fewer than N times.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub min_count: u64,
+    /// `auto`: 3+ names below one domain become `*.domain` (never over a public suffix or a shared-tenant domain); `none`: exact names only.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub collapse: crate::suggest::Collapse,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +125,13 @@ pub struct RunArgs {
     /// Connections accepted at once; beyond it clients get 503 overloaded.
     #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Connections one source address may hold open; beyond it, 503 overloaded. 0: no limit.
+    #[arg(
+        long,
+        env = "PORTCULLIS_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 0
+    )]
+    pub max_connections_per_client: usize,
     /// Audit log destination: a file path, or `-` for stdout.
     #[arg(long, env = "PORTCULLIS_AUDIT_LOG", default_value = "-")]
     pub audit_log: String,

@@ -56,6 +56,10 @@ pub async fn dial(
                     let _ = stream.set_nodelay(true);
                     return Ok(Upstream { stream, addr });
                 }
+                Err(e) if crate::listener::is_fd_exhaustion(&e) => {
+                    tracing::warn!(%addr, "out of file descriptors dialing upstream");
+                    return Err(Reason::Overloaded);
+                }
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "connect failed");
                     last = Reason::ConnectError;

@@ -26,6 +26,7 @@ pub mod reload;
 pub mod resolve;
 pub mod schema;
 pub mod state;
+pub mod suggest;
 pub mod telemetry;
 pub mod tls_peek;
 pub mod tunnel;
@@ -119,7 +120,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
         header_timeout: args.header_timeout,
-        max_connections: args.max_connections,
+        max_connections: fit_to_fd_limit(args.max_connections),
+        max_connections_per_client: args.max_connections_per_client,
     };
     let rules: usize = compiled.policy.rule_counts().iter().map(|(_, n)| n).sum();
     let snapshot = Snapshot {
@@ -207,6 +209,37 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Descriptors kept out of the connection budget: listeners, DNS sockets,
+/// the audit log, the file watcher, and headroom.
+const FD_HEADROOM: usize = 64;
+
+/// Each client connection may hold two descriptors (client and upstream):
+/// cap `--max-connections` so that running out of descriptors shows up as
+/// `503 overloaded`, never as failed accepts.
+fn fit_to_fd_limit(max_connections: usize) -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        });
+    let Some(soft) = soft else {
+        return max_connections;
+    };
+    let fit = soft.saturating_sub(FD_HEADROOM).max(2) / 2;
+    if fit < max_connections {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = soft,
+            using = fit,
+            "--max-connections exceeds what the open-files limit allows; raise `ulimit -n`"
+        );
+        fit
+    } else {
+        max_connections
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {

@@ -1,8 +1,9 @@
 //! What every connection shares: the current policy snapshot, resolver, telemetry and limits.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -33,6 +34,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections one source address may hold; 0 for no limit.
+    pub max_connections_per_client: usize,
 }
 
 /// Largest request head (request line and headers) the explicit listener reads.
@@ -48,6 +51,7 @@ pub struct Shared {
     /// The proxy's own listening addresses, never dialed.
     pub own_addrs: Vec<SocketAddr>,
     permits: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Every connection, request and tunnel task, so that a drain can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled on SIGTERM: stop accepting, finish in-flight requests.
@@ -63,6 +67,25 @@ pub struct Shared {
 pub struct ConnSlot {
     _permit: OwnedSemaphorePermit,
     _active: ActiveGuard,
+    _source: Option<SourceSlot>,
+}
+
+/// One connection counted against its source address.
+struct SourceSlot {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -81,6 +104,7 @@ impl Shared {
             metrics,
             audit,
             permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_source: Arc::default(),
             limits,
             own_addrs,
             tracker: TaskTracker::new(),
@@ -91,12 +115,30 @@ impl Shared {
         }
     }
 
-    /// A connection slot, or `None` when `--max-connections` are open.
-    pub fn try_slot(&self, listener: Listener) -> Option<ConnSlot> {
+    /// A connection slot, or `None` when `--max-connections` are open, or
+    /// `source` already holds `--max-connections-per-client`.
+    pub fn try_slot(&self, listener: Listener, source: IpAddr) -> Option<ConnSlot> {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let per_client = self.limits.max_connections_per_client;
+        let source = if per_client == 0 {
+            None
+        } else {
+            let ip = source.to_canonical();
+            let mut counts = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+            let n = counts.entry(ip).or_insert(0);
+            if *n >= per_client {
+                return None;
+            }
+            *n += 1;
+            Some(SourceSlot {
+                ip,
+                counts: self.per_source.clone(),
+            })
+        };
         Some(ConnSlot {
             _permit: permit,
             _active: self.metrics.connection_opened(listener),
+            _source: source,
         })
     }
 

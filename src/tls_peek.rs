@@ -194,15 +194,20 @@ pub async fn read_first_flight<R: AsyncRead + Unpin>(
         if let Some(done) = classify(buf) {
             return Ok(done);
         }
-        let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
-        let mut chunk = [0u8; 4096];
-        let n = match tokio::time::timeout_at(deadline, r.read(&mut chunk)).await {
-            Ok(read) => read?,
-            Err(_) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "ClientHello timeout",
-                ));
+        buf.reserve(4096);
+        let n = if buf.is_empty() {
+            // Nothing yet: a client may wait for the server to speak first.
+            r.read_buf(buf).await?
+        } else {
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+            match tokio::time::timeout_at(deadline, r.read_buf(buf)).await {
+                Ok(read) => read?,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "ClientHello timeout",
+                    ));
+                }
             }
         };
         if n == 0 {
@@ -212,7 +217,6 @@ pub async fn read_first_flight<R: AsyncRead + Unpin>(
                 FirstFlight::Malformed("truncated ClientHello")
             });
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -396,6 +400,21 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+
+        // A client that says nothing for longer than the timeout is left alone.
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        let reading = async {
+            let mut buf = Vec::new();
+            read_first_flight(&mut rx, &mut buf, Duration::from_secs(3)).await
+        };
+        let speaking = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut tx, b"EHLO")
+                .await
+                .unwrap();
+        };
+        let (got, ()) = tokio::join!(reading, speaking);
+        assert_eq!(got.unwrap(), FirstFlight::NotTls);
     }
 
     #[test]

@@ -104,9 +104,17 @@ where
     let egress = async {
         let mut head = client.prefix.to_vec();
         if let Some(FirstFlightCheck { timeout, check }) = first {
-            let flight = read_first_flight(&mut client_r, &mut head, timeout)
-                .await
-                .map_err(|_| Stop::Refused(Reason::BadRequest))?;
+            if head.is_empty() {
+                // Hold no buffer while the client has not spoken.
+                client_r.readable().await.map_err(|_| Stop::Io)?;
+            }
+            let flight = match read_first_flight(&mut client_r, &mut head, timeout).await {
+                Ok(flight) => flight,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(Stop::Refused(Reason::BadRequest));
+                }
+                Err(_) => return Err(Stop::Io),
+            };
             if let FirstFlight::Hello(hello) = &flight
                 && let Some(name) = hello.server_names.first()
             {

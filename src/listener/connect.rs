@@ -25,6 +25,14 @@ pub(super) async fn connect(
 ) -> Response<Body> {
     let shared = &conn.shared;
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    // A CONNECT request has no content (RFC 9110 9.3.6): bytes after the head
+    // are tunnel bytes. A declared body would be swallowed as one, so refuse it.
+    let declares_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let authority = authority.filter(|_| !declares_body);
     let Some(authority) = authority.filter(|_| req.uri().path_and_query().is_none()) else {
         ex.bad_request(&snap);
         return refuse(shared, ex, Reason::BadRequest);

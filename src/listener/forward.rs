@@ -89,11 +89,20 @@ pub(super) async fn forward(
     }
     parts.uri = origin_form(&uri);
     let upstream_req = Request::from_parts(parts, Counting::new(body, egress.clone()));
-    let resp = match pooled.sender.send_request(upstream_req).await {
-        Ok(resp) => resp,
-        Err(e) => {
+    // An upstream that accepts but never answers gets --idle-timeout, as a tunnel would.
+    let sent = tokio::time::timeout(
+        shared.limits.idle_timeout,
+        pooled.sender.send_request(upstream_req),
+    );
+    let resp = match sent.await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
             tracing::debug!(upstream = %pooled.addr, error = %e, "upstream request failed");
             return refuse(shared, ex, Reason::ConnectError);
+        }
+        Err(_) => {
+            tracing::debug!(upstream = %pooled.addr, "upstream sent no response head in time");
+            return refuse(shared, ex, Reason::ConnectTimeout);
         }
     };
     put_upstream(&conn, pooled).await;

@@ -250,6 +250,9 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Arc<Shared>, TcpStream, SocketAddr, ConnSlot) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // One descriptor held back: when the process runs out, it is given up
+    // so that the waiting client can still be told `503 overloaded`.
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -258,15 +261,31 @@ pub async fn accept_loop<F, Fut>(
         };
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
+            Err(e) if is_fd_exhaustion(&e) && reserve.is_some() => {
+                tracing::warn!(
+                    listener = kind.as_str(),
+                    "out of file descriptors; refusing with 503"
+                );
+                drop(reserve.take());
+                if let Ok((stream, peer)) = listener.accept().await {
+                    shared
+                        .tracker
+                        .spawn(refuse_overloaded(shared.clone(), stream, peer, kind));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                reserve = std::fs::File::open("/dev/null").ok();
+                continue;
+            }
             Err(e) => {
-                // Out of file descriptors, typically: back off instead of spinning.
-                tracing::warn!(listener = kind.as_str(), error = %e, "accept failed");
+                // Still out of descriptors, or a transient error: back off instead of spinning.
+                tracing::debug!(listener = kind.as_str(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                reserve = reserve.or_else(|| std::fs::File::open("/dev/null").ok());
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        match shared.try_slot(kind) {
+        match shared.try_slot(kind, peer.ip()) {
             Some(slot) => {
                 shared
                     .tracker
@@ -279,6 +298,11 @@ pub async fn accept_loop<F, Fut>(
             }
         }
     }
+}
+
+/// EMFILE / ENFILE: the process or the system is out of file descriptors.
+pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
 }
 
 /// Answers `503 overloaded` without parsing anything, then closes. The

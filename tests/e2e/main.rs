@@ -3,6 +3,7 @@
 mod cli_check;
 mod cli_diff;
 mod cli_explain;
+mod hostile;
 mod proxy_clients;
 mod proxy_connect;
 mod proxy_dns;
@@ -11,5 +12,6 @@ mod proxy_forward;
 mod proxy_limits;
 mod proxy_telemetry;
 mod reload;
+mod suggest;
 mod support;
 mod tls;

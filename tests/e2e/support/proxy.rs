@@ -75,6 +75,8 @@ pub struct Launch<'a> {
     /// Use this policy file (which the test owns and may rewrite) instead of
     /// writing the YAML to a temp file.
     pub policy_path: Option<&'a std::path::Path>,
+    /// Start under `ulimit -n` of this many file descriptors.
+    pub fd_limit: Option<u32>,
 }
 
 /// Where the audit records of a [`Proxy`] go.
@@ -155,7 +157,15 @@ impl Proxy {
             ("--log-format", "PORTCULLIS_LOG_FORMAT", "json"),
         ]
         .map(|(flag, var, value)| (flag, var, value.to_owned()));
-        let mut cmd = Command::new(bin());
+        let mut cmd = match launch.fd_limit {
+            None => Command::new(bin()),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                    .arg(bin());
+                sh
+            }
+        };
         cmd.arg("run");
         // The test's own environment must not change what the flags say.
         for (key, _) in std::env::vars_os() {
