@@ -12,6 +12,7 @@ mod proxy_forward;
 mod proxy_limits;
 mod proxy_telemetry;
 mod reload;
+mod soak;
 mod suggest;
 mod support;
 mod tls;
