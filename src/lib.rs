@@ -25,6 +25,8 @@ pub mod policy;
 pub mod reload;
 pub mod resolve;
 pub mod schema;
+#[cfg(all(feature = "splice", target_os = "linux"))]
+mod splice;
 pub mod state;
 pub mod suggest;
 pub mod telemetry;

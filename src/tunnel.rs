@@ -155,9 +155,24 @@ where
     }
 }
 
-/// Copies until EOF, then shuts the write side down. The buffer lives only
-/// while the socket has bytes to give.
+/// Relays one direction until EOF: zero-copy where `splice` is built in,
+/// through a user-space buffer otherwise.
 async fn one_way(
+    r: OwnedReadHalf,
+    w: OwnedWriteHalf,
+    count: &AtomicU64,
+    touch: &impl Fn(),
+) -> std::io::Result<()> {
+    #[cfg(all(feature = "splice", target_os = "linux"))]
+    return crate::splice::one_way(r, w, count, touch).await;
+    #[cfg(not(all(feature = "splice", target_os = "linux")))]
+    return copy_one_way(r, w, count, touch).await;
+}
+
+/// Copies until EOF, then shuts the write side down. The portable path:
+/// used without `splice`, and tested either way.
+#[cfg_attr(all(feature = "splice", target_os = "linux"), allow(dead_code))]
+pub(crate) async fn copy_one_way(
     r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
     count: &AtomicU64,
@@ -165,18 +180,31 @@ async fn one_way(
 ) -> std::io::Result<()> {
     loop {
         r.readable().await?;
-        let mut buf = vec![0u8; BUF];
-        loop {
-            match r.try_read(&mut buf) {
-                Ok(0) => return w.shutdown().await,
-                Ok(n) => {
-                    w.write_all(&buf[..n]).await?;
-                    count.fetch_add(n as u64, Ordering::Relaxed);
-                    touch();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+        if copy_burst(&r, &mut w, count, touch).await? {
+            return w.shutdown().await;
+        }
+    }
+}
+
+/// Copies what `r` has to give right now; `true` at EOF. The buffer lives
+/// only for the burst.
+pub(crate) async fn copy_burst(
+    r: &OwnedReadHalf,
+    w: &mut OwnedWriteHalf,
+    count: &AtomicU64,
+    touch: &impl Fn(),
+) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        match r.try_read(&mut buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                w.write_all(&buf[..n]).await?;
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                touch();
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -327,6 +355,27 @@ mod tests {
         )
         .await;
         assert_eq!(end, End::Idle);
+    }
+
+    /// The portable copy path, tested on its own whatever the build uses.
+    #[tokio::test]
+    async fn copy_path_relays_and_counts() {
+        let ((c, mut client_peer), (u, mut upstream_peer)) = pairs().await;
+        let (r, _w) = c.into_split();
+        let (_r2, w2) = u.into_split();
+        let count = AtomicU64::new(0);
+        let relaying = copy_one_way(r, w2, &count, &|| {});
+        let driving = async {
+            let big = vec![7u8; 1 << 20];
+            client_peer.write_all(&big).await.unwrap();
+            client_peer.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            upstream_peer.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, big);
+        };
+        let (res, ()) = tokio::join!(relaying, driving);
+        res.unwrap();
+        assert_eq!(count.load(Ordering::Relaxed), 1 << 20);
     }
 
     #[tokio::test]
