@@ -2,19 +2,20 @@
 //! source socket into a pipe and from the pipe into the destination socket,
 //! without copying them through user space.
 //!
-//! The pipe exists only while bytes are moving: an idle tunnel holds none,
-//! so it costs no extra file descriptors.
+//! A pipe is held only while a tunnel is busy: it is made when bytes arrive
+//! and given back once a burst moved less than a pipe's worth, so an idle
+//! tunnel costs no extra file descriptors.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
+use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-/// Bytes moved per splice call (the pipe's default capacity is 64 KiB).
-const CHUNK: usize = 64 * 1024;
+/// Pipe capacity asked for; the kernel may grant less (`/proc/sys/fs/pipe-max-size`).
+const PIPE: usize = 256 * 1024;
 
 /// Relays until EOF (then shuts the write side down), like the copying
 /// loop in `tunnel.rs`. Errors other than "would block" end the relay.
@@ -25,44 +26,55 @@ pub async fn one_way(
     touch: &impl Fn(),
 ) -> io::Result<()> {
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    let mut pipe: Option<(OwnedFd, OwnedFd, usize)> = None;
     loop {
         r.readable().await?;
-        let pipe = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK);
-        let Ok((pipe_r, pipe_w)) = pipe else {
+        if pipe.is_none() {
+            pipe = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
+                .ok()
+                .map(|(pr, pw)| {
+                    let size = fcntl_setpipe_size(&pw, PIPE).unwrap_or(64 * 1024);
+                    (pr, pw, size)
+                });
+        }
+        let Some((pipe_r, pipe_w, size)) = &pipe else {
             // No descriptor for a pipe (EMFILE): copy this burst instead.
             if crate::tunnel::copy_burst(&r, &mut w, count, touch).await? {
                 return w.shutdown().await;
             }
             continue;
         };
-        let (pipe_r, pipe_w): (OwnedFd, OwnedFd) = (pipe_r, pipe_w);
+        let mut burst = 0;
         loop {
             let src = r.as_ref();
             let moved = src.try_io(Interest::READABLE, || {
-                Ok(splice(src.as_fd(), None, &pipe_w, None, CHUNK, flags)?)
+                Ok(splice(src.as_fd(), None, pipe_w, None, *size, flags)?)
             });
             let mut in_pipe = match moved {
                 Ok(0) => return w.shutdown().await,
                 Ok(n) => n,
-                // Drained for now: give the pipe back and wait for more.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             };
+            burst += in_pipe;
             while in_pipe > 0 {
                 let dst = w.as_ref();
-                dst.writable().await?;
                 match dst.try_io(Interest::WRITABLE, || {
-                    Ok(splice(&pipe_r, None, dst.as_fd(), None, in_pipe, flags)?)
+                    Ok(splice(pipe_r, None, dst.as_fd(), None, in_pipe, flags)?)
                 }) {
                     Ok(n) => {
                         in_pipe -= n;
                         count.fetch_add(n as u64, Ordering::Relaxed);
                         touch();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
                     Err(e) => return Err(e),
                 }
             }
+        }
+        // A quiet tunnel gives its pipe back; a busy one keeps it for the next burst.
+        if burst < *size {
+            pipe = None;
         }
     }
 }
