@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -315,15 +315,21 @@ impl Drop for AuditLog {
     }
 }
 
-/// The writer thread: writes lines as they come, flushing whenever the queue runs dry.
+/// How long the writer gathers records before writing them out: one write
+/// per batch under load, at most this much delay when traffic is light.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The writer thread: gathers lines for up to [`BATCH`], then flushes.
 fn drain(rx: Receiver<Vec<u8>>, mut out: BufWriter<impl Write>, shared: &Shared) {
     while let Ok(line) = rx.recv() {
         put(&mut out, &line, shared);
+        let deadline = std::time::Instant::now() + BATCH;
         loop {
-            match rx.try_recv() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(line) => put(&mut out, &line, shared),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
                     flush(&mut out, shared);
                     return;
                 }
