@@ -16,13 +16,16 @@ use crate::telemetry::metrics::CONTENT_TYPE;
 /// Serves admin requests until the process exits (it stays up while draining,
 /// so orchestrators can watch `/readyz` turn 503).
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    // Owned here: aborting this task closes every admin connection too.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let shared = shared.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&shared, &req)) }
