@@ -99,7 +99,13 @@ impl Host {
                 .map(|ip| Host::Ip(IpAddr::V4(ip)))
                 .map_err(|_| HostError::NonCanonicalIpv4);
         }
-        normalize_name(trimmed).map(|n| Host::Name(n.into_boxed_str()))
+        let name = normalize_name(trimmed)?;
+        // UTS 46 maps some characters to nothing or to digits ("2\u{ad}" ->
+        // "2", fullwidth "１２７.０.０.１"): a numeric result is an odd IP spelling.
+        if looks_numeric(&name) {
+            return Err(HostError::NonCanonicalIpv4);
+        }
+        Ok(Host::Name(name.into_boxed_str()))
     }
 
     /// The name, if this host is one.
@@ -271,6 +277,19 @@ mod tests {
             "example.123",
         ] {
             assert_eq!(Host::parse(odd), Err(HostError::NonCanonicalIpv4), "{odd}");
+        }
+        // Found by the `host` fuzz target: IDNA mapping that yields digits.
+        for odd in [
+            "2\u{ad}",
+            "127\u{ad}.0.0.1",
+            "１２７.０.０.１",
+            "example.1\u{ad}",
+        ] {
+            assert_eq!(
+                Host::parse(odd),
+                Err(HostError::NonCanonicalIpv4),
+                "{odd:?}"
+            );
         }
         for odd in ["[fe80::1%eth0]", "[1.2.3.4]", "[::1", "[example.com]"] {
             assert_eq!(Host::parse(odd), Err(HostError::BadIpv6), "{odd}");
