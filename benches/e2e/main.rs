@@ -127,7 +127,7 @@ async fn run(opts: &Options) -> Result<(), String> {
         n if opts.wants("idle") => sysstat::ensure_fd_limit(n),
         _ => Ok(()),
     };
-    let dns = dns::start().await?;
+    let (dns, _dns_server) = dns::start().await?;
     let (raw_port, http_port) = opts.origin_ports();
     let origins = origin::start(raw_port, http_port).await?;
     eprintln!(
