@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -319,17 +319,18 @@ impl Drop for AuditLog {
 /// per batch under load, at most this much delay when traffic is light.
 const BATCH: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// The writer thread: gathers lines for up to [`BATCH`], then flushes.
+/// The writer thread: after the first line of a batch it sleeps for
+/// [`BATCH`] (records queue up without waking it), then writes out
+/// everything queued and flushes.
 fn drain(rx: Receiver<Vec<u8>>, mut out: BufWriter<impl Write>, shared: &Shared) {
     while let Ok(line) = rx.recv() {
         put(&mut out, &line, shared);
-        let deadline = std::time::Instant::now() + BATCH;
+        std::thread::sleep(BATCH);
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
+            match rx.try_recv() {
                 Ok(line) => put(&mut out, &line, shared),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
                     flush(&mut out, shared);
                     return;
                 }
