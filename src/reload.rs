@@ -22,7 +22,7 @@ use crate::telemetry::ReloadResult;
 use crate::telemetry::audit::{AuditRecord, ReloadDetails};
 
 /// Editors and ConfigMap swaps touch several files at once: wait for quiet.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+const DEBOUNCE: Duration = Duration::from_millis(25);
 
 /// Hex SHA-256 of the policy file's bytes, recorded with each generation.
 pub fn sha256_hex(bytes: &[u8]) -> String {
