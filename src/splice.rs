@@ -15,7 +15,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Pipe capacity asked for; the kernel may grant less (`/proc/sys/fs/pipe-max-size`).
-const PIPE: usize = 256 * 1024;
+const PIPE: usize = 1024 * 1024;
 
 /// Relays until EOF (then shuts the write side down), like the copying
 /// loop in `tunnel.rs`. Errors other than "would block" end the relay.
