@@ -40,10 +40,10 @@ pub async fn dial(
     });
     if usable.dialable.is_empty() {
         tracing::debug!(%host, blocked = ?usable.blocked, "every address is guarded");
-        return Err(if usable.blocked.is_empty() {
-            Reason::DnsError
-        } else {
+        return Err(if usable.all_blocked() {
             Reason::BlockedIp
+        } else {
+            Reason::DnsError
         });
     }
     let started = Instant::now();

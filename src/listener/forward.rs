@@ -64,13 +64,9 @@ pub(super) async fn forward(
         Some(p) => p,
         None => match dial(shared, &snap, &host, port).await {
             Ok(up) => {
-                ex.upstream = Some(up.addr);
+                let addr = up.addr;
                 match handshake(shared, up).await {
-                    Ok(sender) => Pooled {
-                        key,
-                        sender,
-                        addr: ex.upstream.unwrap_or(conn.peer),
-                    },
+                    Ok(sender) => Pooled { key, sender, addr },
                     Err(()) => return refuse(shared, ex, Reason::ConnectError),
                 }
             }

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
 /// The ranges SPEC section 2 calls `default`: private, loopback, link-local
 /// (cloud metadata 169.254.169.254, ECS task metadata 169.254.170.2),
@@ -117,14 +117,6 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         ));
     }
     Ok(net)
-}
-
-/// Convenience for building single-host nets in tests and callers.
-pub fn host_net(ip: IpAddr) -> IpNet {
-    match ip {
-        IpAddr::V4(v4) => IpNet::V4(Ipv4Net::from(v4)),
-        IpAddr::V6(v6) => IpNet::V6(Ipv6Net::from(v6)),
-    }
 }
 
 #[cfg(test)]
