@@ -6,6 +6,10 @@ use clap::Parser;
 use portcullis::cli::{Cli, Command, LogFormat, RunArgs};
 use portcullis::{RunError, commands};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {

@@ -2,10 +2,12 @@
 //! source socket into a pipe and from the pipe into the destination socket,
 //! without copying them through user space.
 //!
-//! A pipe is held only while a tunnel is busy: it is made when bytes arrive
+//! A pipe is held only while a tunnel is busy: it is taken when bytes arrive
 //! and given back once a burst moved less than a pipe's worth, so an idle
-//! tunnel costs no extra file descriptors.
+//! tunnel costs no extra file descriptors. Given-back pipes wait in a small
+//! per-thread pool for the next burst.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,46 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 /// Pipe capacity asked for; the kernel may grant less (`/proc/sys/fs/pipe-max-size`).
 const PIPE: usize = 1024 * 1024;
 
+/// Empty pipes kept per worker thread for the next burst, so that a short
+/// exchange (a request, an echo, an EOF) does not pay for `pipe2`, resizing
+/// and two `close` calls. At most this many pipes (twice as many
+/// descriptors) per thread sit unused.
+const POOL_MAX: usize = 4;
+
+/// A pipe between two splices. It goes back to the pool only through
+/// [`Pipe::give_back`], and only when empty; a pipe dropped with bytes in
+/// it (an error mid-burst, a cancelled tunnel) is closed.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    size: usize,
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pipe {
+    /// A pooled pipe, or a new one; `None` when no descriptor is left.
+    fn take() -> Option<Pipe> {
+        if let Some(pipe) = POOL.with_borrow_mut(Vec::pop) {
+            return Some(pipe);
+        }
+        let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+        let size = fcntl_setpipe_size(&w, PIPE).unwrap_or(64 * 1024);
+        Some(Pipe { r, w, size })
+    }
+
+    /// Returns an empty pipe to this thread's pool (or closes it when the pool is full).
+    fn give_back(self) {
+        POOL.with_borrow_mut(|pool| {
+            if pool.len() < POOL_MAX {
+                pool.push(self);
+            }
+        });
+    }
+}
+
 /// Relays until EOF (then shuts the write side down), like the copying
 /// loop in `tunnel.rs`. Errors other than "would block" end the relay.
 pub async fn one_way(
@@ -26,32 +68,39 @@ pub async fn one_way(
     touch: &impl Fn(),
 ) -> io::Result<()> {
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-    let mut pipe: Option<(OwnedFd, OwnedFd, usize)> = None;
+    let mut pipe: Option<Pipe> = None;
     loop {
         r.readable().await?;
         if pipe.is_none() {
-            pipe = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
-                .ok()
-                .map(|(pr, pw)| {
-                    let size = fcntl_setpipe_size(&pw, PIPE).unwrap_or(64 * 1024);
-                    (pr, pw, size)
-                });
+            pipe = Pipe::take();
         }
-        let Some((pipe_r, pipe_w, size)) = &pipe else {
+        let Some(Pipe {
+            r: pipe_r,
+            w: pipe_w,
+            size,
+        }) = &pipe
+        else {
             // No descriptor for a pipe (EMFILE): copy this burst instead.
             if crate::tunnel::copy_burst(&r, &mut w, count, touch).await? {
                 return w.shutdown().await;
             }
             continue;
         };
+        let size = *size;
         let mut burst = 0;
         loop {
             let src = r.as_ref();
             let moved = src.try_io(Interest::READABLE, || {
-                Ok(splice(src.as_fd(), None, pipe_w, None, *size, flags)?)
+                Ok(splice(src.as_fd(), None, pipe_w, None, size, flags)?)
             });
             let mut in_pipe = match moved {
-                Ok(0) => return w.shutdown().await,
+                Ok(0) => {
+                    // The pipe is empty: every splice in was spliced out.
+                    if let Some(pipe) = pipe.take() {
+                        pipe.give_back();
+                    }
+                    return w.shutdown().await;
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -72,9 +121,11 @@ pub async fn one_way(
                 }
             }
         }
-        // A quiet tunnel gives its pipe back; a busy one keeps it for the next burst.
-        if burst < *size {
-            pipe = None;
+        // A quiet tunnel gives its (empty) pipe back; a busy one keeps it for the next burst.
+        if burst < size
+            && let Some(pipe) = pipe.take()
+        {
+            pipe.give_back();
         }
     }
 }

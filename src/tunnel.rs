@@ -97,12 +97,16 @@ where
     F: FnOnce(&FirstFlight) -> Result<(), Reason>,
 {
     let start = Instant::now();
-    let (mut client_r, client_w) = client.stream.into_split();
+    let Client { stream, prefix } = client;
+    // Copy the prefix out: the `Bytes` may share the (much larger) buffer
+    // the request head was read into, which an idle tunnel must not keep.
+    let mut head = prefix.to_vec();
+    drop(prefix);
+    let (mut client_r, client_w) = stream.into_split();
     let (up_r, mut up_w) = upstream.into_split();
     let activity = &counters.last_activity_ms;
     let touch = || activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let egress = async {
-        let mut head = client.prefix.to_vec();
+    let egress = async move {
         if let Some(FirstFlightCheck { timeout, check }) = first {
             if head.is_empty() {
                 // Hold no buffer while the client has not spoken.
