@@ -132,6 +132,11 @@ pub struct RunArgs {
         default_value_t = 0
     )]
     pub max_connections_per_client: usize,
+    /// Threads serving connections, each with its own event loop and all
+    /// listeners; a connection stays on the thread that accepted it.
+    /// 0: one per CPU the process may use (cgroup quotas included).
+    #[arg(long, env = "PORTCULLIS_WORKERS", default_value_t = 0)]
+    pub workers: usize,
     /// Audit log destination: a file path, or `-` for stdout.
     #[arg(long, env = "PORTCULLIS_AUDIT_LOG", default_value = "-")]
     pub audit_log: String,

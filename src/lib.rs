@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::cli::RunArgs;
 use crate::policy::Diagnostic;
@@ -68,6 +69,8 @@ pub enum RunError {
     Resolver(#[from] resolve::ResolveInitError),
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(std::io::Error),
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Runs the proxy until `shutdown` resolves, then drains: `/readyz` turns
@@ -155,30 +158,17 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         ));
 
     let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
-    let mut accepting = vec![tokio::spawn(listener::accept_loop(
-        shared.clone(),
-        explicit,
-        Listener::Explicit,
-        listener::client::serve_explicit,
-    ))];
-    if let Some(l) = transparent_tls {
-        let serve = listener::tls::serve;
-        accepting.push(tokio::spawn(listener::accept_loop(
-            shared.clone(),
-            l,
-            Listener::TransparentTls,
-            serve,
-        )));
-    }
-    if let Some(l) = transparent_http {
-        let serve = listener::client::serve_transparent;
-        accepting.push(tokio::spawn(listener::accept_loop(
-            shared.clone(),
-            l,
-            Listener::TransparentHttp,
-            serve,
-        )));
-    }
+    let data_listeners: Vec<(Listener, TcpListener)> = [
+        Some((Listener::Explicit, explicit)),
+        transparent_tls.map(|l| (Listener::TransparentTls, l)),
+        transparent_http.map(|l| (Listener::TransparentHttp, l)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let accepting = TaskTracker::new();
+    let workers = start_workers(args.workers, &shared, &accepting, &data_listeners)?;
+    spawn_accept_loops(&shared, &accepting, data_listeners);
     let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
     shared.set_ready(true);
     tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
@@ -186,9 +176,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     shutdown.await;
     tracing::info!(drain_timeout = ?args.drain_timeout, "draining");
     shared.draining.cancel();
-    for task in accepting {
-        let _ = task.await;
-    }
+    accepting.close();
+    accepting.wait().await;
     shared.tracker.close();
     if tokio::time::timeout(args.drain_timeout, shared.tracker.wait())
         .await
@@ -203,6 +192,13 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         task.abort();
         let _ = task.await;
     }
+    // The worker threads let go of `shared` once their last connection is done.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        for done in workers {
+            let _ = done.await;
+        }
+    })
+    .await;
     let audit = shared.audit.clone();
     drop(shared);
     match Arc::try_unwrap(audit) {
@@ -211,6 +207,85 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts `workers - 1` threads besides the caller's (0: one per CPU the
+/// process may use), each with a single-threaded event loop accepting on its
+/// own descriptor of every data listener. The kernel hands each connection
+/// to whichever thread accepts it first, and the connection stays there: no
+/// task hops between threads, which keeps tail latency down on small
+/// machines where the proxy shares its cores. The threads serve until the
+/// drain is over (`shared.tracker` is closed and empty).
+fn start_workers(
+    workers: usize,
+    shared: &Arc<Shared>,
+    accepting: &TaskTracker,
+    listeners: &[(Listener, TcpListener)],
+) -> Result<Vec<tokio::sync::oneshot::Receiver<()>>, RunError> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    let mut stopped = Vec::with_capacity(workers);
+    for i in 1..workers {
+        let mut own = Vec::with_capacity(listeners.len());
+        for (kind, l) in listeners {
+            let dup = socket2::SockRef::from(l)
+                .try_clone()
+                .map_err(RunError::Workers)?;
+            own.push((*kind, std::net::TcpListener::from(dup)));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RunError::Workers)?;
+        let shared = shared.clone();
+        let accepting = accepting.clone();
+        let (done, stopped_rx) = tokio::sync::oneshot::channel();
+        stopped.push(stopped_rx);
+        std::thread::Builder::new()
+            .name(format!("portcullis-w{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut registered = Vec::with_capacity(own.len());
+                    for (kind, l) in own {
+                        match TcpListener::from_std(l) {
+                            Ok(l) => registered.push((kind, l)),
+                            Err(e) => tracing::error!(worker = i, error = %e, "cannot listen"),
+                        }
+                    }
+                    spawn_accept_loops(&shared, &accepting, registered);
+                    shared.tracker.wait().await;
+                });
+                drop(runtime);
+                let _ = done.send(());
+            })
+            .map_err(RunError::Workers)?;
+    }
+    tracing::info!(workers, "serving");
+    Ok(stopped)
+}
+
+/// Accepts on `listeners` from the current thread's event loop; the
+/// connections accepted are served there.
+fn spawn_accept_loops(
+    shared: &Arc<Shared>,
+    accepting: &TaskTracker,
+    listeners: Vec<(Listener, TcpListener)>,
+) {
+    use listener::{accept_loop, client, tls};
+    for (kind, l) in listeners {
+        let shared = shared.clone();
+        match kind {
+            Listener::Explicit => {
+                accepting.spawn(accept_loop(shared, l, kind, client::serve_explicit))
+            }
+            Listener::TransparentTls => accepting.spawn(accept_loop(shared, l, kind, tls::serve)),
+            Listener::TransparentHttp => {
+                accepting.spawn(accept_loop(shared, l, kind, client::serve_transparent))
+            }
+        };
+    }
 }
 
 /// Descriptors kept out of the connection budget: listeners, DNS sockets,

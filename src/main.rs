@@ -48,7 +48,9 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     init_tracing(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This thread serves connections too; `--workers` adds one thread (and
+    // event loop) per further core.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -300,3 +300,50 @@ async fn an_invalid_policy_stops_start_up_instead_of_starting_open() {
         "{stderr}"
     );
 }
+
+/// `--workers 4`: three more event-loop threads accept on the same listener; tunnels
+/// opened at once all work whichever thread took them, and the drain waits for every
+/// thread's tunnels and audits each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_share_the_listeners_and_drain_together() {
+    const TUNNELS: usize = 24;
+    let (_dns, _echo, mut proxy, target) = echo_setup(&["--workers", "4"]).await;
+
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
+        .expect("proc task dir")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("portcullis-w"))
+        .collect();
+    assert_eq!(threads.len(), 3, "worker threads: {threads:?}");
+
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..TUNNELS {
+        let (addr, target) = (proxy.addr(), target.clone());
+        opening.spawn(async move {
+            let mut tunnel = open_tunnel(addr, &target).await;
+            echo_roundtrip(&mut tunnel, format!("tunnel {i:02}").as_bytes()).await;
+            tunnel
+        });
+    }
+    let mut tunnels = opening.join_all().await;
+    assert_eq!(tunnels.len(), TUNNELS);
+
+    proxy.sigterm().await;
+    for tunnel in &mut tunnels {
+        echo_roundtrip(tunnel, b"draining").await;
+        finish(tunnel).await;
+    }
+    let status = proxy.wait_exit(WAIT).await;
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        proxy.stderr_text()
+    );
+    let audited = proxy
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["event"] == "connection" && r["bytes_egress"] == 9 + 8)
+        .count();
+    assert_eq!(audited, TUNNELS, "tunnel records after the drain");
+}
