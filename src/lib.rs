@@ -121,11 +121,15 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             tracing::info!(listener = *what, addr = %addr, "listening");
         }
     }
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
     let limits = Limits {
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
         header_timeout: args.header_timeout,
-        max_connections: fit_to_fd_limit(args.max_connections),
+        max_connections: fit_to_fd_limit(args.max_connections, workers),
         max_connections_per_client: args.max_connections_per_client,
     };
     let rules: usize = compiled.policy.rule_counts().iter().map(|(_, n)| n).sum();
@@ -167,7 +171,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     .flatten()
     .collect();
     let accepting = TaskTracker::new();
-    let workers = start_workers(args.workers, &shared, &accepting, &data_listeners)?;
+    let workers = start_workers(workers, &shared, &accepting, &data_listeners)?;
     spawn_accept_loops(&shared, &accepting, data_listeners);
     let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
     shared.set_ready(true);
@@ -209,23 +213,19 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     Ok(())
 }
 
-/// Starts `workers - 1` threads besides the caller's (0: one per CPU the
-/// process may use), each with a single-threaded event loop accepting on its
+/// Starts `workers - 1` threads besides the caller's, each with a single-threaded event loop accepting on its
 /// own descriptor of every data listener. The kernel hands each connection
 /// to whichever thread accepts it first, and the connection stays there: no
 /// task hops between threads, which keeps tail latency down on small
 /// machines where the proxy shares its cores. The threads serve until the
-/// drain is over (`shared.tracker` is closed and empty).
+/// drain is over (`shared.tracker` is closed and empty); each receiver
+/// resolves when its thread has let go of `shared`.
 fn start_workers(
     workers: usize,
     shared: &Arc<Shared>,
     accepting: &TaskTracker,
     listeners: &[(Listener, TcpListener)],
 ) -> Result<Vec<tokio::sync::oneshot::Receiver<()>>, RunError> {
-    let workers = match workers {
-        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        n => n,
-    };
     let mut stopped = Vec::with_capacity(workers);
     for i in 1..workers {
         let mut own = Vec::with_capacity(listeners.len());
@@ -292,10 +292,13 @@ fn spawn_accept_loops(
 /// the audit log, the file watcher, and headroom.
 const FD_HEADROOM: usize = 64;
 
+/// Descriptors each worker thread may keep in idle splice pipes (`splice::POOL_MAX` pipes).
+const FD_PER_WORKER: usize = 8;
+
 /// Each client connection may hold two descriptors (client and upstream):
 /// cap `--max-connections` so that running out of descriptors shows up as
 /// `503 overloaded`, never as failed accepts.
-fn fit_to_fd_limit(max_connections: usize) -> usize {
+fn fit_to_fd_limit(max_connections: usize, workers: usize) -> usize {
     let soft = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|text| {
@@ -305,7 +308,10 @@ fn fit_to_fd_limit(max_connections: usize) -> usize {
     let Some(soft) = soft else {
         return max_connections;
     };
-    let fit = soft.saturating_sub(FD_HEADROOM).max(2) / 2;
+    let fit = soft
+        .saturating_sub(FD_HEADROOM + FD_PER_WORKER * workers)
+        .max(2)
+        / 2;
     if fit < max_connections {
         tracing::warn!(
             max_connections,
