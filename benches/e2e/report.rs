@@ -303,7 +303,8 @@ pub fn json(reports: &[TargetReport], streams: &[usize], settings: Value) -> Val
     })
 }
 
-/// Cores, CPU model and kernel of this machine.
+/// Cores, CPU model, kernel and default TCP congestion control of this machine (a pacing
+/// algorithm such as BBR makes every loopback flow several times more expensive).
 fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = (cpuinfo.lines())
@@ -313,9 +314,13 @@ fn machine() -> Value {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .ok();
+    let congestion = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_owned())
+        .ok();
     json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "cpu_model": model,
         "kernel": kernel,
+        "tcp_congestion_control": congestion,
     })
 }
