@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::RunArgs;
@@ -121,6 +122,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
             tracing::info!(listener = *what, addr = %addr, "listening");
         }
     }
+    let data_listener_count =
+        1 + usize::from(transparent_tls.is_some()) + usize::from(transparent_http.is_some());
     let workers = match args.workers {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
@@ -129,7 +132,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
         header_timeout: args.header_timeout,
-        max_connections: fit_to_fd_limit(args.max_connections, workers),
+        max_connections: fit_to_fd_limit(args.max_connections, workers, data_listener_count),
         max_connections_per_client: args.max_connections_per_client,
     };
     let rules: usize = compiled.policy.rule_counts().iter().map(|(_, n)| n).sum();
@@ -171,7 +174,18 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     .flatten()
     .collect();
     let accepting = TaskTracker::new();
-    let workers = start_workers(workers, &shared, &accepting, &data_listeners)?;
+    // Ends the worker threads' event loops once the drain is over.
+    let stop_workers = CancellationToken::new();
+    let workers = match start_workers(workers, &shared, &accepting, &stop_workers, &data_listeners)
+    {
+        Ok(workers) => workers,
+        Err(e) => {
+            // Threads already started stop accepting and end.
+            shared.draining.cancel();
+            stop_workers.cancel();
+            return Err(e);
+        }
+    };
     spawn_accept_loops(&shared, &accepting, data_listeners);
     let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
     shared.set_ready(true);
@@ -196,7 +210,9 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         task.abort();
         let _ = task.await;
     }
-    // The worker threads let go of `shared` once their last connection is done.
+    // The worker threads let go of `shared` once their last connection is
+    // done, or now: what is still running there is dropped with their loops.
+    stop_workers.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         for done in workers {
             let _ = done.await;
@@ -224,6 +240,7 @@ fn start_workers(
     workers: usize,
     shared: &Arc<Shared>,
     accepting: &TaskTracker,
+    stop: &CancellationToken,
     listeners: &[(Listener, TcpListener)],
 ) -> Result<Vec<tokio::sync::oneshot::Receiver<()>>, RunError> {
     let mut stopped = Vec::with_capacity(workers);
@@ -241,6 +258,7 @@ fn start_workers(
             .map_err(RunError::Workers)?;
         let shared = shared.clone();
         let accepting = accepting.clone();
+        let stop = stop.clone();
         let (done, stopped_rx) = tokio::sync::oneshot::channel();
         stopped.push(stopped_rx);
         std::thread::Builder::new()
@@ -255,7 +273,10 @@ fn start_workers(
                         }
                     }
                     spawn_accept_loops(&shared, &accepting, registered);
-                    shared.tracker.wait().await;
+                    tokio::select! {
+                        () = shared.tracker.wait() => {}
+                        () = stop.cancelled() => {}
+                    }
                 });
                 drop(runtime);
                 let _ = done.send(());
@@ -292,13 +313,21 @@ fn spawn_accept_loops(
 /// the audit log, the file watcher, and headroom.
 const FD_HEADROOM: usize = 64;
 
-/// Descriptors each worker thread may keep in idle splice pipes (`splice::POOL_MAX` pipes).
-const FD_PER_WORKER: usize = 8;
+/// Descriptors of a worker thread, besides its connections: idle splice
+/// pipes (`splice::POOL_MAX` of them), its event loop's epoll and waker and
+/// signal pipe, and per data listener a duplicate and a reserve descriptor.
+fn fds_per_worker(listeners: usize) -> usize {
+    #[cfg(all(feature = "splice", target_os = "linux"))]
+    let pooled_pipes = splice::POOL_MAX;
+    #[cfg(not(all(feature = "splice", target_os = "linux")))]
+    let pooled_pipes = 0;
+    2 * pooled_pipes + 3 + 2 * listeners
+}
 
 /// Each client connection may hold two descriptors (client and upstream):
 /// cap `--max-connections` so that running out of descriptors shows up as
 /// `503 overloaded`, never as failed accepts.
-fn fit_to_fd_limit(max_connections: usize, workers: usize) -> usize {
+fn fit_to_fd_limit(max_connections: usize, workers: usize, listeners: usize) -> usize {
     let soft = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|text| {
@@ -309,7 +338,7 @@ fn fit_to_fd_limit(max_connections: usize, workers: usize) -> usize {
         return max_connections;
     };
     let fit = soft
-        .saturating_sub(FD_HEADROOM + FD_PER_WORKER * workers)
+        .saturating_sub(FD_HEADROOM + fds_per_worker(listeners) * workers)
         .max(2)
         / 2;
     if fit < max_connections {

@@ -23,7 +23,7 @@ const PIPE: usize = 1024 * 1024;
 /// exchange (a request, an echo, an EOF) does not pay for `pipe2`, resizing
 /// and two `close` calls. At most this many pipes (twice as many
 /// descriptors) per thread sit unused.
-const POOL_MAX: usize = 4;
+pub(crate) const POOL_MAX: usize = 4;
 
 /// A pipe between two splices. It goes back to the pool only through
 /// [`Pipe::give_back`], and only when empty; a pipe dropped with bytes in
@@ -88,6 +88,7 @@ pub async fn one_way(
         };
         let size = *size;
         let mut burst = 0;
+        let mut next_yield = size;
         loop {
             let src = r.as_ref();
             let moved = src.try_io(Interest::READABLE, || {
@@ -119,6 +120,14 @@ pub async fn one_way(
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
                     Err(e) => return Err(e),
                 }
+            }
+            // `try_io` spends no scheduling budget: a source that never runs dry
+            // would keep this thread's other connections (and, on the main
+            // thread, signals and the admin listener) waiting. Yield after each
+            // pipe's worth; the pipe is empty here.
+            if burst >= next_yield {
+                next_yield = burst + size;
+                tokio::task::yield_now().await;
             }
         }
         // A quiet tunnel gives its (empty) pipe back; a busy one keeps it for the next burst.

@@ -267,7 +267,15 @@ pub async fn accept_loop<F, Fut>(
                     "out of file descriptors; refusing with 503"
                 );
                 drop(reserve.take());
-                if let Ok((stream, peer)) = listener.accept().await {
+                // Every worker thread may be here for the same waiting client:
+                // the one that gets it answers; the others must not park on
+                // `accept` (and miss the drain) waiting for the next client.
+                let accepted = tokio::select! {
+                    biased;
+                    () = shared.draining.cancelled() => return,
+                    accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()) => accepted,
+                };
+                if let Ok(Ok((stream, peer))) = accepted {
                     shared
                         .tracker
                         .spawn(refuse_overloaded(shared.clone(), stream, peer, kind));
@@ -310,7 +318,8 @@ pub async fn accept_loop<F, Fut>(
 /// "Performance"). Other clients, and all upstream connections, keep the
 /// host's choice. Best effort: on failure the default stays.
 fn same_host_congestion(stream: &TcpStream, peer: SocketAddr) {
-    if peer.ip().is_loopback() {
+    // `to_canonical`: an IPv4 client of a `[::]` listener shows as ::ffff:127.0.0.1.
+    if peer.ip().to_canonical().is_loopback() {
         let _ = socket2::SockRef::from(stream).set_tcp_congestion(b"reno");
     }
 }
@@ -361,23 +370,44 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn loopback_clients_get_reno() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, peer) = listener.accept().await.unwrap();
+    /// Accepts one client of `listen` connecting to `connect_ip`, with the accepted socket
+    /// on Cubic; returns it with its peer address, or `None` where that cannot be set up.
+    async fn accepted_on_cubic(listen: &str, connect_ip: &str) -> Option<(TcpStream, SocketAddr)> {
+        let listener = TcpListener::bind(listen).await.ok()?;
+        let port = listener.local_addr().ok()?.port();
+        let client = TcpStream::connect((connect_ip, port)).await.ok()?;
+        let (accepted, peer) = listener.accept().await.ok()?;
+        drop(client);
         let sock = socket2::SockRef::from(&accepted);
-        let name = || {
-            String::from_utf8_lossy(&sock.tcp_congestion().unwrap())
-                .trim_end_matches('\0')
-                .to_string()
-        };
         // Start from something else than Reno, whatever the host's default is.
         sock.set_tcp_congestion(b"cubic").unwrap();
-        assert_eq!(name(), "cubic");
+        assert_eq!(congestion(&accepted), "cubic");
+        Some((accepted, peer))
+    }
+
+    fn congestion(stream: &TcpStream) -> String {
+        let name = socket2::SockRef::from(stream).tcp_congestion().unwrap();
+        String::from_utf8_lossy(&name)
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn loopback_clients_get_reno() {
+        let (accepted, peer) = accepted_on_cubic("127.0.0.1:0", "127.0.0.1").await.unwrap();
         same_host_congestion(&accepted, peer);
-        assert_eq!(name(), "reno");
+        assert_eq!(congestion(&accepted), "reno");
+    }
+
+    /// An IPv4 client of a dual-stack `[::]` listener arrives as ::ffff:127.0.0.1.
+    #[tokio::test]
+    async fn mapped_loopback_clients_get_reno() {
+        let Some((accepted, peer)) = accepted_on_cubic("[::]:0", "127.0.0.1").await else {
+            eprintln!("skipped: no dual-stack IPv6 listener here");
+            return;
+        };
+        assert!(peer.is_ipv6(), "{peer}");
+        same_host_congestion(&accepted, peer);
+        assert_eq!(congestion(&accepted), "reno");
     }
 }
