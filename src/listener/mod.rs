@@ -253,6 +253,7 @@ pub async fn accept_loop<F, Fut>(
     // One descriptor held back: when the process runs out, it is given up
     // so that the waiting client can still be told `503 overloaded`.
     let mut reserve = std::fs::File::open("/dev/null").ok();
+    let inherited = SocketOptions::set_on_listener(&listener);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -292,8 +293,7 @@ pub async fn accept_loop<F, Fut>(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        same_host_congestion(&stream, peer);
+        inherited.complete(&stream, peer);
         match shared.try_slot(kind, peer.ip()) {
             Some(slot) => {
                 shared
@@ -305,6 +305,38 @@ pub async fn accept_loop<F, Fut>(
                     .tracker
                     .spawn(refuse_overloaded(shared.clone(), stream, peer, kind));
             }
+        }
+    }
+}
+
+/// Options every accepted connection gets. Set once on the listening
+/// socket where Linux passes them on to accepted sockets, saving a
+/// `setsockopt` or two per connection; set per connection otherwise.
+struct SocketOptions {
+    /// Accepted sockets come with `TCP_NODELAY`.
+    nodelay: bool,
+    /// Accepted sockets come with Reno (the listener only sees loopback clients).
+    reno: bool,
+}
+
+impl SocketOptions {
+    fn set_on_listener(listener: &TcpListener) -> SocketOptions {
+        let sock = socket2::SockRef::from(listener);
+        let loopback = listener
+            .local_addr()
+            .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+        SocketOptions {
+            nodelay: cfg!(target_os = "linux") && sock.set_tcp_nodelay(true).is_ok(),
+            reno: cfg!(target_os = "linux") && loopback && sock.set_tcp_congestion(b"reno").is_ok(),
+        }
+    }
+
+    fn complete(&self, stream: &TcpStream, peer: SocketAddr) {
+        if !self.nodelay {
+            let _ = stream.set_nodelay(true);
+        }
+        if !self.reno {
+            same_host_congestion(stream, peer);
         }
     }
 }
@@ -396,6 +428,22 @@ mod tests {
     async fn loopback_clients_get_reno() {
         let (accepted, peer) = accepted_on_cubic("127.0.0.1:0", "127.0.0.1").await.unwrap();
         same_host_congestion(&accepted, peer);
+        assert_eq!(congestion(&accepted), "reno");
+    }
+
+    /// A loopback listener hands out sockets that already have `TCP_NODELAY` and Reno.
+    #[tokio::test]
+    async fn a_loopback_listener_passes_nodelay_and_reno_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = socket2::SockRef::from(&listener);
+        sock.set_tcp_congestion(b"cubic").unwrap();
+        let options = SocketOptions::set_on_listener(&listener);
+        assert!(options.nodelay && options.reno);
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
         assert_eq!(congestion(&accepted), "reno");
     }
 
