@@ -87,21 +87,42 @@ async fn serve(
         .with_upgrades();
     tokio::pin!(http);
     tokio::select! {
-        res = http.as_mut() => log_conn_end(peer, res),
+        res = http.as_mut() => conn_end(&shared, listener, peer, res),
         () = shared.draining.cancelled() => {
             http.as_mut().graceful_shutdown();
             tokio::select! {
-                res = http => log_conn_end(peer, res),
+                res = http => conn_end(&shared, listener, peer, res),
                 () = shared.abort.cancelled() => {}
             }
         }
     }
 }
 
-fn log_conn_end(peer: SocketAddr, res: Result<(), hyper::Error>) {
-    if let Err(e) = res {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+/// Logs how a client connection ended. A request head the HTTP parser
+/// refused never reached [`handle`]: it is audited and counted here as
+/// `bad_request`, with the status the parser answered.
+fn conn_end(shared: &Shared, listener: Listener, peer: SocketAddr, res: Result<(), hyper::Error>) {
+    let Err(e) = res else { return };
+    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    if !e.is_parse() {
+        return;
     }
+    let status = if e.is_parse_version_h2() {
+        None // closed without an answer
+    } else if e.is_parse_too_large() {
+        // hyper answers 414 for a URI over its limit, 431 for a head over ours.
+        Some(if e.to_string().contains("URI") {
+            414
+        } else {
+            431
+        })
+    } else {
+        Some(400)
+    };
+    let mut ex = Exchange::new(listener, Event::Request, peer);
+    ex.bad_request(&shared.policy.load());
+    ex.status = status;
+    ex.finish(shared);
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {

@@ -119,6 +119,31 @@ async fn oversized_heads_and_header_floods_are_refused() {
         raw(&proxy, flood.as_bytes()).await,
         Some(431 | 400) | None
     ));
+    // Refused by the HTTP parser before any decision, yet audited and counted.
+    let refused = |r: &serde_json::Value| {
+        r["event"] == "request"
+            && r["reason"] == "bad_request"
+            && r["decision"] == "deny"
+            && r["status"] == 431
+            && r["host"].is_null()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy.audit_records().iter().filter(|r| refused(r)).count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "two refused heads not audited: {:?}",
+            proxy.audit_records()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy
+        .wait_metric(
+            "portcullis_requests_total",
+            &[("reason", "bad_request"), ("destination", "_invalid")],
+            |n| n >= 2.0,
+            WAIT,
+        )
+        .await;
     still_serves(&proxy, &w).await;
 }
 
