@@ -11,6 +11,7 @@ mod proxy_errors;
 mod proxy_forward;
 mod proxy_limits;
 mod proxy_telemetry;
+mod redirect;
 mod reload;
 mod soak;
 mod suggest;
