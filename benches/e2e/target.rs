@@ -7,11 +7,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
+
+#[path = "../../tests/e2e/support/log_line.rs"]
+mod log_line;
+use log_line::listening_addr;
 
 /// How long a proxy may take to start listening.
 const STARTUP: Duration = Duration::from_secs(30);
@@ -239,20 +242,6 @@ impl Target {
     pub fn rss_kb(&self) -> Option<u64> {
         crate::sysstat::rss_kb(self.pid?)
     }
-}
-
-/// The `addr` of a JSON `listening` log line for `listener`.
-fn listening_addr(line: &str, listener: &str) -> Option<SocketAddr> {
-    let v: Value = serde_json::from_str(line).ok()?;
-    let field = |k: &str| {
-        (v.get(k).or_else(|| v.get("fields")?.get(k)))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    if field("message")? != "listening" || field("listener")? != listener {
-        return None;
-    }
-    field("addr")?.parse().ok()
 }
 
 /// Status of a one-shot `GET path` (HTTP/1.0-style, connection closed), if any.

@@ -3,7 +3,8 @@
 //! the test: the outer test re-runs this binary under `unshare --net`, where
 //! only a fresh loopback interface exists.
 
-use std::process::Command as StdCommand;
+use std::path::Path;
+use std::process::{Command as StdCommand, Output};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -69,6 +70,25 @@ fn iptables_redirect_reaches_the_transparent_tls_listener() {
     assert!(text.contains("1 passed"), "inner test did not run:\n{text}");
 }
 
+/// curl from [`CLIENT_SRC`] to `https://host:port/echo`, the name resolving to
+/// 127.0.0.1: the connection the REDIRECT rule takes.
+async fn curl_redirected(ca: &Path, host: &str, port: u16) -> Output {
+    let ca = ca.to_str().expect("CA path");
+    let url = format!("https://{host}:{port}/echo");
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let args = [
+        "-sS",
+        "--interface",
+        CLIENT_SRC,
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        &url,
+    ];
+    curl(&args, &[]).await
+}
+
 fn run(cmd: &str, args: &[&str]) {
     let out = StdCommand::new(cmd).args(args).output().expect(cmd);
     assert!(
@@ -107,7 +127,6 @@ async fn inner_redirect_in_private_netns() {
     let policy = loopback_policy(&["origin.test:*"], "");
     let proxy = Proxy::start(&policy, dns.addr(), &["--transparent-tls", "127.0.0.1:0"]).await;
     let tls = proxy.listening_addr("transparent_tls").expect("listening");
-    let to = tls.port().to_string();
     // Where the kernel has no NAT for iptables, say so and skip (the outer test reports it).
     let probe = StdCommand::new("iptables")
         .args(["-t", "nat", "-L", "OUTPUT", "-n"])
@@ -120,51 +139,19 @@ async fn inner_redirect_in_private_netns() {
         );
         return;
     }
-    for port in ["443", "9443"] {
-        run(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-p",
-                "tcp",
-                "-s",
-                CLIENT_SRC,
-                "-d",
-                "127.0.0.1",
-                "--dport",
-                port,
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &to,
-            ],
+    for port in [443, 9443] {
+        let rule = format!(
+            "-t nat -A OUTPUT -p tcp -s {CLIENT_SRC} -d 127.0.0.1 --dport {port} -j REDIRECT --to-ports {}",
+            tls.port()
         );
+        run("iptables", &rule.split(' ').collect::<Vec<_>>());
     }
     let (ca, ca_9443) = (origin.ca_file(), origin_9443.ca_file());
 
     // The client dials the origin itself; the kernel hands the connection to
     // the proxy, which reads the original destination and the SNI.
     for (port, ca) in [(443u16, &ca), (9443, &ca_9443)] {
-        let ca = ca.to_str().unwrap();
-        let url = format!("https://origin.test:{port}/echo");
-        let resolve = format!("origin.test:{port}:127.0.0.1");
-        let out = curl(
-            &[
-                "-sS",
-                "--interface",
-                CLIENT_SRC,
-                "--cacert",
-                ca,
-                "--resolve",
-                &resolve,
-                &url,
-            ],
-            &[],
-        )
-        .await;
+        let out = curl_redirected(ca, "origin.test", port).await;
         assert!(
             out.status.success(),
             "{}",
@@ -189,20 +176,7 @@ async fn inner_redirect_in_private_netns() {
     }
 
     // A name outside the policy, redirected the same way, is refused.
-    let out = curl(
-        &[
-            "-sS",
-            "--interface",
-            CLIENT_SRC,
-            "--cacert",
-            ca.to_str().unwrap(),
-            "--resolve",
-            "denied.test:443:127.0.0.1",
-            "https://denied.test/echo",
-        ],
-        &[],
-    )
-    .await;
+    let out = curl_redirected(&ca, "denied.test", 443).await;
     assert!(!out.status.success());
     proxy
         .wait_audit(

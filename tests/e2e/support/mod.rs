@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod log_line;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;

@@ -261,18 +261,9 @@ impl Proxy {
     /// `transparent_tls`, `transparent_http`), if logged yet.
     pub fn listening_addr(&self, listener: &str) -> Option<SocketAddr> {
         let lines = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
-        lines.iter().find_map(|line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            let field = |k: &str| {
-                (v.get(k).or_else(|| v.get("fields")?.get(k)))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            };
-            if field("message")? != "listening" || field("listener")? != listener {
-                return None;
-            }
-            field("addr")?.parse().ok()
-        })
+        lines
+            .iter()
+            .find_map(|line| super::log_line::listening_addr(line, listener))
     }
 
     /// The explicit proxy listener.
