@@ -138,3 +138,49 @@ pub async fn one_way(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// (read half to relay from, write half to relay into, the test's two ends).
+    async fn relay_ends() -> (OwnedReadHalf, OwnedWriteHalf, TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let src_peer = TcpStream::connect(addr).await.unwrap();
+        let (src, _) = l.accept().await.unwrap();
+        let dst_peer = TcpStream::connect(addr).await.unwrap();
+        let (dst, _) = l.accept().await.unwrap();
+        (src.into_split().0, dst.into_split().1, src_peer, dst_peer)
+    }
+
+    fn pooled() -> usize {
+        POOL.with_borrow(Vec::len)
+    }
+
+    /// Two relays one after the other on one thread: the second reuses the
+    /// first one's pipe, and carries its own bytes only.
+    #[tokio::test]
+    async fn an_emptied_pipe_is_reused_and_carries_nothing_over() {
+        POOL.with_borrow_mut(Vec::clear);
+        for payload in [b"first tunnel".as_slice(), b"second".as_slice()] {
+            let (r, w, mut src_peer, mut dst_peer) = relay_ends().await;
+            let count = AtomicU64::new(0);
+            let relaying = one_way(r, w, &count, &|| {});
+            let driving = async {
+                src_peer.write_all(payload).await.unwrap();
+                src_peer.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                dst_peer.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let (res, got) = tokio::join!(relaying, driving);
+            res.unwrap();
+            assert_eq!(got, payload);
+            assert_eq!(pooled(), 1, "the emptied pipe went back to the pool");
+        }
+    }
+}

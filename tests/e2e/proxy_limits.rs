@@ -347,3 +347,31 @@ async fn worker_threads_share_the_listeners_and_drain_together() {
         .count();
     assert_eq!(audited, TUNNELS, "tunnel records after the drain");
 }
+
+/// A client on loopback (the sidecar's application) is served with Reno
+/// whatever the host's congestion control is: read off the proxy's side of
+/// the connection with `ss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_clients_are_served_with_reno() {
+    let (_dns, _echo, proxy, target) = echo_setup(&[]).await;
+    let mut tunnel = open_tunnel(proxy.addr(), &target).await;
+    echo_roundtrip(&mut tunnel, b"reno?").await;
+    let sport = format!("sport = :{}", proxy.addr().port());
+    let out = match Command::new("ss")
+        .args(["-tinH", "state", "established", &sport])
+        .output()
+        .await
+    {
+        Ok(out) if out.status.success() => out,
+        other => {
+            eprintln!("SKIPPED congestion control check: no usable `ss` ({other:?})");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.split_whitespace().any(|t| t == "reno"),
+        "the proxy's accepted socket is not on Reno:\n{text}"
+    );
+    finish(&mut tunnel).await;
+}
