@@ -306,28 +306,9 @@ async fn an_invalid_policy_stops_start_up_instead_of_starting_open() {
 /// thread's tunnels and audits each one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_share_the_listeners_and_drain_together() {
-    const TUNNELS: usize = 24;
     let (_dns, _echo, mut proxy, target) = echo_setup(&["--workers", "4"]).await;
-
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
-        .expect("proc task dir")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
-        .filter(|name| name.starts_with("portcullis-w"))
-        .collect();
-    assert_eq!(threads.len(), 3, "worker threads: {threads:?}");
-
-    let mut opening = tokio::task::JoinSet::new();
-    for i in 0..TUNNELS {
-        let (addr, target) = (proxy.addr(), target.clone());
-        opening.spawn(async move {
-            let mut tunnel = open_tunnel(addr, &target).await;
-            echo_roundtrip(&mut tunnel, format!("tunnel {i:02}").as_bytes()).await;
-            tunnel
-        });
-    }
-    let mut tunnels = opening.join_all().await;
-    assert_eq!(tunnels.len(), TUNNELS);
+    assert_eq!(worker_threads(&proxy).len(), 3);
+    let mut tunnels = open_echoed_tunnels(&proxy, &target).await;
 
     proxy.sigterm().await;
     for tunnel in &mut tunnels {
@@ -340,12 +321,77 @@ async fn worker_threads_share_the_listeners_and_drain_together() {
         "exit status {status}:\n{}",
         proxy.stderr_text()
     );
-    let audited = proxy
+    assert_eq!(
+        audited_tunnels(&proxy, 9 + 8),
+        TUNNELS,
+        "tunnel records after the drain"
+    );
+}
+
+/// Tunnels that stay open past `--drain-timeout` are cut on every worker
+/// thread, not only the main one; each is audited before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_cuts_the_tunnels_of_every_worker_thread() {
+    let args = ["--workers", "4", "--drain-timeout", "1s"];
+    let (_dns, _echo, mut proxy, target) = echo_setup(&args).await;
+    let mut tunnels = open_echoed_tunnels(&proxy, &target).await;
+
+    proxy.sigterm().await;
+    let started = Instant::now();
+    let status = proxy.wait_exit(WAIT).await;
+    let waited = started.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        proxy.stderr_text()
+    );
+    assert!(waited < Duration::from_secs(6), "exited after {waited:?}");
+    for tunnel in &mut tunnels {
+        expect_closed(tunnel, WAIT).await;
+    }
+    assert_eq!(
+        audited_tunnels(&proxy, 9),
+        TUNNELS,
+        "records of the tunnels cut at the drain timeout"
+    );
+}
+
+/// Tunnels the worker tests open at once, so that every thread gets some.
+const TUNNELS: usize = 24;
+
+/// Names of the proxy's extra event-loop threads.
+fn worker_threads(proxy: &Proxy) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/task", proxy.pid()))
+        .expect("proc task dir")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("portcullis-w"))
+        .collect()
+}
+
+/// Opens [`TUNNELS`] tunnels concurrently, each echoing `tunnel NN` (9 bytes) once.
+async fn open_echoed_tunnels(proxy: &Proxy, target: &str) -> Vec<TcpStream> {
+    let mut opening = tokio::task::JoinSet::new();
+    for i in 0..TUNNELS {
+        let (addr, target) = (proxy.addr(), target.to_string());
+        opening.spawn(async move {
+            let mut tunnel = open_tunnel(addr, &target).await;
+            echo_roundtrip(&mut tunnel, format!("tunnel {i:02}").as_bytes()).await;
+            tunnel
+        });
+    }
+    let tunnels = opening.join_all().await;
+    assert_eq!(tunnels.len(), TUNNELS);
+    tunnels
+}
+
+/// Tunnel records in the audit log that carried `egress` bytes out.
+fn audited_tunnels(proxy: &Proxy, egress: u64) -> usize {
+    proxy
         .audit_records()
         .into_iter()
-        .filter(|r| r["event"] == "connection" && r["bytes_egress"] == 9 + 8)
-        .count();
-    assert_eq!(audited, TUNNELS, "tunnel records after the drain");
+        .filter(|r| r["event"] == "connection" && r["bytes_egress"] == egress)
+        .count()
 }
 
 /// A client on loopback (the sidecar's application) is served with Reno
