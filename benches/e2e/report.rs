@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::http::Forwarding;
 use crate::idle::Idle;
-use crate::throughput::{Direction, Throughput, cpu_per_gib};
+use crate::throughput::{Direction, Throughput, cpu_per_gib, harness_cpu_per_gib};
 use crate::tunnels::Tunnels;
 
 /// Everything measured on one target.
@@ -120,6 +120,20 @@ fn rows(streams: &[usize]) -> Vec<Row> {
             "s",
             Goal::AtMost(0.5),
             |r| r.cpu_seconds_per_gib,
+        ),
+        row(
+            "harness_cpu_seconds_per_gib_download",
+            "generator + origins CPU per GiB, download",
+            "s",
+            Goal::None,
+            |r| harness_cpu_per_gib(&r.throughput, Direction::Download),
+        ),
+        row(
+            "harness_cpu_seconds_per_gib_upload",
+            "generator + origins CPU per GiB, upload",
+            "s",
+            Goal::None,
+            |r| harness_cpu_per_gib(&r.throughput, Direction::Upload),
         ),
         row(
             "tunnels_per_second",

@@ -13,6 +13,7 @@ use tokio::time::{Instant, sleep};
 
 use crate::client::open_raw;
 use crate::origin::{BULK_BUF, MODE_SINK, MODE_SOURCE};
+use crate::sysstat::cpu_seconds;
 use crate::target::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,6 +38,10 @@ pub struct Throughput {
     pub proxy_cpu_seconds: Option<f64>,
     /// Proxy CPU seconds per GiB moved in this run.
     pub proxy_cpu_seconds_per_gib: Option<f64>,
+    /// CPU of this harness (load generator and origins: the two ends of every
+    /// stream) during the measured interval. On a saturated rig this, not the
+    /// proxy, can be what caps a figure: compare it across directions.
+    pub harness_cpu_seconds: Option<f64>,
     /// Streams that ended with an error (or early) before the interval was over.
     pub failed_streams: u64,
     /// Cores busy with other work meanwhile.
@@ -83,16 +88,19 @@ pub async fn run(
         });
     }
     sleep(warmup).await;
-    let (t0, b0, c0) = (
+    let harness = || cpu_seconds(std::process::id());
+    let (t0, b0, c0, h0) = (
         Instant::now(),
         moved.load(Ordering::Relaxed),
         target.cpu_seconds(),
+        harness(),
     );
     sleep(measure).await;
-    let (t1, b1, c1) = (
+    let (t1, b1, c1, h1) = (
         Instant::now(),
         moved.load(Ordering::Relaxed),
         target.cpu_seconds(),
+        harness(),
     );
     let failed_streams = failed.load(Ordering::Relaxed);
     // Dropping the tasks closes the client ends; the proxy tears the tunnels down.
@@ -111,6 +119,7 @@ pub async fn run(
         seconds,
         proxy_cpu_seconds,
         proxy_cpu_seconds_per_gib: proxy_cpu_seconds.filter(|_| gib > 0.0).map(|c| c / gib),
+        harness_cpu_seconds: h0.zip(h1).map(|(a, b)| b - a),
         failed_streams,
         background_cores: None,
     })
@@ -118,8 +127,21 @@ pub async fn run(
 
 /// Proxy CPU seconds per GiB over all `runs` together.
 pub fn cpu_per_gib(runs: &[Throughput]) -> Option<f64> {
-    let cpu: Option<f64> = runs.iter().map(|r| r.proxy_cpu_seconds).sum();
-    let bytes: u64 = runs.iter().map(|r| r.bytes).sum();
+    per_gib(runs.iter(), |r| r.proxy_cpu_seconds)
+}
+
+/// Harness (load generator and origins) CPU seconds per GiB over the `direction` runs.
+pub fn harness_cpu_per_gib(runs: &[Throughput], direction: Direction) -> Option<f64> {
+    let runs = runs.iter().filter(|r| r.direction == direction);
+    per_gib(runs, |r| r.harness_cpu_seconds)
+}
+
+fn per_gib<'a>(
+    runs: impl Iterator<Item = &'a Throughput> + Clone,
+    cpu: impl Fn(&Throughput) -> Option<f64>,
+) -> Option<f64> {
+    let total: Option<f64> = runs.clone().map(cpu).sum();
+    let bytes: u64 = runs.map(|r| r.bytes).sum();
     let gib = bytes as f64 / (1u64 << 30) as f64;
-    cpu.filter(|_| gib > 0.0).map(|c| c / gib)
+    total.filter(|_| gib > 0.0).map(|c| c / gib)
 }
