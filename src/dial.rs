@@ -54,6 +54,7 @@ pub async fn dial(
             match TcpStream::connect(addr).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
+                    crate::listener::same_host_congestion(&stream, addr);
                     return Ok(Upstream { stream, addr });
                 }
                 Err(e) if crate::listener::is_fd_exhaustion(&e) => {

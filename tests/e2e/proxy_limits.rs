@@ -394,30 +394,36 @@ fn audited_tunnels(proxy: &Proxy, egress: u64) -> usize {
         .count()
 }
 
-/// A client on loopback (the sidecar's application) is served with Reno
-/// whatever the host's congestion control is: read off the proxy's side of
-/// the connection with `ss`.
+/// Connections with a peer on this host use Reno whatever the host's congestion
+/// control is: the client's (the sidecar's application) and, here, the upstream
+/// one (a loopback origin). Read off the proxy's sockets with `ss`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loopback_clients_are_served_with_reno() {
-    let (_dns, _echo, proxy, target) = echo_setup(&[]).await;
+async fn loopback_peers_are_served_with_reno() {
+    let (_dns, echo, proxy, target) = echo_setup(&[]).await;
     let mut tunnel = open_tunnel(proxy.addr(), &target).await;
     echo_roundtrip(&mut tunnel, b"reno?").await;
-    let sport = format!("sport = :{}", proxy.addr().port());
-    let out = match Command::new("ss")
-        .args(["-tinH", "state", "established", &sport])
-        .output()
-        .await
-    {
-        Ok(out) if out.status.success() => out,
-        other => {
-            eprintln!("SKIPPED congestion control check: no usable `ss` ({other:?})");
-            return;
-        }
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.split_whitespace().any(|t| t == "reno"),
-        "the proxy's accepted socket is not on Reno:\n{text}"
-    );
+    // The proxy's accepted client socket, then its socket towards the origin.
+    let sides = [
+        ("client", format!("sport = :{}", proxy.addr().port())),
+        ("upstream", format!("dport = :{}", echo.addr().port())),
+    ];
+    for (side, filter) in sides {
+        let out = match Command::new("ss")
+            .args(["-tinH", "state", "established", &filter])
+            .output()
+            .await
+        {
+            Ok(out) if out.status.success() => out,
+            other => {
+                eprintln!("SKIPPED congestion control check: no usable `ss` ({other:?})");
+                return;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.split_whitespace().any(|t| t == "reno"),
+            "the proxy's {side} socket is not on Reno:\n{text}"
+        );
+    }
     finish(&mut tunnel).await;
 }
