@@ -244,7 +244,12 @@ pub fn table(reports: &[TargetReport], streams: &[usize]) -> String {
         if let Some((ours, theirs)) = compare {
             match ratio(&row, ours, theirs) {
                 Some((r, met)) => {
-                    line.push(format!("{r:.2}x"));
+                    // Three decimals below 1, so a miss by a hair does not print as the goal.
+                    line.push(if r < 1.0 {
+                        format!("{r:.3}x")
+                    } else {
+                        format!("{r:.2}x")
+                    });
                     line.push(goal_text(row.goal));
                     line.push(met.map_or("", |m| if m { "yes" } else { "NO" }).into());
                 }
