@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::policy::{Host, Reason};
 use crate::resolve::{DnsError, filter};
@@ -51,10 +51,9 @@ pub async fn dial(
         let mut last = Reason::ConnectError;
         for ip in &usable.dialable {
             let addr = SocketAddr::new(*ip, port);
-            match TcpStream::connect(addr).await {
+            match connect(addr).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    crate::listener::same_host_congestion(&stream, addr);
                     return Ok(Upstream { stream, addr });
                 }
                 Err(e) if crate::listener::is_fd_exhaustion(&e) => {
@@ -78,4 +77,18 @@ pub async fn dial(
             .upstream_connect(&host.to_string(), started.elapsed());
     }
     result
+}
+
+/// Connects to `addr`. A loopback peer gets Reno before the handshake (see
+/// [`crate::listener::same_host_congestion`]): switched afterwards, a pacing
+/// algorithm such as BBR would already have turned the socket's pacing on.
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if crate::listener::is_loopback(addr.ip()) {
+        let _ = socket2::SockRef::from(&socket).set_tcp_congestion(b"reno");
+    }
+    socket.connect(addr).await
 }

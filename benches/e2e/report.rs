@@ -244,12 +244,8 @@ pub fn table(reports: &[TargetReport], streams: &[usize]) -> String {
         if let Some((ours, theirs)) = compare {
             match ratio(&row, ours, theirs) {
                 Some((r, met)) => {
-                    // Three decimals below 1, so a miss by a hair does not print as the goal.
-                    line.push(if r < 1.0 {
-                        format!("{r:.3}x")
-                    } else {
-                        format!("{r:.2}x")
-                    });
+                    // Three decimals, so a miss by a hair rarely prints as the goal itself.
+                    line.push(format!("{r:.3}x"));
                     line.push(goal_text(row.goal));
                     line.push(met.map_or("", |m| if m { "yes" } else { "NO" }).into());
                 }

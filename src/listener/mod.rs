@@ -341,21 +341,30 @@ impl SocketOptions {
     }
 }
 
-/// A connection to a peer on this host (the application next to a sidecar,
-/// or an upstream on loopback that the policy's `ip_guard` lets through)
-/// uses Reno instead of the host's default congestion control. Over
-/// loopback there is no congestion to control, but a pacing algorithm such
-/// as BBR still paces every send with timers: on a BBR host, downloads
-/// through a loopback client connection took 0.25 s of proxy CPU per GiB
-/// with BBR and 0.16-0.22 s with Reno, at 1.3-1.6x the throughput, and
-/// uploads to a loopback origin ran at 14-15 Gbit/s with BBR and 19-23 with
-/// Reno (README "Performance"). Connections to other hosts keep the host's
-/// choice. Best effort: on failure the default stays.
-pub(crate) fn same_host_congestion(stream: &TcpStream, peer: SocketAddr) {
-    // `to_canonical`: an IPv4 peer of a `[::]` socket shows as ::ffff:127.0.0.1.
-    if peer.ip().to_canonical().is_loopback() {
+/// A connection with a loopback peer (the application next to a sidecar, or
+/// an upstream on loopback that the policy's `ip_guard` lets through) uses
+/// Reno instead of the host's default congestion control. Over loopback
+/// there is no congestion to control, but a pacing algorithm such as BBR
+/// still paces every send with timers: on a BBR host, downloads through a
+/// loopback client connection took 0.25 s of proxy CPU per GiB with BBR and
+/// 0.16-0.22 s with Reno, at 1.3-1.6x the throughput, and uploads to a
+/// loopback origin ran at 14-15 Gbit/s with BBR and 19-23 with Reno (README
+/// "Performance"). Every other connection keeps the host's choice. Best
+/// effort: on failure the default stays.
+///
+/// For accepted sockets this runs after the handshake, unless the listener
+/// (bound to loopback) already passed Reno on; upstream sockets get it
+/// before they connect (`dial`).
+fn same_host_congestion(stream: &TcpStream, peer: SocketAddr) {
+    if is_loopback(peer.ip()) {
         let _ = socket2::SockRef::from(stream).set_tcp_congestion(b"reno");
     }
+}
+
+/// Loopback, including the IPv4-mapped form an IPv4 peer of a `[::]` socket
+/// shows (::ffff:127.0.0.1).
+pub(crate) fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// EMFILE / ENFILE: the process or the system is out of file descriptors.

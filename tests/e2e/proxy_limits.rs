@@ -307,7 +307,8 @@ async fn an_invalid_policy_stops_start_up_instead_of_starting_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_share_the_listeners_and_drain_together() {
     let (_dns, _echo, mut proxy, target) = echo_setup(&["--workers", "4"]).await;
-    assert_eq!(worker_threads(&proxy).len(), 3);
+    let threads = worker_threads(&proxy);
+    assert_eq!(threads.len(), 3, "worker threads: {threads:?}");
     let mut tunnels = open_echoed_tunnels(&proxy, &target).await;
 
     proxy.sigterm().await;
@@ -394,9 +395,11 @@ fn audited_tunnels(proxy: &Proxy, egress: u64) -> usize {
         .count()
 }
 
-/// Connections with a peer on this host use Reno whatever the host's congestion
+/// Connections with a loopback peer use Reno whatever the host's congestion
 /// control is: the client's (the sidecar's application) and, here, the upstream
-/// one (a loopback origin). Read off the proxy's sockets with `ss`.
+/// one (a loopback origin). Read off the proxy's sockets with `ss`. The client
+/// socket gets it from the loopback listener (unit tests in `listener` cover
+/// the per-connection path); on a host whose default is Reno this cannot fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_peers_are_served_with_reno() {
     let (_dns, echo, proxy, target) = echo_setup(&[]).await;
