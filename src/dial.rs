@@ -79,8 +79,8 @@ pub async fn dial(
     result
 }
 
-/// Connects to `addr`. A loopback peer gets Reno before the handshake (see
-/// [`crate::listener::same_host_congestion`]): switched afterwards, a pacing
+/// Connects to `addr`. A loopback peer gets Reno before the handshake, like
+/// loopback clients (README "Decisions"): switched afterwards, a pacing
 /// algorithm such as BBR would already have turned the socket's pacing on.
 async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = match addr {

@@ -322,9 +322,7 @@ struct SocketOptions {
 impl SocketOptions {
     fn set_on_listener(listener: &TcpListener) -> SocketOptions {
         let sock = socket2::SockRef::from(listener);
-        let loopback = listener
-            .local_addr()
-            .is_ok_and(|a| a.ip().to_canonical().is_loopback());
+        let loopback = listener.local_addr().is_ok_and(|a| is_loopback(a.ip()));
         SocketOptions {
             nodelay: cfg!(target_os = "linux") && sock.set_tcp_nodelay(true).is_ok(),
             reno: cfg!(target_os = "linux") && loopback && sock.set_tcp_congestion(b"reno").is_ok(),

@@ -120,18 +120,40 @@ async fn oversized_heads_and_header_floods_are_refused() {
         Some(431 | 400) | None
     ));
     // Refused by the HTTP parser before any decision, yet audited and counted.
+    wait_parser_refusals(&proxy, Some(431), 2, 2).await;
+    still_serves(&proxy, &w).await;
+}
+
+/// Bytes the HTTP parser cannot read (a TLS ClientHello on the HTTP port) get
+/// its `400`; an HTTP/2 preface is closed without an answer. Both are audited
+/// and counted as `bad_request`, with the status sent (none for the preface).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_the_parser_refuses_are_audited_with_the_status_sent() {
+    let w = world().await;
+    let proxy = Proxy::start(&loopback_policy(&["origin.test:*"], ""), w.dns.addr(), &[]).await;
+    let hello = b"\x16\x03\x01\x00\x2a\x01\x00\x00\x26\x03\x03 not http at all\r\n\r\n";
+    assert_eq!(raw(&proxy, hello).await, Some(400));
+    wait_parser_refusals(&proxy, Some(400), 1, 1).await;
+    assert_eq!(raw(&proxy, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await, None);
+    wait_parser_refusals(&proxy, None, 1, 2).await;
+    still_serves(&proxy, &w).await;
+}
+
+/// Waits until `n` requests the parser refused with `status` are audited
+/// (no host, `bad_request`), and `counted` refusals in all are counted.
+async fn wait_parser_refusals(proxy: &Proxy, status: Option<u16>, n: usize, counted: usize) {
     let refused = |r: &serde_json::Value| {
         r["event"] == "request"
             && r["reason"] == "bad_request"
             && r["decision"] == "deny"
-            && r["status"] == 431
+            && r["status"] == status.map_or(serde_json::Value::Null, Into::into)
             && r["host"].is_null()
     };
     let deadline = tokio::time::Instant::now() + WAIT;
-    while proxy.audit_records().iter().filter(|r| refused(r)).count() < 2 {
+    while proxy.audit_records().iter().filter(|r| refused(r)).count() < n {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "two refused heads not audited: {:?}",
+            "{n} refused heads with status {status:?} not audited: {:?}",
             proxy.audit_records()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -140,11 +162,10 @@ async fn oversized_heads_and_header_floods_are_refused() {
         .wait_metric(
             "portcullis_requests_total",
             &[("reason", "bad_request"), ("destination", "_invalid")],
-            |n| n >= 2.0,
+            |count| count >= counted as f64,
             WAIT,
         )
         .await;
-    still_serves(&proxy, &w).await;
 }
 
 /// Bytes sent after the CONNECT head (pipelined requests) are tunnel bytes:

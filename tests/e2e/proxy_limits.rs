@@ -216,12 +216,7 @@ async fn sigterm_drains_open_tunnels_then_exits_zero() {
     // The open tunnel keeps working until we close it.
     echo_roundtrip(&mut tunnel, b"after sigterm").await;
     finish(&mut tunnel).await;
-    let status = proxy.wait_exit(WAIT).await;
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        proxy.stderr_text()
-    );
+    proxy.wait_clean_exit(WAIT).await;
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "did not exit well before the drain timeout"
@@ -250,13 +245,8 @@ async fn drain_timeout_cuts_tunnels_that_stay_open() {
 
     proxy.sigterm().await;
     let started = Instant::now();
-    let status = proxy.wait_exit(WAIT).await;
+    proxy.wait_clean_exit(WAIT).await;
     let waited = started.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        proxy.stderr_text()
-    );
     assert!(
         waited >= Duration::from_millis(800),
         "exited after {waited:?}, before the drain timeout"
@@ -270,12 +260,7 @@ async fn drain_timeout_cuts_tunnels_that_stay_open() {
 async fn sigint_also_shuts_down_cleanly() {
     let (_dns, _echo, mut proxy, _target) = echo_setup(&[]).await;
     proxy.signal("INT").await;
-    let status = proxy.wait_exit(WAIT).await;
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        proxy.stderr_text()
-    );
+    proxy.wait_clean_exit(WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,12 +301,7 @@ async fn worker_threads_share_the_listeners_and_drain_together() {
         echo_roundtrip(tunnel, b"draining").await;
         finish(tunnel).await;
     }
-    let status = proxy.wait_exit(WAIT).await;
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        proxy.stderr_text()
-    );
+    proxy.wait_clean_exit(WAIT).await;
     assert_eq!(
         audited_tunnels(&proxy, 9 + 8),
         TUNNELS,
@@ -339,13 +319,8 @@ async fn drain_timeout_cuts_the_tunnels_of_every_worker_thread() {
 
     proxy.sigterm().await;
     let started = Instant::now();
-    let status = proxy.wait_exit(WAIT).await;
+    proxy.wait_clean_exit(WAIT).await;
     let waited = started.elapsed();
-    assert!(
-        status.success(),
-        "exit status {status}:\n{}",
-        proxy.stderr_text()
-    );
     assert!(waited < Duration::from_secs(6), "exited after {waited:?}");
     for tunnel in &mut tunnels {
         expect_closed(tunnel, WAIT).await;

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -373,15 +373,20 @@ impl Proxy {
         assert!(status.success(), "kill -{name} {} failed", self.pid);
     }
 
-    /// Waits for the process to exit.
-    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        match tokio::time::timeout(within, self.child.wait()).await {
+    /// Waits for the process to exit, and asserts it exited with status 0.
+    pub async fn wait_clean_exit(&mut self, within: Duration) {
+        let status = match tokio::time::timeout(within, self.child.wait()).await {
             Ok(status) => status.expect("wait for portcullis"),
             Err(_) => panic!(
                 "portcullis still running after {within:?}:\n{}",
                 self.stderr_text()
             ),
-        }
+        };
+        assert!(
+            status.success(),
+            "exit status {status}:\n{}",
+            self.stderr_text()
+        );
     }
 }
 
