@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
 export RUSTC_BOOTSTRAP=1
-for target in client_hello host policy; do
+for target in client_hello server_flight host policy; do
   mkdir -p "corpus/$target"
   cargo fuzz run "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$secs" -max_len=20000
 done

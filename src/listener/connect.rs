@@ -1,5 +1,5 @@
 //! `CONNECT host:port`: decide, dial, answer 200, then tunnel with the
-//! ClientHello check of SPEC 3.
+//! TLS handshake checks of SPEC 9.
 
 use std::sync::Arc;
 
@@ -14,8 +14,8 @@ use super::{Body, Exchange, full};
 use crate::dial::{Upstream, dial};
 use crate::policy::Reason;
 use crate::state::Snapshot;
-use crate::tls_peek::{FirstFlight, check_tunnel};
-use crate::tunnel::{self, Counters, End, FirstFlightCheck};
+use crate::tls_peek::{ClientFlight, Expect};
+use crate::tunnel::{self, Counters, End, Inspect};
 
 pub(super) async fn connect(
     conn: Arc<Conn>,
@@ -64,9 +64,14 @@ pub(super) async fn connect(
                     .as_ref()
                     .map(|open| open.register(conn_peer.ip(), target.clone(), port, cancel.clone()));
                 let tls = snap.policy.tls;
-                let first = FirstFlightCheck {
-                    timeout: shared.limits.header_timeout,
-                    check: |flight: &FirstFlight| check_tunnel(flight, &target, &tls),
+                let expect = if tls.sni_must_match {
+                    Expect::Host(target.clone())
+                } else {
+                    Expect::Any
+                };
+                let inspect = Inspect {
+                    flight: ClientFlight::new(expect, tls.ech_allowed),
+                    header_timeout: shared.limits.header_timeout,
                 };
                 let client = match upgraded.downcast::<TokioIo<TcpStream>>() {
                     Ok(parts) => tunnel::Client { stream: parts.io.into_inner(), prefix: parts.read_buf },
@@ -82,14 +87,14 @@ pub(super) async fn connect(
                     shared.limits.idle_timeout,
                     &cancel,
                     &counters,
-                    Some(first),
+                    Some(inspect),
                 )
                 .await;
                 match end {
                     End::Aborted if !shared.abort.is_cancelled() => ex.reason = Reason::PolicyRevoked,
-                    End::Refused(reason) => {
-                        tracing::info!(host = ?ex.host, reason = reason.as_str(), "tunnel refused after its first bytes");
-                        ex.reason = reason;
+                    End::Refused(v) => {
+                        tracing::debug!(host = ?ex.host, reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
+                        ex.reason = v.reason;
                     }
                     _ => {}
                 }

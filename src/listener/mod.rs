@@ -151,7 +151,8 @@ impl Exchange {
                 | Reason::SniMismatch
                 | Reason::EchRefused
                 | Reason::NoSni
-                | Reason::PolicyRevoked,
+                | Reason::PolicyRevoked
+                | Reason::TlsViolation,
             ) => Verdict::Deny,
             (Some(d), _) => d.verdict,
             (None, _) => Verdict::Deny,

@@ -10,72 +10,56 @@ use tokio::net::TcpStream;
 
 use super::{Exchange, original_dst};
 use crate::dial::dial;
-use crate::policy::{Host, Reason};
+use crate::policy::Reason;
 use crate::state::{ConnSlot, Shared};
 use crate::telemetry::Listener;
 use crate::telemetry::audit::Event;
-use crate::tls_peek::{FirstFlight, read_first_flight};
-use crate::tunnel::{self, Counters, End, NO_CHECK};
-
-/// TLS alert descriptions (RFC 8446 6.2).
-const ACCESS_DENIED: u8 = 49;
-const INTERNAL_ERROR: u8 = 80;
-
-/// A fatal alert record, sent in place of a ServerHello.
-fn alert(description: u8) -> [u8; 7] {
-    [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description]
-}
+use crate::tls_peek::{
+    self, ACCESS_DENIED, ClientFlight, Expect, INTERNAL_ERROR, read_first_flight,
+};
+use crate::tunnel::{self, Counters, End, Inspect};
 
 pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slot: ConnSlot) {
     let snap = shared.policy.load_full();
     let mut ex = Exchange::new(Listener::TransparentTls, Event::Connection, peer);
     let port = original_dst(&stream).map_or(443, |d| d.port());
-    let mut hello_bytes = Vec::new();
+    // Every later ClientHello must name the same server as the first (SPEC 9).
+    let mut flight = ClientFlight::new(Expect::Any, snap.policy.tls.ech_allowed);
     let timeout = shared.limits.header_timeout;
     let read = tokio::time::timeout(
         timeout,
-        read_first_flight(&mut stream, &mut hello_bytes, timeout),
+        read_first_flight(&mut stream, &mut flight, timeout),
     )
     .await;
     let hello = match read {
-        Ok(Ok(FirstFlight::Hello(hello))) => hello,
-        other => {
-            tracing::debug!(%peer, outcome = ?other.map(|r| r.map(|_| ())), "no ClientHello on the transparent TLS listener");
-            ex.bad_request(&snap);
-            return ex.finish(&shared);
-        }
-    };
-    let sni = match hello.server_names.as_slice() {
-        [] => {
+        Ok(Ok(Ok(()))) => flight.first_hello().cloned(),
+        Ok(Ok(Err(v))) => {
+            tracing::debug!(%peer, reason = v.reason.as_str(), cause = v.cause, "ClientHello refused on the transparent TLS listener");
             ex.bad_request(&snap);
             ex.port = Some(port);
-            return refuse(&shared, ex, stream, Reason::NoSni, ACCESS_DENIED).await;
+            ex.sni = flight.last_sni().map(ToString::to_string);
+            return refuse(&shared, ex, stream, v.reason, ACCESS_DENIED).await;
         }
-        [one] => one.clone(),
-        _ => {
-            ex.bad_request(&snap);
-            return refuse(&shared, ex, stream, Reason::BadRequest, ACCESS_DENIED).await;
-        }
+        Ok(Err(_)) | Err(_) => None,
     };
-    ex.sni = Some(sni.clone());
-    ex.target_raw(&sni, Some(port));
-    // An SNI is a name, never an address (RFC 6066 3).
-    let host = match Host::parse(&sni) {
-        Ok(h @ Host::Name(_)) => h,
-        _ => {
-            ex.bad_request(&snap);
-            return refuse(&shared, ex, stream, Reason::BadRequest, ACCESS_DENIED).await;
-        }
+    let Some(hello) = hello else {
+        tracing::debug!(%peer, "no ClientHello on the transparent TLS listener");
+        ex.bad_request(&snap);
+        return ex.finish(&shared);
     };
+    // An SNI is a name, never an address (RFC 6066 3): the inspector checked.
+    let Some(host) = hello.sni else {
+        ex.bad_request(&snap);
+        ex.port = Some(port);
+        return refuse(&shared, ex, stream, Reason::NoSni, ACCESS_DENIED).await;
+    };
+    ex.sni = Some(host.to_string());
     let decision = ex.decide(&snap, &host, port);
     if !decision.verdict.permits() {
         let reason = decision.reason;
         return refuse(&shared, ex, stream, reason, ACCESS_DENIED).await;
     }
-    if hello.ech && !snap.policy.tls.ech_allowed {
-        return refuse(&shared, ex, stream, Reason::EchRefused, ACCESS_DENIED).await;
-    }
-    let mut upstream = match dial(&shared, &snap, &host, port).await {
+    let upstream = match dial(&shared, &snap, &host, port).await {
         Ok(up) => up,
         Err(reason) => {
             let description = if reason == Reason::BlockedIp {
@@ -87,14 +71,15 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
         }
     };
     ex.upstream = Some(upstream.addr);
-    // Replay the ClientHello exactly as the client sent it.
-    if upstream.stream.write_all(&hello_bytes).await.is_err() {
-        return refuse(&shared, ex, stream, Reason::ConnectError, INTERNAL_ERROR).await;
-    }
     let counters = Counters::default();
     let client = tunnel::Client {
         stream,
         prefix: bytes::Bytes::new(),
+    };
+    // The buffered ClientHello is replayed exactly as the client sent it.
+    let inspect = Inspect {
+        flight,
+        header_timeout: timeout,
     };
     let end = tunnel::pump(
         client,
@@ -102,14 +87,20 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
         shared.limits.idle_timeout,
         &shared.abort,
         &counters,
-        NO_CHECK,
+        Some(inspect),
     )
     .await;
-    tracing::debug!(host = %host, ?end, "transparent tunnel closed");
-    if end == End::Aborted {
-        tracing::debug!(host = %host, "transparent tunnel cut at the drain timeout");
+    match end {
+        End::Refused(v) => {
+            tracing::debug!(host = %host, reason = v.reason.as_str(), cause = v.cause, "transparent tunnel refused during the TLS handshake");
+            ex.reason = v.reason;
+        }
+        End::Aborted => {
+            tracing::debug!(host = %host, "transparent tunnel cut at the drain timeout")
+        }
+        End::Closed | End::Idle => tracing::debug!(host = %host, ?end, "transparent tunnel closed"),
     }
-    ex.egress = counters.egress() + hello_bytes.len() as u64;
+    ex.egress = counters.egress();
     ex.ingress = counters.ingress();
     ex.finish(&shared);
     drop(slot);
@@ -125,6 +116,6 @@ async fn refuse(
 ) {
     ex.reason = reason;
     ex.finish(shared);
-    let _ = stream.write_all(&alert(description)).await;
+    let _ = stream.try_write(&tls_peek::alert(description));
     let _ = stream.shutdown().await;
 }

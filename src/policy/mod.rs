@@ -60,10 +60,12 @@ pub enum Reason {
     EchRefused,
     NoSni,
     PolicyRevoked,
+    /// A TLS stream that breaks the handshake rules the proxy checks (SPEC 9).
+    TlsViolation,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Allowed,
         Reason::NotAllowed,
         Reason::ClientNotAllowed,
@@ -77,6 +79,7 @@ impl Reason {
         Reason::EchRefused,
         Reason::NoSni,
         Reason::PolicyRevoked,
+        Reason::TlsViolation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Reason {
             Reason::EchRefused => "ech_refused",
             Reason::NoSni => "no_sni",
             Reason::PolicyRevoked => "policy_revoked",
+            Reason::TlsViolation => "tls_violation",
         }
     }
 
@@ -106,9 +110,11 @@ impl Reason {
             Reason::DnsError | Reason::ConnectError => Some(502),
             Reason::ConnectTimeout => Some(504),
             Reason::Overloaded => Some(503),
-            Reason::SniMismatch | Reason::EchRefused | Reason::NoSni | Reason::PolicyRevoked => {
-                None
-            }
+            Reason::SniMismatch
+            | Reason::EchRefused
+            | Reason::NoSni
+            | Reason::PolicyRevoked
+            | Reason::TlsViolation => None,
         }
     }
 
@@ -128,6 +134,7 @@ impl Reason {
             Reason::EchRefused => "encrypted ClientHello refused by policy",
             Reason::NoSni => "TLS ClientHello carries no server name",
             Reason::PolicyRevoked => "destination removed from the policy",
+            Reason::TlsViolation => "TLS handshake broke the rules the proxy checks",
         }
     }
 }

@@ -17,3 +17,4 @@ mod soak;
 mod suggest;
 mod support;
 mod tls;
+mod tls_bypass;

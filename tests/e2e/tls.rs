@@ -21,6 +21,8 @@ use crate::support::tls::TlsOrigin;
 
 const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const WAIT: Duration = Duration::from_secs(10);
+/// A fatal `access_denied` alert record: what a refused TLS client gets.
+const ACCESS_DENIED_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 49];
 
 async fn dns(names: &[&str]) -> TestDns {
     let dns = TestDns::start().await;
@@ -198,18 +200,21 @@ async fn handcrafted_client_hellos_are_decided_right() {
                 &hello_message(&["api.stripe.com", "evil.test"], false, 0),
                 16384,
             ),
-            "sni_mismatch",
+            "tls_violation",
         ),
         (
             "oversized",
             records(&hello_message(&["api.stripe.com"], false, 17_000), 16384),
-            "bad_request",
+            "tls_violation",
         ),
     ];
     for (what, bytes, reason) in refused {
         let mut tunnel = send_hello(&proxy, "api.stripe.com", &echo, &bytes, 4096).await;
         let seen = expect_closed(&mut tunnel, WAIT).await;
-        assert!(seen.is_empty(), "{what}: bytes came back");
+        assert_eq!(
+            seen, ACCESS_DENIED_ALERT,
+            "{what}: not just the alert came back"
+        );
         proxy
             .wait_audit(
                 |r| r["reason"] == reason && r["event"] == "connection",
@@ -229,8 +234,8 @@ async fn handcrafted_client_hellos_are_decided_right() {
     )
     .await;
     tunnel.shutdown().await.unwrap();
-    // The echo origin would return anything forwarded: nothing comes back.
-    assert!(expect_closed(&mut tunnel, WAIT).await.is_empty());
+    // The echo origin would return anything forwarded: only the alert comes back.
+    assert_eq!(expect_closed(&mut tunnel, WAIT).await, ACCESS_DENIED_ALERT);
 
     // Not TLS at all: passes untouched.
     let mut tunnel = open_tunnel(
@@ -256,7 +261,7 @@ async fn ech_allow_lets_ech_through_but_still_checks_sni() {
         .unwrap();
     let other = records(&hello_message(&["evil.test"], true, 0), 16384);
     let mut tunnel = send_hello(&proxy, "api.stripe.com", &echo, &other, 4096).await;
-    assert!(expect_closed(&mut tunnel, WAIT).await.is_empty());
+    assert_eq!(expect_closed(&mut tunnel, WAIT).await, ACCESS_DENIED_ALERT);
 }
 
 /// The transparent listeners, in one test: only one origin can own 127.0.0.1:443.

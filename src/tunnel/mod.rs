@@ -16,8 +16,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::Reason;
-use crate::tls_peek::{FirstFlight, read_first_flight};
+use crate::tls_peek::{self, ClientFlight, Violation};
+
+mod handshake;
 
 /// Copy buffer per direction while bytes are moving.
 const BUF: usize = 16 * 1024;
@@ -31,24 +32,8 @@ pub enum End {
     Idle,
     /// The drain timeout expired during shutdown, or a reload revoked the tunnel.
     Aborted,
-    /// The client's first bytes failed the first-flight check.
-    Refused(Reason),
-}
-
-/// Checks the client's first flight (a TLS ClientHello, or other bytes)
-/// before anything is forwarded.
-pub struct FirstFlightCheck<F> {
-    pub timeout: Duration,
-    pub check: F,
-}
-
-/// For tunnels whose first bytes need no check.
-pub type NoCheck = fn(&FirstFlight) -> Result<(), Reason>;
-pub const NO_CHECK: Option<FirstFlightCheck<NoCheck>> = None;
-
-enum Stop {
-    Io,
-    Refused(Reason),
+    /// The client's TLS handshake broke a rule; it was sent an `access_denied` alert.
+    Refused(Violation),
 }
 
 /// Bytes relayed: client -> upstream (`egress`) and back (`ingress`).
@@ -58,7 +43,7 @@ pub struct Counters {
     pub ingress: AtomicU64,
     /// Milliseconds since the tunnel started, at the last byte either way.
     last_activity_ms: AtomicU64,
-    /// The server name of the client's ClientHello, when it sent one.
+    /// The server name of the client's first ClientHello, when it sent one.
     pub sni: OnceLock<String>,
 }
 
@@ -79,84 +64,115 @@ pub struct Client {
     pub prefix: Bytes,
 }
 
+/// How the client's handshake is inspected.
+pub struct Inspect {
+    /// The inspector, possibly already holding the first ClientHello.
+    pub flight: ClientFlight,
+    /// How long a started ClientHello may take to arrive whole.
+    pub header_timeout: Duration,
+}
+
 /// Relays bytes both ways until both directions are done, the tunnel sits
 /// idle for `idle`, or `abort` fires. A half-close is passed on: when one
 /// side stops sending, the other side's write half is shut down and the
-/// opposite direction keeps flowing. With `first`, the client's first bytes
-/// are judged before any is forwarded, while upstream bytes already flow
-/// (server-first protocols).
-pub async fn pump<F>(
+/// opposite direction keeps flowing.
+///
+/// With `inspect`, every byte the client sends is judged before it is
+/// forwarded until the TLS handshake is settled (SPEC 9), while upstream
+/// bytes already flow (server-first protocols); a refused client gets a TLS
+/// `access_denied` alert and the tunnel ends.
+pub async fn pump(
     client: Client,
     upstream: TcpStream,
     idle: Duration,
     abort: &CancellationToken,
     counters: &Counters,
-    first: Option<FirstFlightCheck<F>>,
-) -> End
-where
-    F: FnOnce(&FirstFlight) -> Result<(), Reason>,
-{
+    inspect: Option<Inspect>,
+) -> End {
     let start = Instant::now();
-    let Client { stream, prefix } = client;
-    // Copy the prefix out: the `Bytes` may share the (much larger) buffer
-    // the request head was read into, which an idle tunnel must not keep.
-    let mut head = prefix.to_vec();
-    drop(prefix);
-    let (mut client_r, client_w) = stream.into_split();
-    let (up_r, mut up_w) = upstream.into_split();
     let activity = &counters.last_activity_ms;
     let touch = || activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let egress = async move {
-        if let Some(FirstFlightCheck { timeout, check }) = first {
-            if head.is_empty() {
-                // Hold no buffer while the client has not spoken.
-                client_r.readable().await.map_err(|_| Stop::Io)?;
-            }
-            let flight = match read_first_flight(&mut client_r, &mut head, timeout).await {
-                Ok(flight) => flight,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(Stop::Refused(Reason::BadRequest));
+    let run = relay(client, upstream, counters, inspect, &touch);
+    tokio::select! {
+        end = run => end,
+        () = idle_watch(idle, activity, start) => End::Idle,
+        () = abort.cancelled() => End::Aborted,
+    }
+}
+
+async fn relay(
+    client: Client,
+    mut upstream: TcpStream,
+    counters: &Counters,
+    inspect: Option<Inspect>,
+    touch: &impl Fn(),
+) -> End {
+    let Client {
+        stream: mut client,
+        prefix,
+    } = client;
+    let mut open = handshake::Open::BOTH;
+    match inspect {
+        Some(Inspect {
+            mut flight,
+            header_timeout,
+        }) => {
+            // Copied out: the `Bytes` may share the (much larger) buffer
+            // the request head was read into, which a tunnel must not keep.
+            flight.buffer().extend_from_slice(&prefix);
+            drop(prefix);
+            let inspected = handshake::inspect(
+                &mut client,
+                &mut upstream,
+                flight,
+                header_timeout,
+                counters,
+                touch,
+            )
+            .await;
+            match inspected {
+                Ok(still_open) => open = still_open,
+                Err(handshake::Stop::Io) => return End::Closed,
+                Err(handshake::Stop::Refused(v)) => {
+                    // One small write that cannot block: the refusal must not wait on the client.
+                    let _ = client.try_write(&tls_peek::alert(tls_peek::ACCESS_DENIED));
+                    let _ = client.shutdown().await;
+                    return End::Refused(v);
                 }
-                Err(_) => return Err(Stop::Io),
-            };
-            if let FirstFlight::Hello(hello) = &flight
-                && let Some(name) = hello.server_names.first()
-            {
-                let _ = counters.sni.set(name.clone());
-            }
-            check(&flight).map_err(Stop::Refused)?;
-            if head.is_empty() {
-                // The client closed without a byte.
-                return up_w.shutdown().await.map_err(|_| Stop::Io);
             }
         }
-        if !head.is_empty() {
-            up_w.write_all(&head).await.map_err(|_| Stop::Io)?;
+        None if !prefix.is_empty() => {
+            let head = prefix.to_vec();
+            drop(prefix);
+            if upstream.write_all(&head).await.is_err() {
+                return End::Closed;
+            }
             counters
                 .egress
                 .fetch_add(head.len() as u64, Ordering::Relaxed);
             touch();
         }
-        drop(head);
-        one_way(client_r, up_w, &counters.egress, &touch)
-            .await
-            .map_err(|_| Stop::Io)
+        None => {}
+    }
+    let (client_r, client_w) = client.into_split();
+    let (up_r, up_w) = upstream.into_split();
+    let egress = async {
+        if open.client {
+            one_way(client_r, up_w, &counters.egress, touch).await
+        } else {
+            Ok(())
+        }
     };
     let ingress = async {
-        one_way(up_r, client_w, &counters.ingress, &touch)
-            .await
-            .map_err(|_| Stop::Io)
+        if open.upstream {
+            one_way(up_r, client_w, &counters.ingress, touch).await
+        } else {
+            Ok(())
+        }
     };
     // An error in one direction (a reset) ends the tunnel.
-    let both = async { tokio::try_join!(egress, ingress) };
-    tokio::select! {
-        res = both => match res {
-            Err(Stop::Refused(reason)) => End::Refused(reason),
-            Ok(_) | Err(Stop::Io) => End::Closed,
-        },
-        () = idle_watch(idle, activity, start) => End::Idle,
-        () = abort.cancelled() => End::Aborted,
-    }
+    let _ = tokio::try_join!(egress, ingress);
+    End::Closed
 }
 
 /// Relays one direction until EOF: zero-copy where `splice` is built in,
@@ -231,6 +247,9 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::policy::{Host, Reason};
+    use crate::tls_peek::Expect;
+    use crate::tls_peek::synth::{hello_message, records, server_hello, tls13_hello};
 
     /// Two connected loopback socket pairs: (proxy side, test side) for the
     /// client and for the upstream.
@@ -262,7 +281,7 @@ mod tests {
             Duration::from_secs(5),
             &abort,
             &counters,
-            NO_CHECK,
+            None,
         );
         let driving = async {
             client_peer.write_all(b"hello").await.unwrap();
@@ -284,22 +303,25 @@ mod tests {
         assert_eq!((counters.egress(), counters.ingress()), (6, 6));
     }
 
+    fn inspect(expect: Expect) -> Option<Inspect> {
+        Some(Inspect {
+            flight: ClientFlight::new(expect, false),
+            header_timeout: Duration::from_secs(5),
+        })
+    }
+
     #[tokio::test]
     async fn server_first_bytes_flow_while_the_first_flight_is_awaited() {
         let ((c, mut client_peer), (u, mut upstream_peer)) = pairs().await;
         let counters = Counters::default();
         let abort = CancellationToken::new();
-        let check = FirstFlightCheck {
-            timeout: Duration::from_secs(5),
-            check: |_: &FirstFlight| Ok(()),
-        };
         let pumping = pump(
             client(c, b""),
             u,
             Duration::from_secs(5),
             &abort,
             &counters,
-            Some(check),
+            inspect(Expect::Any),
         );
         let driving = async {
             upstream_peer
@@ -319,31 +341,85 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_first_flight_forwards_nothing() {
+    async fn a_refused_first_flight_forwards_nothing_and_gets_an_alert() {
         let ((c, mut client_peer), (u, mut upstream_peer)) = pairs().await;
         let counters = Counters::default();
-        let check = FirstFlightCheck {
-            timeout: Duration::from_secs(5),
-            check: |_: &FirstFlight| Err(Reason::SniMismatch),
-        };
-        client_peer
-            .write_all(b"\x16\x03\x01\x00\x05hello")
-            .await
-            .unwrap();
+        let hello = records(&hello_message(&["evil.example"], false, 0), 16384);
+        client_peer.write_all(&hello).await.unwrap();
         let end = pump(
             client(c, b""),
             u,
             Duration::from_secs(5),
             &CancellationToken::new(),
             &counters,
-            Some(check),
+            inspect(Expect::Host(Host::parse("api.example").unwrap())),
         )
         .await;
-        assert_eq!(end, End::Refused(Reason::SniMismatch));
+        assert!(matches!(end, End::Refused(v) if v.reason == Reason::SniMismatch));
         let mut got = Vec::new();
         upstream_peer.read_to_end(&mut got).await.unwrap();
         assert!(got.is_empty());
         assert_eq!(counters.egress(), 0);
+        let mut alert = Vec::new();
+        client_peer.read_to_end(&mut alert).await.unwrap();
+        assert_eq!(alert, tls_peek::alert(tls_peek::ACCESS_DENIED));
+    }
+
+    /// A HelloRetryRequest keeps the inspection on: the second ClientHello
+    /// is checked; after the real ServerHello the tunnel relays blind.
+    #[tokio::test]
+    async fn the_hello_after_a_retry_is_checked_then_the_tunnel_goes_blind() {
+        for second_name in ["a.example", "b.example"] {
+            let ((c, mut client_peer), (u, mut upstream_peer)) = pairs().await;
+            let counters = Counters::default();
+            let abort = CancellationToken::new();
+            let pumping = pump(
+                client(c, b""),
+                u,
+                Duration::from_secs(5),
+                &abort,
+                &counters,
+                inspect(Expect::Any),
+            );
+            let first = records(&tls13_hello(Some("a.example"), None), 16384);
+            let second = records(&tls13_hello(Some(second_name), Some([1; 32])), 16384);
+            let driving = async {
+                client_peer.write_all(&first).await.unwrap();
+                let mut got = vec![0u8; first.len()];
+                upstream_peer.read_exact(&mut got).await.unwrap();
+                let retry = records(&server_hello(true), 16384);
+                upstream_peer.write_all(&retry).await.unwrap();
+                let mut got = vec![0u8; retry.len()];
+                client_peer.read_exact(&mut got).await.unwrap();
+                client_peer.write_all(&second).await.unwrap();
+                if second_name != "a.example" {
+                    let mut rest = Vec::new();
+                    upstream_peer.read_to_end(&mut rest).await.unwrap();
+                    assert!(rest.is_empty(), "the second hello went upstream");
+                    return;
+                }
+                let mut got = vec![0u8; second.len()];
+                upstream_peer.read_exact(&mut got).await.unwrap();
+                upstream_peer
+                    .write_all(&records(&server_hello(false), 16384))
+                    .await
+                    .unwrap();
+                let mut got = vec![0u8; records(&server_hello(false), 16384).len()];
+                client_peer.read_exact(&mut got).await.unwrap();
+                // Blind now: even a third "hello" naming another server passes.
+                let third = records(&tls13_hello(Some("b.example"), Some([1; 32])), 16384);
+                client_peer.write_all(&third).await.unwrap();
+                let mut got = vec![0u8; third.len()];
+                upstream_peer.read_exact(&mut got).await.unwrap();
+                drop((client_peer, upstream_peer));
+            };
+            let (end, ()) = tokio::join!(pumping, driving);
+            if second_name == "a.example" {
+                assert_eq!(end, End::Closed);
+            } else {
+                assert!(matches!(end, End::Refused(v) if v.reason == Reason::SniMismatch));
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -355,7 +431,7 @@ mod tests {
             Duration::from_secs(3),
             &CancellationToken::new(),
             &Counters::default(),
-            NO_CHECK,
+            None,
         )
         .await;
         assert_eq!(end, End::Idle);
@@ -393,7 +469,7 @@ mod tests {
             Duration::from_secs(60),
             &abort,
             &Counters::default(),
-            NO_CHECK,
+            None,
         )
         .await;
         assert_eq!(end, End::Aborted);
