@@ -7,7 +7,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::policy::ip_guard::canonical;
 use crate::policy::{Host, Reason};
-use crate::resolve::{DnsError, filter};
+use crate::resolve::{Answers, DnsError, Filtered, filter};
 use crate::state::{Shared, Snapshot};
 
 /// A connected upstream.
@@ -25,8 +25,11 @@ pub async fn dial(
     host: &Host,
     port: u16,
 ) -> Result<Upstream, Reason> {
-    let addrs: Vec<IpAddr> = match host {
-        Host::Ip(ip) => vec![*ip],
+    let answers = match host {
+        Host::Ip(ip) => Answers {
+            addrs: vec![*ip],
+            failed: None,
+        },
         Host::Name(name) => shared.resolver.lookup(name).await.map_err(|e| {
             tracing::debug!(host = %name, error = %e, "lookup failed");
             match e {
@@ -36,16 +39,12 @@ pub async fn dial(
         })?,
     };
     let guard = &snap.policy.guard;
-    let usable = filter(addrs, |ip| {
+    let usable = filter(answers.addrs, |ip| {
         guard.is_dialable(ip) && !shared.is_own_addr(SocketAddr::new(ip, port))
     });
     if usable.dialable.is_empty() {
-        tracing::debug!(%host, blocked = ?usable.blocked, "every address is guarded");
-        return Err(if usable.all_blocked() {
-            Reason::BlockedIp
-        } else {
-            Reason::DnsError
-        });
+        tracing::debug!(%host, blocked = ?usable.blocked, failed = ?answers.failed, "nothing dialable");
+        return Err(unusable_reason(&usable, answers.failed.as_deref()));
     }
     let started = Instant::now();
     let attempt = async {
@@ -78,6 +77,17 @@ pub async fn dial(
             .upstream_connect(&host.to_string(), started.elapsed());
     }
     result
+}
+
+/// Why nothing could be dialed: `blocked_ip` only when every lookup succeeded
+/// and the guard refused every answer; with a lookup failed (upstream or
+/// locally), the answer is incomplete and the reason is `dns_error`.
+fn unusable_reason(usable: &Filtered, failed: Option<&str>) -> Reason {
+    if usable.all_blocked() && failed.is_none() {
+        Reason::BlockedIp
+    } else {
+        Reason::DnsError
+    }
 }
 
 /// Whether dialing `addr` would reach one of the listeners bound at `own`.
@@ -138,6 +148,39 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn blocked_ip_only_when_every_lookup_succeeded() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let cases = [
+            (
+                "all guarded, both lookups answered",
+                vec![ip("::1")],
+                None,
+                Reason::BlockedIp,
+            ),
+            (
+                "A failed, AAAA guarded",
+                vec![ip("::1")],
+                Some("SERVFAIL"),
+                Reason::DnsError,
+            ),
+            (
+                "AAAA failed locally, A guarded",
+                vec![ip("127.0.0.1")],
+                Some("Too many open files"),
+                Reason::DnsError,
+            ),
+            ("no answers at all", vec![], None, Reason::DnsError),
+        ];
+        for (name, blocked, failed, want) in cases {
+            let usable = Filtered {
+                dialable: vec![],
+                blocked,
+            };
+            assert_eq!(unusable_reason(&usable, failed), want, "{name}");
+        }
     }
 
     #[test]
