@@ -1,41 +1,172 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, with a bounded number of connections.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::listener::{Body, full};
 use crate::state::Shared;
 use crate::telemetry::metrics::CONTENT_TYPE;
+
+/// Admin connections open at once. Counted in the open-files budget; when
+/// all are taken, the one idle longest is closed for a newcomer, so that a
+/// new `/healthz` or `/metrics` caller is always served.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Serves admin requests until the process exits (it stays up while draining,
 /// so orchestrators can watch `/readyz` turn 503).
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     // Owned here: aborting this task closes every admin connection too.
     let mut conns = tokio::task::JoinSet::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Open::default());
     loop {
         while conns.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                open.evict();
+                // The evicted connection's task gives its slot back as it ends.
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return, // never closed
+                }
+            }
+        };
         let shared = shared.clone();
+        let header_timeout = shared.limits.header_timeout;
+        let (id, close) = open.add();
+        let open = open.clone();
         conns.spawn(async move {
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+            let _slot = slot;
+            let svc = service_fn({
+                let open = open.clone();
+                move |req| {
+                    let shared = shared.clone();
+                    let busy = open.busy(id);
+                    async move {
+                        let resp = route(&shared, &req);
+                        // Idle again once the response is written (or abandoned).
+                        Ok::<_, Infallible>(resp.map(|body| {
+                            body.map_frame(move |frame| {
+                                let _ = &busy;
+                                frame
+                            })
+                            .boxed_unsync()
+                        }))
+                    }
+                }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                () = close.cancelled() => {}
+            }
+            open.remove(id);
         });
+    }
+}
+
+/// The admin connections open, and which of them are idle since when.
+#[derive(Default)]
+struct Open {
+    conns: Mutex<Conns>,
+}
+
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    list: Vec<Tracked>,
+}
+
+struct Tracked {
+    id: u64,
+    /// Requests in progress (HTTP/1: zero or one).
+    busy: usize,
+    /// When it last became idle (or busy).
+    since: Instant,
+    close: CancellationToken,
+}
+
+/// Marks a connection busy while it lives.
+struct Busy {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.open
+            .update(self.id, |t| t.busy = t.busy.saturating_sub(1));
+    }
+}
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new (idle) connection; cancelling the token closes it.
+    fn add(&self) -> (u64, CancellationToken) {
+        let mut conns = self.lock();
+        let id = conns.next_id;
+        conns.next_id += 1;
+        let close = CancellationToken::new();
+        conns.list.push(Tracked {
+            id,
+            busy: 0,
+            since: Instant::now(),
+            close: close.clone(),
+        });
+        (id, close)
+    }
+
+    fn busy(self: &Arc<Self>, id: u64) -> Busy {
+        self.update(id, |t| t.busy += 1);
+        Busy {
+            open: self.clone(),
+            id,
+        }
+    }
+
+    fn update(&self, id: u64, change: impl FnOnce(&mut Tracked)) {
+        if let Some(t) = self.lock().list.iter_mut().find(|t| t.id == id) {
+            change(t);
+            t.since = Instant::now();
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().list.retain(|t| t.id != id);
+    }
+
+    /// Closes the connection idle longest or, when every one is in the middle
+    /// of a request, the one busy longest (a reader that stalls a response).
+    fn evict(&self) {
+        let mut conns = self.lock();
+        let victim = (conns.list.iter().enumerate())
+            .min_by_key(|(_, t)| (t.busy > 0, t.since, t.id))
+            .map(|(i, _)| i);
+        if let Some(i) = victim {
+            let t = conns.list.swap_remove(i);
+            t.close.cancel();
+        }
     }
 }
 
@@ -71,4 +202,36 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_takes_the_longest_idle_then_the_longest_busy() {
+        let open = Arc::new(Open::default());
+        let (a, close_a) = open.add();
+        let (b, close_b) = open.add();
+        let (c, close_c) = open.add();
+        let (d, close_d) = open.add();
+        let busy_a = open.busy(a);
+        // b was used since and is idle again, more recently than c and d.
+        drop(open.busy(b));
+        let closed = |tokens: [&CancellationToken; 4]| tokens.map(|t| t.is_cancelled());
+        let all = [&close_a, &close_b, &close_c, &close_d];
+        let steps = [
+            ("idle since accept, oldest", [false, false, true, false]),
+            ("idle since accept, next", [false, false, true, true]),
+            ("idle again after a request", [false, true, true, true]),
+            ("only a busy one left", [true, true, true, true]),
+        ];
+        for (name, want) in steps {
+            open.evict();
+            assert_eq!(closed(all), want, "{name}");
+        }
+        drop(busy_a);
+        let _ = (c, d);
+        assert!(open.lock().list.is_empty());
+    }
 }

@@ -1,12 +1,13 @@
 //! Resolve, guard, dial: turn an allowed destination into a connected upstream socket.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::policy::ip_guard::canonical;
 use crate::policy::{Host, Reason};
-use crate::resolve::{DnsError, filter};
+use crate::resolve::{Answers, DnsError, Filtered, filter};
 use crate::state::{Shared, Snapshot};
 
 /// A connected upstream.
@@ -24,8 +25,11 @@ pub async fn dial(
     host: &Host,
     port: u16,
 ) -> Result<Upstream, Reason> {
-    let addrs: Vec<IpAddr> = match host {
-        Host::Ip(ip) => vec![*ip],
+    let answers = match host {
+        Host::Ip(ip) => Answers {
+            addrs: vec![*ip],
+            failed: None,
+        },
         Host::Name(name) => shared.resolver.lookup(name).await.map_err(|e| {
             tracing::debug!(host = %name, error = %e, "lookup failed");
             match e {
@@ -35,16 +39,12 @@ pub async fn dial(
         })?,
     };
     let guard = &snap.policy.guard;
-    let usable = filter(addrs, |ip| {
+    let usable = filter(answers.addrs, |ip| {
         guard.is_dialable(ip) && !shared.is_own_addr(SocketAddr::new(ip, port))
     });
     if usable.dialable.is_empty() {
-        tracing::debug!(%host, blocked = ?usable.blocked, "every address is guarded");
-        return Err(if usable.all_blocked() {
-            Reason::BlockedIp
-        } else {
-            Reason::DnsError
-        });
+        tracing::debug!(%host, blocked = ?usable.blocked, failed = ?answers.failed, "nothing dialable");
+        return Err(unusable_reason(&usable, answers.failed.as_deref()));
     }
     let started = Instant::now();
     let attempt = async {
@@ -79,6 +79,55 @@ pub async fn dial(
     result
 }
 
+/// Why nothing could be dialed: `blocked_ip` only when every lookup succeeded
+/// and the guard refused every answer; with a lookup failed (upstream or
+/// locally), the answer is incomplete and the reason is `dns_error`.
+fn unusable_reason(usable: &Filtered, failed: Option<&str>) -> Reason {
+    if usable.all_blocked() && failed.is_none() {
+        Reason::BlockedIp
+    } else {
+        Reason::DnsError
+    }
+}
+
+/// Whether dialing `addr` would reach one of the listeners bound at `own`.
+///
+/// Both sides are compared in [`canonical`] form, so `::ffff:127.0.0.1`,
+/// `64:ff9b::7f00:1` or `2002:7f00:1::` are 127.0.0.1 here as in the IP
+/// guard, and the unspecified address is where `connect(2)` takes it: to
+/// loopback. A listener on a specific address is reached at that address
+/// and port only; a wildcard listener (`0.0.0.0`, `::`) at its port on every
+/// address `is_local` reports (of either family: a `::` listener takes IPv4
+/// too, and over-refusing a local port costs nothing).
+pub fn is_own(own: &[SocketAddr], addr: SocketAddr, is_local: impl Fn(IpAddr) -> bool) -> bool {
+    let dest = match canonical(addr.ip()) {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    (own.iter().filter(|l| l.port() == addr.port())).any(|l| match canonical(l.ip()) {
+        listen if listen.is_unspecified() => is_local(dest),
+        listen => listen == dest,
+    })
+}
+
+/// Whether `ip` (canonical) belongs to this host: loopback, or an address a
+/// socket can be bound to, i.e. one of a local interface's. Asking the
+/// kernel at the moment of the dial sees interfaces that came and went since
+/// start-up; it runs only for a destination at a wildcard listener's port.
+/// Any error but "address not available" counts as local: when unsure, the
+/// address is not dialed.
+pub fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || bindable(ip)
+}
+
+fn bindable(ip: IpAddr) -> bool {
+    match std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::AddrNotAvailable,
+    }
+}
+
 /// Connects to `addr`. A loopback peer gets Reno before the handshake, like
 /// loopback clients (README "Decisions"): switched afterwards, a pacing
 /// algorithm such as BBR would already have turned the socket's pacing on.
@@ -91,4 +140,134 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
         let _ = socket2::SockRef::from(&socket).set_tcp_congestion(b"reno");
     }
     socket.connect(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn blocked_ip_only_when_every_lookup_succeeded() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let cases = [
+            (
+                "all guarded, both lookups answered",
+                vec![ip("::1")],
+                None,
+                Reason::BlockedIp,
+            ),
+            (
+                "A failed, AAAA guarded",
+                vec![ip("::1")],
+                Some("SERVFAIL"),
+                Reason::DnsError,
+            ),
+            (
+                "AAAA failed locally, A guarded",
+                vec![ip("127.0.0.1")],
+                Some("Too many open files"),
+                Reason::DnsError,
+            ),
+            ("no answers at all", vec![], None, Reason::DnsError),
+        ];
+        for (name, blocked, failed, want) in cases {
+            let usable = Filtered {
+                dialable: vec![],
+                blocked,
+            };
+            assert_eq!(unusable_reason(&usable, failed), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn own_listeners_are_recognised_in_every_form() {
+        // Local here: loopback and 192.0.2.2 (a pretend interface address).
+        let local = |ip: IpAddr| ip.is_loopback() || ip == "192.0.2.2".parse::<IpAddr>().unwrap();
+        let specific = [addr("127.0.0.1:3128"), addr("127.0.0.1:9090")];
+        let wildcard = [addr("0.0.0.0:3128"), addr("[::]:9090")];
+        let cases: [(&str, &[SocketAddr], &str, bool); 20] = [
+            ("same address and port", &specific, "127.0.0.1:3128", true),
+            ("admin port", &specific, "127.0.0.1:9090", true),
+            ("IPv4-mapped", &specific, "[::ffff:127.0.0.1]:9090", true),
+            ("SIIT", &specific, "[::ffff:0:127.0.0.1]:9090", true),
+            (
+                "NAT64 well-known",
+                &specific,
+                "[64:ff9b::7f00:1]:3128",
+                true,
+            ),
+            (
+                "NAT64 local-use",
+                &specific,
+                "[64:ff9b:1::7f00:1]:3128",
+                true,
+            ),
+            ("6to4", &specific, "[2002:7f00:1::]:3128", true),
+            ("IPv4-compatible", &specific, "[::127.0.0.1]:3128", true),
+            (
+                "unspecified dials loopback",
+                &specific,
+                "0.0.0.0:3128",
+                true,
+            ),
+            ("other port", &specific, "127.0.0.1:3129", false),
+            ("other loopback address", &specific, "127.0.0.2:3128", false),
+            (
+                "IPv6 loopback, IPv4 listener",
+                &specific,
+                "[::1]:3128",
+                false,
+            ),
+            ("wildcard: loopback", &wildcard, "127.0.0.9:3128", true),
+            (
+                "wildcard: mapped loopback",
+                &wildcard,
+                "[::ffff:127.0.0.1]:9090",
+                true,
+            ),
+            ("wildcard: IPv6 loopback", &wildcard, "[::1]:3128", true),
+            (
+                "wildcard: interface address",
+                &wildcard,
+                "192.0.2.2:3128",
+                true,
+            ),
+            (
+                "wildcard: NAT64 of interface",
+                &wildcard,
+                "[64:ff9b::c000:202]:9090",
+                true,
+            ),
+            ("wildcard: unspecified", &wildcard, "[::]:3128", true),
+            (
+                "wildcard: remote address at its port",
+                &wildcard,
+                "203.0.113.7:3128",
+                false,
+            ),
+            (
+                "wildcard: local address, other port",
+                &wildcard,
+                "192.0.2.2:443",
+                false,
+            ),
+        ];
+        for (name, own, dest, want) in cases {
+            assert_eq!(is_own(own, addr(dest), local), want, "{name}: {dest}");
+        }
+    }
+
+    #[test]
+    fn local_addresses_are_asked_of_the_kernel() {
+        assert!(is_local("127.0.0.1".parse().unwrap()));
+        assert!(is_local(
+            "::ffff:127.0.0.1".parse::<IpAddr>().map(canonical).unwrap()
+        ));
+        // TEST-NET-2: on no interface of a test machine.
+        assert!(!is_local("198.51.100.1".parse().unwrap()));
+    }
 }

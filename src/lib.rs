@@ -128,11 +128,18 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
     };
+    let budget = fd_budget(
+        open_files_limit(),
+        args.max_connections,
+        workers,
+        data_listener_count,
+    );
+    let resolver = resolver.with_max_lookups(budget.dns_lookups);
     let limits = Limits {
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
         header_timeout: args.header_timeout,
-        max_connections: fit_to_fd_limit(args.max_connections, workers, data_listener_count),
+        max_connections: budget.max_connections,
         max_connections_per_client: args.max_connections_per_client,
     };
     let rules: usize = compiled.policy.rule_counts().iter().map(|(_, n)| n).sum();
@@ -309,8 +316,8 @@ fn spawn_accept_loops(
     }
 }
 
-/// Descriptors kept out of the connection budget: listeners, DNS sockets,
-/// the audit log, the file watcher, and headroom.
+/// Descriptors kept out of the connection budget besides those counted below:
+/// listeners, the audit log, the file watcher, and headroom.
 const FD_HEADROOM: usize = 64;
 
 /// Descriptors of a worker thread, besides its connections: idle splice
@@ -324,21 +331,46 @@ fn fds_per_worker(listeners: usize) -> usize {
     2 * pooled_pipes + 3 + 2 * listeners
 }
 
-/// Each client connection may hold two descriptors (client and upstream):
-/// cap `--max-connections` so that running out of descriptors shows up as
-/// `503 overloaded`, never as failed accepts.
-fn fit_to_fd_limit(max_connections: usize, workers: usize, listeners: usize) -> usize {
-    let soft = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-            line.split_whitespace().nth(3)?.parse::<usize>().ok()
-        });
+/// How the open-files limit is shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FdBudget {
+    /// The effective `--max-connections`.
+    max_connections: usize,
+    /// DNS lookups in flight at once.
+    dns_lookups: usize,
+}
+
+/// The soft open-files limit of this process, where the platform says.
+fn open_files_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse::<usize>().ok()
+}
+
+/// Shares the open-files limit `soft` out so that running out of descriptors
+/// shows up as `503 overloaded` (or a `dns_error`), never as failed accepts.
+/// Fixed first: headroom, the worker threads, and the admin listener's
+/// connections (one more while the oldest idle one is being closed). Of the
+/// rest, a sixteenth goes to pending DNS lookups ([`resolve::FDS_PER_LOOKUP`]
+/// each): they last milliseconds, connections last minutes. Each client
+/// connection may then hold two descriptors (client and upstream).
+fn fd_budget(
+    soft: Option<usize>,
+    max_connections: usize,
+    workers: usize,
+    listeners: usize,
+) -> FdBudget {
     let Some(soft) = soft else {
-        return max_connections;
+        return FdBudget {
+            max_connections,
+            dns_lookups: resolve::DEFAULT_MAX_LOOKUPS,
+        };
     };
-    let fit = soft
-        .saturating_sub(FD_HEADROOM + fds_per_worker(listeners) * workers)
+    let fixed = FD_HEADROOM + fds_per_worker(listeners) * workers + admin::MAX_CONNECTIONS + 1;
+    let rest = soft.saturating_sub(fixed);
+    let dns_lookups = (rest / 16 / resolve::FDS_PER_LOOKUP).clamp(1, resolve::DEFAULT_MAX_LOOKUPS);
+    let fit = rest
+        .saturating_sub(dns_lookups * resolve::FDS_PER_LOOKUP)
         .max(2)
         / 2;
     if fit < max_connections {
@@ -348,9 +380,10 @@ fn fit_to_fd_limit(max_connections: usize, workers: usize, listeners: usize) -> 
             using = fit,
             "--max-connections exceeds what the open-files limit allows; raise `ulimit -n`"
         );
-        fit
-    } else {
-        max_connections
+    }
+    FdBudget {
+        max_connections: fit.min(max_connections),
+        dns_lookups,
     }
 }
 
@@ -358,4 +391,44 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
     TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_shared_out() {
+        let fixed = FD_HEADROOM + fds_per_worker(1) * 2 + admin::MAX_CONNECTIONS + 1;
+        let cases = [
+            (
+                "no limit known",
+                None,
+                10_000,
+                10_000,
+                resolve::DEFAULT_MAX_LOOKUPS,
+            ),
+            // 1600 left: 100 for lookups (25 of them), 1500 for 750 connections.
+            ("tight limit", Some(fixed + 1600), 10_000, 750, 25),
+            (
+                "roomy limit",
+                Some(1_048_576),
+                10_000,
+                10_000,
+                resolve::DEFAULT_MAX_LOOKUPS,
+            ),
+            ("below what is fixed", Some(fixed / 2), 10_000, 1, 1),
+        ];
+        for (name, soft, asked, connections, lookups) in cases {
+            let budget = fd_budget(soft, asked, 2, 1);
+            assert_eq!(
+                budget,
+                FdBudget {
+                    max_connections: connections,
+                    dns_lookups: lookups
+                },
+                "{name}"
+            );
+        }
+    }
 }

@@ -13,6 +13,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError as WireError, NetError, NoRecords};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RecordType};
+use tokio::sync::Semaphore;
 
 use crate::telemetry::metrics::{DnsResult, Metrics};
 
@@ -20,6 +21,19 @@ use crate::telemetry::metrics::{DnsResult, Metrics};
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Tries per query in all (hickory counts retries after the first).
 const TRIES: usize = 2;
+
+/// Lookups in flight at once unless [`Resolver::with_max_lookups`] says otherwise.
+pub const DEFAULT_MAX_LOOKUPS: usize = 256;
+
+/// Descriptors one lookup may hold while it is pending: A and AAAA go side by
+/// side, and each may ask two nameservers at once (hickory's default
+/// concurrency) over UDP, or over TCP after a truncated answer.
+pub const FDS_PER_LOOKUP: usize = 4;
+
+/// How long a lookup waits for a free slot before it fails as `dns_error`:
+/// as long as a lookup may take, so a slot frees up unless the resolver is
+/// flooded.
+const QUEUE_WAIT: Duration = Duration::from_secs(TIMEOUT.as_secs() * TRIES as u64);
 
 /// The resolver could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +56,8 @@ pub enum DnsError {
     NoAddresses,
     #[error("lookup failed: {0}")]
     Failed(String),
+    #[error("too many lookups in flight")]
+    Busy,
 }
 
 impl DnsError {
@@ -50,7 +66,29 @@ impl DnsError {
         match self {
             Self::NxDomain => DnsResult::NxDomain,
             Self::NoAddresses => DnsResult::NoAddresses,
-            Self::InvalidName(_) | Self::Failed(_) => DnsResult::Error,
+            Self::InvalidName(_) | Self::Failed(_) | Self::Busy => DnsResult::Error,
+        }
+    }
+}
+
+/// What a name resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answers {
+    /// IPv4 first, then IPv6, without duplicates; never empty.
+    pub addrs: Vec<IpAddr>,
+    /// Why the other family's lookup failed, when one did (SERVFAIL, a
+    /// timeout, a local error such as running out of descriptors). With none
+    /// of `addrs` dialable, the answer is then incomplete: `dns_error`, never
+    /// `blocked_ip`.
+    pub failed: Option<String>,
+}
+
+impl Answers {
+    /// The answer for an IP literal: itself, complete.
+    fn literal(ip: IpAddr) -> Self {
+        Answers {
+            addrs: vec![ip],
+            failed: None,
         }
     }
 }
@@ -87,11 +125,16 @@ pub fn filter(
     out
 }
 
-/// A caching stub resolver. Cheap to clone; clones share the cache.
+/// A caching stub resolver. Cheap to clone; clones share the cache and the
+/// bound on lookups in flight.
 #[derive(Debug, Clone)]
 pub struct Resolver {
     inner: TokioResolver,
     metrics: Option<Arc<Metrics>>,
+    /// One permit per lookup in flight: pending lookups hold descriptors,
+    /// which the open-files budget must account for.
+    slots: Arc<Semaphore>,
+    queue_wait: Duration,
 }
 
 impl Resolver {
@@ -124,7 +167,16 @@ impl Resolver {
         Ok(Self {
             inner,
             metrics: None,
+            slots: Arc::new(Semaphore::new(DEFAULT_MAX_LOOKUPS)),
+            queue_wait: QUEUE_WAIT,
         })
+    }
+
+    /// Lets at most `max` lookups (at least one) be in flight at once; a lookup that
+    /// finds none free waits up to its own duration, then fails as [`DnsError::Busy`].
+    pub fn with_max_lookups(mut self, max: usize) -> Self {
+        self.slots = Arc::new(Semaphore::new(max.max(1)));
+        self
     }
 
     /// Records every lookup's duration and outcome in `dns_lookup_seconds`.
@@ -139,12 +191,16 @@ impl Resolver {
     /// IPv4 comes first because many container networks (Fargate and Docker defaults) have
     /// no IPv6 egress: a dialer walking the list in order reaches a working address first
     /// and still falls back to IPv6 where IPv4 fails.
-    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+    pub async fn lookup(&self, host: &str) -> Result<Answers, DnsError> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![ip]);
+            return Ok(Answers::literal(ip));
         }
         let started = Instant::now();
-        let result = self.resolve(host).await;
+        let result = match tokio::time::timeout(self.queue_wait, self.slots.acquire()).await {
+            Ok(Ok(_slot)) => self.resolve(host).await,
+            // Closed never happens (the semaphore is never closed); both mean no slot.
+            Ok(Err(_)) | Err(_) => Err(DnsError::Busy),
+        };
         if let Some(metrics) = &self.metrics {
             let label = match &result {
                 Ok(_) => DnsResult::Ok,
@@ -155,7 +211,7 @@ impl Resolver {
         result
     }
 
-    async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+    async fn resolve(&self, host: &str) -> Result<Answers, DnsError> {
         let name = fully_qualified(host)?;
         let (v4, v6) = tokio::join!(
             self.family(name.clone(), RecordType::A),
@@ -224,9 +280,10 @@ fn fully_qualified(host: &str) -> Result<Name, DnsError> {
     Ok(name)
 }
 
-/// Merges both families: any address wins; otherwise NXDOMAIN only when both say so,
-/// and a failure on either side is reported over a mere absence of records.
-fn combine(v4: Answer, v6: Answer) -> Result<Vec<IpAddr>, DnsError> {
+/// Merges both families: any address wins (noting a failure of the other family);
+/// otherwise NXDOMAIN only when both say so, and a failure on either side is reported
+/// over a mere absence of records.
+fn combine(v4: Answer, v6: Answer) -> Result<Answers, DnsError> {
     let mut addrs: Vec<IpAddr> = Vec::new();
     for answer in [&v4, &v6] {
         if let Answer::Addrs(found) = answer {
@@ -238,7 +295,11 @@ fn combine(v4: Answer, v6: Answer) -> Result<Vec<IpAddr>, DnsError> {
         }
     }
     if !addrs.is_empty() {
-        return Ok(addrs);
+        let failed = [v4, v6].into_iter().find_map(|answer| match answer {
+            Answer::Failed(reason) => Some(reason),
+            _ => None,
+        });
+        return Ok(Answers { addrs, failed });
     }
     match (v4, v6) {
         (Answer::NxDomain, Answer::NxDomain) => Err(DnsError::NxDomain),
@@ -278,6 +339,8 @@ mod tests {
                 (ResponseCode::NoError, vec![], 0)
             }
             ("servfail.test.", _) => (ResponseCode::ServFail, vec![], 0),
+            ("half.test.", RecordType::A) => (ResponseCode::ServFail, vec![], 0),
+            ("half.test.", RecordType::AAAA) => (ResponseCode::NoError, v6, 300),
             _ => (ResponseCode::NXDomain, vec![], 0),
         }
     }
@@ -357,15 +420,15 @@ mod tests {
         let dns = TestDns::start().await;
         let resolver = dns.resolver();
         assert_eq!(
-            resolver.lookup("v4.test").await,
+            resolver.lookup("v4.test").await.map(|a| a.addrs),
             Ok(vec![IpAddr::V4(LOCAL_V4)])
         );
         assert_eq!(
-            resolver.lookup("v6.test.").await,
+            resolver.lookup("v6.test.").await.map(|a| a.addrs),
             Ok(vec![IpAddr::V6(Ipv6Addr::LOCALHOST)])
         );
         assert_eq!(
-            resolver.lookup("both.test").await,
+            resolver.lookup("both.test").await.map(|a| a.addrs),
             Ok(vec![
                 IpAddr::V4(LOCAL_V4_B),
                 IpAddr::V6(Ipv6Addr::LOCALHOST)
@@ -409,7 +472,7 @@ mod tests {
         }
         // IP literals never reach the server.
         assert_eq!(
-            resolver.lookup("::1").await,
+            resolver.lookup("::1").await.map(|a| a.addrs),
             Ok(vec![IpAddr::V6(Ipv6Addr::LOCALHOST)])
         );
         assert_eq!(dns.queries.lock().expect("counter").len(), 0);
@@ -430,7 +493,10 @@ mod tests {
         let dns = TestDns::start().await;
         let resolver = dns.resolver();
         for _ in 0..3 {
-            assert_eq!(resolver.lookup("both.test").await.map(|a| a.len()), Ok(2));
+            assert_eq!(
+                resolver.lookup("both.test").await.map(|a| a.addrs.len()),
+                Ok(2)
+            );
         }
         assert_eq!(
             dns.queries("both.test."),
@@ -476,6 +542,48 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"portcullis_dns_lookup_seconds_count{result="nxdomain"} 1"#));
+    }
+
+    #[tokio::test]
+    async fn a_failed_family_is_noted_next_to_the_other_familys_answers() {
+        let dns = TestDns::start().await;
+        let resolver = dns.resolver();
+        let answers = resolver.lookup("half.test").await.expect("AAAA answered");
+        assert_eq!(answers.addrs, [IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+        assert!(answers.failed.is_some(), "{answers:?}");
+        let answers = resolver.lookup("both.test").await.expect("answered");
+        assert_eq!(answers.failed, None, "{answers:?}");
+    }
+
+    #[tokio::test]
+    async fn lookups_in_flight_are_bounded() {
+        // Never answers: a lookup holds its slot until it gives up.
+        let silent = UdpSocket::bind((LOCAL_V4, 0))
+            .await
+            .expect("bind silent socket");
+        let mut resolver = Resolver::new(&[silent.local_addr().expect("addr")])
+            .expect("resolver")
+            .with_max_lookups(1);
+        resolver.queue_wait = Duration::from_millis(100);
+        let first = tokio::spawn({
+            let resolver = resolver.clone();
+            async move { resolver.lookup("v4.test").await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while resolver.slots.available_permits() > 0 {
+            assert!(Instant::now() < deadline, "first lookup never started");
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        assert_eq!(resolver.lookup("v6.test").await, Err(DnsError::Busy));
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "waited {:?}",
+            started.elapsed()
+        );
+        // An IP literal needs no slot.
+        assert!(resolver.lookup("127.0.0.1").await.is_ok());
+        first.abort();
     }
 
     #[test]

@@ -151,11 +151,9 @@ impl Shared {
         self.ready.load(Ordering::Acquire) && !self.draining.is_cancelled()
     }
 
-    /// Whether `addr` is one of the proxy's own listeners (dialing it would loop).
+    /// Whether dialing `addr` would reach one of the proxy's own listeners
+    /// (see [`crate::dial::is_own`]).
     pub fn is_own_addr(&self, addr: SocketAddr) -> bool {
-        self.own_addrs.iter().any(|own| {
-            own.port() == addr.port()
-                && (own.ip() == addr.ip() || own.ip().is_unspecified() || addr.ip().is_loopback())
-        })
+        crate::dial::is_own(&self.own_addrs, addr, crate::dial::is_local)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -36,6 +36,45 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
             && let Some(data) = frame.data_ref()
         {
             self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client's request body on its way upstream: notes in `broken` when it
+/// failed (framing the HTTP parser refused, such as a bad chunk size or
+/// extension, or a client gone mid-body), so that the exchange is put down
+/// to the client, not to the upstream.
+pub struct Watched<B> {
+    inner: B,
+    broken: Arc<AtomicBool>,
+}
+
+impl<B> Watched<B> {
+    pub fn new(inner: B, broken: Arc<AtomicBool>) -> Self {
+        Watched { inner, broken }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.broken.store(true, Ordering::Relaxed);
         }
         polled
     }

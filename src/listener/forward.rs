@@ -3,16 +3,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Counting, Finishing};
+use super::body::{Counting, Finishing, Watched};
 use super::client::{Conn, decide_target, refuse};
 use super::{Body, Exchange};
 use crate::dial::{Upstream, dial};
@@ -24,7 +24,7 @@ use crate::telemetry::Listener;
 /// Upstream connections one client connection keeps open for keep-alive.
 const MAX_UPSTREAMS: usize = 4;
 
-type UpstreamBody = Counting<Incoming>;
+type UpstreamBody = Watched<Counting<Incoming>>;
 
 /// An upstream HTTP/1 connection kept for the next request to the same `host:port`.
 pub(super) struct Pooled {
@@ -84,7 +84,9 @@ pub(super) async fn forward(
         parts.headers.insert(header::HOST, v);
     }
     parts.uri = origin_form(&uri);
-    let upstream_req = Request::from_parts(parts, Counting::new(body, egress.clone()));
+    let broken = Arc::new(AtomicBool::new(false));
+    let body = Watched::new(Counting::new(body, egress.clone()), broken.clone());
+    let upstream_req = Request::from_parts(parts, body);
     // An upstream that accepts but never answers gets --idle-timeout, as a tunnel would.
     let sent = tokio::time::timeout(
         shared.limits.idle_timeout,
@@ -92,6 +94,11 @@ pub(super) async fn forward(
     );
     let resp = match sent.await {
         Ok(Ok(resp)) => resp,
+        // The upstream connection saw part of a request: it is dropped, never pooled.
+        Ok(Err(e)) if broken.load(Ordering::Relaxed) => {
+            tracing::debug!(upstream = %pooled.addr, error = %e, "client request body broken");
+            return refuse(shared, ex, Reason::BadRequest);
+        }
         Ok(Err(e)) => {
             tracing::debug!(upstream = %pooled.addr, error = %e, "upstream request failed");
             return refuse(shared, ex, Reason::ConnectError);
@@ -101,6 +108,12 @@ pub(super) async fn forward(
             return refuse(shared, ex, Reason::ConnectTimeout);
         }
     };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // `Upgrade` was stripped, so nothing asked for this: the upstream
+        // now speaks something else on the connection, which is dropped.
+        tracing::debug!(upstream = %pooled.addr, "upstream switched protocols unasked");
+        return refuse(shared, ex, Reason::ConnectError);
+    }
     put_upstream(&conn, pooled).await;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -7,7 +7,9 @@ use ipnet::IpNet;
 /// The ranges SPEC section 2 calls `default`: private, loopback, link-local
 /// (cloud metadata 169.254.169.254, ECS task metadata 169.254.170.2),
 /// carrier-grade NAT, benchmarking, multicast and reserved space, and their
-/// IPv6 counterparts.
+/// IPv6 counterparts (site-local `fec0::/10` included: deprecated, but still
+/// routed inside some networks). IPv6 forms that embed an IPv4 address are
+/// not listed: [`canonical`] reduces them to that address first.
 pub const DEFAULT_BLOCKED: &[&str] = &[
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -23,6 +25,7 @@ pub const DEFAULT_BLOCKED: &[&str] = &[
     "::1/128",
     "fc00::/7",
     "fe80::/10",
+    "fec0::/10",
     "ff00::/8",
     "2001::/32",
 ];
@@ -55,19 +58,17 @@ impl IpGuard {
 
     /// True when the proxy may open a connection to `ip`.
     ///
-    /// An IPv6 address that embeds an IPv4 one (IPv4-mapped, IPv4-compatible,
-    /// NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by the IPv4 address,
-    /// because that is where the packets end up.
+    /// An IPv6 address that embeds an IPv4 one (see [`canonical`]) is judged
+    /// by the IPv4 address, because that is where the packets end up. A range
+    /// may name either form: the address is blocked when `blocked` covers
+    /// either, unless `allowed` covers either.
     pub fn is_dialable(&self, ip: IpAddr) -> bool {
-        let allowed = |ip: &IpAddr| self.allowed.iter().any(|net| net.contains(ip));
-        if allowed(&ip) {
-            return true;
-        }
-        let judged = match ip {
-            IpAddr::V6(v6) => embedded_ipv4(v6).map_or(ip, IpAddr::V4),
-            v4 => v4,
+        let judged = canonical(ip);
+        let covers = |nets: &[IpNet]| {
+            nets.iter()
+                .any(|net| net.contains(&ip) || net.contains(&judged))
         };
-        !self.blocked.iter().any(|net| net.contains(&judged)) || allowed(&judged)
+        covers(&self.allowed) || !covers(&self.blocked)
     }
 
     pub fn blocked(&self) -> &[IpNet] {
@@ -79,24 +80,36 @@ impl IpGuard {
     }
 }
 
-/// The IPv4 address an IPv6 address carries, for the forms that route to it.
+/// The address packets to `ip` end up at: an IPv6 address that embeds an
+/// IPv4 one is reduced to it, every other address is returned as is. The IP
+/// guard and the proxy's own-address check both compare in this form, so
+/// that no spelling of an address is judged differently from the address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => embedded_ipv4(v6).map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The IPv4 address an IPv6 address carries, for the forms that route to it:
+/// IPv4-mapped `::ffff:0:0/96`, SIIT IPv4-translated `::ffff:0:0:0/96`,
+/// IPv4-compatible `::/96` (but `::` and `::1`), NAT64 well-known
+/// `64:ff9b::/96` and local-use `64:ff9b:1::/48` (the IPv4 address in the
+/// last 32 bits, as a `/96` prefix inside it carries it), and 6to4
+/// `2002::/16` (the IPv4 address in bits 16-47).
 pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
-    let low32 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    let mapped = s[..5] == [0; 5] && s[5] == 0xffff;
-    // ::a.b.c.d (deprecated IPv4-compatible); :: and ::1 are IPv6's own.
+    let low32 = Ipv4Addr::from(u128::from(v6) as u32);
+    let mapped = s[..6] == [0, 0, 0, 0, 0, 0xffff];
+    let translated = s[..6] == [0, 0, 0, 0, 0xffff, 0];
     let compatible = s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1);
     let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-    if mapped || compatible || nat64 {
+    let local_nat64 = s[..3] == [0x64, 0xff9b, 1];
+    if mapped || translated || compatible || nat64 || local_nat64 {
         return Some(low32);
     }
     if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new(
-            (s[1] >> 8) as u8,
-            s[1] as u8,
-            (s[2] >> 8) as u8,
-            s[2] as u8,
-        ));
+        return Some(Ipv4Addr::from((u128::from(v6) >> 80) as u32));
     }
     None
 }
@@ -208,6 +221,99 @@ mod tests {
         assert!(!v6.is_dialable(ip("::")));
         assert!(!v6.is_dialable(ip("127.0.0.1")));
         assert!(!guard.is_dialable(ip("169.254.169.254")));
+    }
+
+    #[test]
+    fn canonical_reduces_every_embedding_form_to_its_ipv4() {
+        let cases = [
+            ("IPv4 stays", "192.0.2.1", "192.0.2.1"),
+            ("plain IPv6 stays", "2606:4700::1111", "2606:4700::1111"),
+            ("IPv6 unspecified stays", "::", "::"),
+            ("IPv6 loopback stays", "::1", "::1"),
+            ("IPv4-mapped", "::ffff:127.0.0.1", "127.0.0.1"),
+            ("SIIT IPv4-translated", "::ffff:0:127.0.0.1", "127.0.0.1"),
+            ("IPv4-compatible", "::10.1.2.3", "10.1.2.3"),
+            ("NAT64 well-known", "64:ff9b::7f00:1", "127.0.0.1"),
+            ("NAT64 local-use", "64:ff9b:1::a9fe:a9fe", "169.254.169.254"),
+            (
+                "NAT64 local-use, another /96 inside the /48",
+                "64:ff9b:1:abcd::7f00:1",
+                "127.0.0.1",
+            ),
+            ("6to4", "2002:7f00:1::1", "127.0.0.1"),
+            (
+                "next to NAT64 well-known",
+                "64:ff9c::7f00:1",
+                "64:ff9c::7f00:1",
+            ),
+            (
+                "next to NAT64 local-use",
+                "64:ff9b:2::7f00:1",
+                "64:ff9b:2::7f00:1",
+            ),
+            ("next to mapped", "::fffe:7f00:1", "::fffe:7f00:1"),
+        ];
+        for (name, input, want) in cases {
+            assert_eq!(canonical(ip(input)), ip(want), "{name}: {input}");
+        }
+    }
+
+    #[test]
+    fn default_guard_covers_the_0_2_additions() {
+        let guard = IpGuard::default();
+        let cases = [
+            ("site-local fec0::/10", "fec0::1", false),
+            ("site-local, top of range", "feff:ffff::1", false),
+            ("SIIT of metadata", "::ffff:0:a9fe:a9fe", false),
+            ("SIIT of loopback", "::ffff:0:127.0.0.1", false),
+            ("SIIT of a public address", "::ffff:0:8.8.8.8", true),
+            ("local-use NAT64 of loopback", "64:ff9b:1::7f00:1", false),
+            ("local-use NAT64 of private", "64:ff9b:1:0:0:0:a00:1", false),
+            (
+                "local-use NAT64 of a public address",
+                "64:ff9b:1::808:808",
+                true,
+            ),
+            ("just above site-local", "ff00::1", false),
+            ("global unicast", "2606:4700::1111", true),
+        ];
+        for (name, addr, dialable) in cases {
+            assert_eq!(guard.is_dialable(ip(addr)), dialable, "{name}: {addr}");
+        }
+    }
+
+    #[test]
+    fn ranges_may_name_either_form_of_an_embedded_address() {
+        let net = |s: &str| -> IpNet { s.parse().unwrap() };
+        let cases = [
+            (
+                "a blocked NAT64 prefix blocks what it embeds",
+                IpGuard::new(vec![net("64:ff9b::/96")], vec![]),
+                "64:ff9b::808:808",
+                false,
+            ),
+            (
+                "the IPv4 range blocks the NAT64 form",
+                IpGuard::new(vec![net("8.8.8.0/24")], vec![]),
+                "64:ff9b::808:808",
+                false,
+            ),
+            (
+                "an IPv4 carve-out opens the mapped form",
+                IpGuard::new(default_blocked(), vec![net("127.0.0.0/8")]),
+                "::ffff:127.0.0.1",
+                true,
+            ),
+            (
+                "an IPv6 carve-out opens its own range only",
+                IpGuard::new(default_blocked(), vec![net("::1/128")]),
+                "::ffff:127.0.0.1",
+                false,
+            ),
+        ];
+        for (name, guard, addr, dialable) in cases {
+            assert_eq!(guard.is_dialable(ip(addr)), dialable, "{name}: {addr}");
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@ struct Entry {
     aaaa: Vec<Ipv6Addr>,
     aaaa_ttl: u32,
     servfail: bool,
+    /// Only queries of this type answer SERVFAIL.
+    servfail_of: Option<RecordType>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +104,7 @@ impl TestDns {
         let mut state = lock(&self.state);
         let entry = state.entries.entry(key(name)).or_default();
         entry.servfail = false;
+        entry.servfail_of.take_if(|t| *t == RecordType::A);
         entry.a = ips.to_vec();
         entry.a_ttl = ttl;
     }
@@ -118,8 +121,39 @@ impl TestDns {
         let mut state = lock(&self.state);
         let entry = state.entries.entry(key(name)).or_default();
         entry.servfail = false;
+        entry.servfail_of.take_if(|t| *t == RecordType::AAAA);
         entry.aaaa = ips.to_vec();
         entry.aaaa_ttl = ttl;
+    }
+
+    /// Sets AAAA records that embed a loopback IPv4 address (IPv4-mapped `::ffff:127.x.y.z`,
+    /// NAT64 `64:ff9b::127.x.y.z`), to check the proxy reduces them to what they embed.
+    ///
+    /// # Panics
+    /// If any address is not one of those forms: test DNS must never point at a real host.
+    pub fn set_aaaa_embedding_loopback(&self, name: &str, ips: &[Ipv6Addr], ttl: u32) {
+        for ip in ips {
+            let s = ip.segments();
+            let embedded = Ipv4Addr::from(u128::from(*ip) as u32);
+            let form = s[..6] == [0, 0, 0, 0, 0, 0xffff] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            assert!(
+                form && embedded.is_loopback(),
+                "TestDns refuses AAAA {ip}: not a mapped or NAT64 form of 127.0.0.0/8"
+            );
+        }
+        let mut state = lock(&self.state);
+        let entry = state.entries.entry(key(name)).or_default();
+        entry.servfail = false;
+        entry.servfail_of.take_if(|t| *t == RecordType::AAAA);
+        entry.aaaa = ips.to_vec();
+        entry.aaaa_ttl = ttl;
+    }
+
+    /// Makes queries of type `qtype` for `name` answer SERVFAIL; other types keep their
+    /// records. Setting records of that type again ends it.
+    pub fn set_servfail_of(&self, name: &str, qtype: RecordType) {
+        let mut state = lock(&self.state);
+        state.entries.entry(key(name)).or_default().servfail_of = Some(qtype);
     }
 
     /// Makes every query for `name` answer SERVFAIL (drops its records).
@@ -210,7 +244,7 @@ impl Handler {
         let Some(entry) = state.entries.get(&k) else {
             return (ResponseCode::NXDomain, Vec::new(), soa);
         };
-        if entry.servfail {
+        if entry.servfail || entry.servfail_of == Some(qtype) {
             return (ResponseCode::ServFail, Vec::new(), Vec::new());
         }
         // Owner name = the query's own spelling, so 0x20-randomising resolvers accept it.
