@@ -11,7 +11,7 @@ use clap::Parser;
 /// Default: builds nothing (cargo bench already built `portcullis`), starts portcullis with
 /// an allow-origin policy, audit log to a temp file and metrics on, and measures it plus a
 /// direct (no proxy) baseline. `--compare-squid` also starts Squid with
-/// `../shared/peers/squid.conf` and prints portcullis/Squid ratios.
+/// `benches/e2e/peers/squid.conf` and prints portcullis/Squid ratios.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "e2e")]
 pub struct Options {
@@ -67,7 +67,7 @@ pub struct Options {
     #[arg(long)]
     pub compare_squid: bool,
 
-    /// Squid config for `--compare-squid` (default: ../shared/peers/squid.conf from the crate).
+    /// Squid config for `--compare-squid` (default: benches/e2e/peers/squid.conf in the crate).
     #[arg(long)]
     pub squid_conf: Option<PathBuf>,
 

@@ -159,7 +159,7 @@ async fn run(opts: &Options) -> Result<(), String> {
     }
     if opts.compare_squid {
         let conf = opts.squid_conf.clone().unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/squid.conf")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/e2e/peers/squid.conf")
         });
         eprintln!("e2e: starting squid -N -f {}", conf.display());
         targets.push(Target::squid(&conf, opts.squid_addr).await?);
