@@ -763,4 +763,89 @@ mod tests {
             .count();
         assert_eq!(written, 3);
     }
+
+    #[test]
+    fn close_gives_up_on_a_stuck_sink_and_counts_what_it_abandoned() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, gate) = mpsc::channel();
+        let sink = Gated {
+            entered: Some(entered_tx),
+            gate: Some(gate),
+            out: Arc::default(),
+        };
+        let log = AuditLog::from_writer(sink, 8).expect("start writer");
+        log.write(&AuditRecord::new(Event::Request));
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("writer thread reached the sink");
+        for _ in 0..3 {
+            log.write(&AuditRecord::new(Event::Request));
+        }
+        assert_eq!(log.queued(), 4, "one in the stuck write, three queued");
+
+        let started = Instant::now();
+        let report = log.close_within(started + Duration::from_secs(60));
+        assert!(
+            started.elapsed() < STALL + Duration::from_secs(2),
+            "close waited {:?} on a stuck sink",
+            started.elapsed()
+        );
+        assert_eq!(
+            report,
+            CloseReport {
+                abandoned: 4,
+                lost_total: 4
+            }
+        );
+        drop(release);
+    }
+
+    #[test]
+    fn a_renamed_or_deleted_file_is_reopened_at_its_path() {
+        let path = temp_path("rotate.jsonl");
+        let rotated = temp_path("rotate.jsonl.1");
+        let log = AuditLog::file(&path).expect("open audit file");
+        let record = |generation| {
+            let mut rec = AuditRecord::new(Event::Request);
+            rec.policy_generation = Some(generation);
+            rec
+        };
+        let generations = |p: &Path| -> Vec<u64> {
+            read_lines(p)
+                .iter()
+                .filter_map(|r| r["policy_generation"].as_u64())
+                .collect()
+        };
+        let wait_for = |p: &Path, want: &[u64]| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(p).is_err() || generations(p) != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never held {want:?}",
+                    p.display()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        log.write(&record(1));
+        wait_for(&path, &[1]);
+        std::fs::rename(&path, &rotated).expect("rename");
+        log.reopen();
+        log.write(&record(2));
+        wait_for(&path, &[2]);
+        std::fs::remove_file(&path).expect("delete");
+        // Found by the writer's own check, without a signal.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut next = 3;
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "not recreated");
+            log.write(&record(next));
+            next += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(log);
+        assert_eq!(generations(&rotated), [1]);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&rotated);
+    }
 }

@@ -490,6 +490,8 @@ mod tests {
             r#"portcullis_policy_rules{client="payments"} 3"#,
             r#"portcullis_policy_rules{client="default"} 5"#,
             "# TYPE portcullis_upstream_connect_seconds histogram",
+            "portcullis_audit_records_dropped_total 0",
+            "portcullis_audit_queue_records 0",
             "# EOF",
         ] {
             assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
@@ -503,6 +505,26 @@ mod tests {
         assert!(lines.contains(&r#"portcullis_policy_rules{client="default"} 4"#));
         assert!(!text.contains(r#"portcullis_policy_rules{client="payments"}"#));
         assert!(lines.contains(&"portcullis_policy_generation 8"));
+    }
+
+    #[test]
+    fn log_and_audit_losses_are_exported() {
+        let diagnostics = super::super::diag::Diagnostics::stderr().expect("stderr writer");
+        let m = Metrics::new(10).with_diagnostics(diagnostics.stats());
+        let audit = m.audit_counters();
+        audit.dropped.inc_by(3);
+        audit.queued.set(7);
+        let text = m.encode();
+        let lines = metric_lines(&text);
+        for expected in [
+            "# TYPE portcullis_log_lines_dropped counter",
+            "portcullis_log_lines_dropped_total 0",
+            "portcullis_audit_records_dropped_total 3",
+            "# TYPE portcullis_audit_queue_records gauge",
+            "portcullis_audit_queue_records 7",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+        }
     }
 
     #[test]
