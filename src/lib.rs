@@ -264,7 +264,7 @@ pub async fn run(
 pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Kept out of the audit flush's share of [`EXIT_MARGIN`]: the last log lines and exit.
-pub const LAST_WORDS: Duration = Duration::from_millis(1500);
+const LAST_WORDS: Duration = Duration::from_millis(1500);
 
 /// Warns once a second with the audit records lost in that second, so a warning states
 /// the true count (a warning per loss, rate-limited, would report only the first).
