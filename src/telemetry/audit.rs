@@ -277,7 +277,7 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 
 /// A JSON-lines sink whose `write` never blocks: lines go through a bounded queue to a
 /// dedicated thread. [`AuditLog::close_within`] writes out what it can by a deadline;
-/// dropping it does the same with [`DROP_GRACE`].
+/// dropping it does the same with a short grace (`DROP_GRACE`).
 #[derive(Debug)]
 pub struct AuditLog {
     tx: Option<SyncSender<Vec<u8>>>,
@@ -407,7 +407,7 @@ impl AuditLog {
     }
 
     /// Writes out what is queued; gives up at `deadline`, or once the writer has not
-    /// written anything for [`STALL`]. What was not written is counted as lost.
+    /// written anything for `STALL` (1 s). What was not written is counted as lost.
     pub fn close_within(mut self, deadline: Instant) -> CloseReport {
         self.close(deadline)
     }
