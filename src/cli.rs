@@ -137,7 +137,8 @@ pub struct RunArgs {
     /// 0: one per CPU the process may use (cgroup quotas included).
     #[arg(long, env = "PORTCULLIS_WORKERS", default_value_t = 0)]
     pub workers: usize,
-    /// Audit log destination: a file path, or `-` for stdout.
+    /// Audit log destination: a file path, or `-` for stdout. A file is reopened on
+    /// SIGHUP and when its path no longer names it (logrotate `create`, a delete).
     #[arg(long, env = "PORTCULLIS_AUDIT_LOG", default_value = "-")]
     pub audit_log: String,
     /// Diagnostic log format (always on stderr).

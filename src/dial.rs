@@ -9,6 +9,7 @@ use crate::policy::ip_guard::canonical;
 use crate::policy::{Host, Reason};
 use crate::resolve::{Answers, DnsError, Filtered, filter};
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::diag::RateLimit;
 
 /// A connected upstream.
 pub struct Upstream {
@@ -57,7 +58,10 @@ pub async fn dial(
                     return Ok(Upstream { stream, addr });
                 }
                 Err(e) if crate::listener::is_fd_exhaustion(&e) => {
-                    tracing::warn!(%addr, "out of file descriptors dialing upstream");
+                    static LIMIT: RateLimit = RateLimit::new();
+                    if let Some(suppressed) = LIMIT.allow() {
+                        tracing::warn!(%addr, suppressed, "out of file descriptors dialing upstream");
+                    }
                     return Err(Reason::Overloaded);
                 }
                 Err(e) => {

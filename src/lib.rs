@@ -47,6 +47,7 @@ use crate::policy::Diagnostic;
 use crate::state::{Limits, Shared, Snapshot};
 use crate::telemetry::Listener;
 use crate::telemetry::audit::AuditLog;
+use crate::telemetry::diag::DiagStats;
 use crate::telemetry::metrics::Metrics;
 
 /// Why `run` could not start. Nothing is served when any of these happen:
@@ -76,8 +77,14 @@ pub enum RunError {
 
 /// Runs the proxy until `shutdown` resolves, then drains: `/readyz` turns
 /// 503, listeners stop accepting, open connections and tunnels get
-/// `--drain-timeout` to finish, and whatever is left is cut.
-pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+/// `--drain-timeout` to finish, and whatever is left is cut. Returns within
+/// `--drain-timeout` + [`EXIT_MARGIN`] of `shutdown`, even when a log sink is stuck.
+/// `diagnostics` are the stderr writer's loss counters, exported on `/metrics`.
+pub async fn run(
+    args: RunArgs,
+    diagnostics: DiagStats,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let (compiled, sha256) =
         commands::load_policy_with_hash(&args.policy).map_err(|problems| RunError::Policy {
             path: args.policy.clone(),
@@ -89,9 +96,13 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     for w in &compiled.warnings() {
         tracing::warn!(policy = %args.policy.display(), "{w}");
     }
-    let metrics = Arc::new(Metrics::new(args.max_destination_labels));
+    let metrics = Arc::new(Metrics::new(args.max_destination_labels).with_diagnostics(diagnostics));
     metrics.set_policy(1, &compiled.policy.rule_counts());
-    let audit = Arc::new(AuditLog::open(std::path::Path::new(&args.audit_log))?);
+    let audit = Arc::new(AuditLog::open(
+        std::path::Path::new(&args.audit_log),
+        telemetry::audit::DEFAULT_CAPACITY,
+        metrics.audit_counters(),
+    )?);
     let resolver = resolve::Resolver::new(&args.nameservers)?.with_metrics(metrics.clone());
 
     let explicit = bind("explicit", args.listen).await?;
@@ -195,10 +206,13 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     };
     spawn_accept_loops(&shared, &accepting, data_listeners);
     let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
+    let loss_reporter = tokio::spawn(report_audit_losses(shared.audit.clone()));
     shared.set_ready(true);
     tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
 
     shutdown.await;
+    // The final audit flush must end by then, leaving time for the last log lines.
+    let exit_by = std::time::Instant::now() + args.drain_timeout + EXIT_MARGIN - LAST_WORDS;
     tracing::info!(drain_timeout = ?args.drain_timeout, "draining");
     shared.draining.cancel();
     accepting.close();
@@ -213,7 +227,7 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         // Give cut tunnels a moment to write their audit records.
         let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
     }
-    for task in [admin_task, reloader] {
+    for task in [admin_task, reloader, loss_reporter] {
         task.abort();
         let _ = task.await;
     }
@@ -229,11 +243,45 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
     let audit = shared.audit.clone();
     drop(shared);
     match Arc::try_unwrap(audit) {
-        Ok(log) => log.flush_and_close(),
-        Err(_) => tracing::warn!("audit log still shared at exit; it flushes when dropped"),
+        Ok(log) => {
+            log.report_losses();
+            let report = log.close_within(exit_by);
+            if report.abandoned > 0 {
+                tracing::error!(
+                    abandoned = report.abandoned,
+                    lost_total = report.lost_total,
+                    "stopped; the audit sink did not take the last records in time"
+                );
+            } else {
+                tracing::info!(audit_records_lost = report.lost_total, "stopped");
+            }
+        }
+        Err(audit) => {
+            audit.report_losses();
+            tracing::error!(
+                abandoned = audit.queued(),
+                "stopped; the audit log was still in use, its queued records are abandoned"
+            );
+        }
     }
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// How far past `--drain-timeout` the process may run after SIGTERM (SPEC 10).
+pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Kept out of the audit flush's share of [`EXIT_MARGIN`]: the last log lines and exit.
+const LAST_WORDS: Duration = Duration::from_millis(1500);
+
+/// Warns once a second with the audit records lost in that second, so a warning states
+/// the true count (a warning per loss, rate-limited, would report only the first).
+async fn report_audit_losses(audit: Arc<AuditLog>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        audit.report_losses();
+    }
 }
 
 /// Starts `workers - 1` threads besides the caller's, each with a single-threaded event loop accepting on its

@@ -1,9 +1,11 @@
 //! The `portcullis` binary: parse the command line, set up logging, run until a signal.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use portcullis::cli::{Cli, Command, LogFormat, RunArgs};
+use portcullis::telemetry::diag::{DiagStats, Diagnostics};
 use portcullis::{RunError, commands};
 
 #[cfg(feature = "mimalloc")]
@@ -47,7 +49,24 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    init_tracing(args.log_format);
+    let diagnostics = match Diagnostics::stderr() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("portcullis: cannot set up the diagnostic log: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(args.log_format, &diagnostics);
+    let code = serve(args, diagnostics.stats());
+    // Bounded: a stalled stderr must not keep the process from exiting.
+    diagnostics.finish(LAST_LINES);
+    code
+}
+
+/// How long the last diagnostic lines get to reach stderr at exit.
+const LAST_LINES: Duration = Duration::from_secs(1);
+
+fn serve(args: RunArgs, diagnostics: DiagStats) -> ExitCode {
     // This thread serves connections too; `--workers` adds one thread (and
     // event loop) per further core.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -61,7 +80,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let policy = args.policy.clone();
-    match runtime.block_on(portcullis::run(args, shutdown_signal())) {
+    match runtime.block_on(portcullis::run(args, diagnostics, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::Policy { problems, .. }) => {
             for p in &problems {
@@ -78,15 +97,16 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// Diagnostics go to stderr; stdout is the audit log's by default.
-fn init_tracing(format: LogFormat) {
+/// Diagnostics go to stderr, through a bounded non-blocking writer; stdout is the audit
+/// log's by default.
+fn init_tracing(format: LogFormat, diagnostics: &Diagnostics) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("PORTCULLIS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(diagnostics.make_writer())
         .with_ansi(ansi);
     match format {
         LogFormat::Json => builder

@@ -82,7 +82,11 @@ pub async fn run(shared: Arc<Shared>, path: PathBuf, mut hup: Signal) {
     loop {
         tokio::select! {
             Some(()) = rx.recv() => reload(&shared, &path, &mut last, false).await,
-            Some(()) = hup.recv() => reload(&shared, &path, &mut last, true).await,
+            Some(()) = hup.recv() => {
+                // Before the reload's own record, so that record already goes to the new file.
+                shared.audit.reopen();
+                reload(&shared, &path, &mut last, true).await
+            }
             () = shared.draining.cancelled() => return,
         }
     }

@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::policy::{Decision, Host, Reason, Verdict};
 use crate::state::{ConnSlot, Shared, Snapshot};
 use crate::telemetry::audit::{AuditRecord, Event};
+use crate::telemetry::diag::RateLimit;
 use crate::telemetry::{self, Listener};
 
 /// Response bodies the proxy sends: its own short texts or a relayed origin body.
@@ -264,10 +265,14 @@ pub async fn accept_loop<F, Fut>(
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) if is_fd_exhaustion(&e) && reserve.is_some() => {
-                tracing::warn!(
-                    listener = kind.as_str(),
-                    "out of file descriptors; refusing with 503"
-                );
+                static LIMIT: RateLimit = RateLimit::new();
+                if let Some(suppressed) = LIMIT.allow() {
+                    tracing::warn!(
+                        listener = kind.as_str(),
+                        suppressed,
+                        "out of file descriptors; refusing with 503"
+                    );
+                }
                 drop(reserve.take());
                 // Every worker thread may be here for the same waiting client:
                 // the one that gets it answers; the others must not park on

@@ -1,25 +1,27 @@
 //! The audit log (SPEC section 8): one JSON line per decision, written off the data path.
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::{Serialize, Serializer};
 
+use super::diag::RateLimit;
 use super::{Decision, Listener, ReloadResult, label_enum};
 
 /// Records queued between the data path and the writer thread before new ones are dropped.
 pub const DEFAULT_CAPACITY: usize = 16 * 1024;
-
-/// At most one "audit records dropped" warning per this many milliseconds.
-const WARN_INTERVAL_MS: u64 = 1000;
 
 label_enum! {
     /// What an audit record describes.
@@ -179,38 +181,103 @@ pub enum AuditError {
     Spawn(#[source] io::Error),
 }
 
-/// Counters shared by callers and the writer thread.
+/// The audit log's counters, made up front by the metrics registry (SPEC 12).
+#[derive(Clone, Debug, Default)]
+pub struct AuditCounters {
+    /// Records lost: queue full, serialisation or write errors, abandoned at exit.
+    pub dropped: Counter,
+    /// Records accepted and not yet written out by the writer thread.
+    pub queued: Gauge,
+}
+
+/// State shared by callers and the writer thread.
 #[derive(Debug)]
 struct Shared {
-    dropped: AtomicU64,
-    started: Instant,
-    /// Milliseconds after `started` of the last warning, `u64::MAX` before the first.
-    last_warn_ms: AtomicU64,
+    counters: AuditCounters,
+    /// `dropped` as of the last warning, so each warning states what it adds.
+    reported: AtomicU64,
+    /// Set on SIGHUP: reopen the file at the path before the next write.
+    reopen: AtomicBool,
+    /// Rate limit of the writer thread's own warnings (write and reopen failures).
+    writer_warning: RateLimit,
 }
 
 impl Shared {
-    /// True at most once per [`WARN_INTERVAL_MS`], so a stuck sink cannot flood stderr.
-    fn warn_due(&self) -> bool {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        let due = last == u64::MAX || now.saturating_sub(last) >= WARN_INTERVAL_MS;
-        due && self
-            .last_warn_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+    fn lost(&self, n: u64) {
+        self.counters.dropped.inc_by(n);
+    }
+}
+
+/// What [`AuditLog::close_within`] could not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReport {
+    /// Records accepted but never written: the sink did not take them in time.
+    pub abandoned: u64,
+    /// Every record lost over the process's life, `abandoned` included.
+    pub lost_total: u64,
+}
+
+/// Where the writer thread writes, and how it finds the file again after a rotation.
+enum Sink {
+    /// Standard output, or any writer: nothing to reopen.
+    Stream(Box<dyn Write + Send>),
+    Path {
+        path: PathBuf,
+        file: File,
+    },
+}
+
+impl Sink {
+    fn out(&mut self) -> &mut dyn Write {
+        match self {
+            Sink::Stream(out) => out,
+            Sink::Path { file, .. } => file,
+        }
     }
 
-    fn lost(&self, why: &dyn fmt::Display) {
-        let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.warn_due() {
-            tracing::warn!(dropped_total = total, "audit record lost: {why}");
+    /// Reopens the path when `forced` (SIGHUP) or when it no longer names the open file
+    /// (renamed by logrotate, deleted). Runs on the writer thread only.
+    fn follow(&mut self, forced: bool, shared: &Shared) {
+        let Sink::Path { path, file } = self else {
+            return;
+        };
+        let why = match (std::fs::metadata(&*path), file.metadata()) {
+            _ if forced => "sighup",
+            (Err(e), _) if e.kind() == io::ErrorKind::NotFound => "deleted",
+            (Ok(named), Ok(open)) if (named.dev(), named.ino()) != (open.dev(), open.ino()) => {
+                "replaced"
+            }
+            // The same file, or nothing to compare: keep writing where we are.
+            _ => return,
+        };
+        match open_append(path) {
+            Ok(new) => {
+                *file = new;
+                tracing::info!(path = %path.display(), why, "audit log reopened");
+            }
+            Err(e) => {
+                if let Some(suppressed) = shared.writer_warning.allow() {
+                    tracing::warn!(%e, suppressed, "cannot reopen the audit log; still writing to the old file");
+                }
+            }
         }
     }
 }
 
+fn open_append(path: &Path) -> Result<File, AuditError> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|source| AuditError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// A JSON-lines sink whose `write` never blocks: lines go through a bounded queue to a
-/// dedicated thread. Dropping it (or [`AuditLog::flush_and_close`]) writes out everything
-/// queued before returning; share it as `Arc<AuditLog>` and let the last owner close it.
+/// dedicated thread. [`AuditLog::close_within`] writes out what it can by a deadline;
+/// dropping it does the same with a short grace (`DROP_GRACE`).
 #[derive(Debug)]
 pub struct AuditLog {
     tx: Option<SyncSender<Vec<u8>>>,
@@ -218,33 +285,45 @@ pub struct AuditLog {
     shared: Arc<Shared>,
 }
 
-impl AuditLog {
-    /// `-` is standard output; anything else a file opened for append.
-    pub fn open(target: &Path) -> Result<Self, AuditError> {
-        if target == Path::new("-") {
-            Self::stdout()
-        } else {
-            Self::file(target)
-        }
-    }
+/// How long dropping an [`AuditLog`] waits for the writer.
+const DROP_GRACE: Duration = Duration::from_secs(2);
 
-    /// Audit lines on standard output (diagnostics go to standard error).
-    pub fn stdout() -> Result<Self, AuditError> {
-        Self::from_writer(io::stdout(), DEFAULT_CAPACITY)
+/// At exit, a writer that has not written a record for this long is given up on.
+const STALL: Duration = Duration::from_secs(1);
+
+/// How often the writer thread checks that the path still names the open file.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+impl AuditLog {
+    /// `-` is standard output; anything else a file opened for append (and reopened
+    /// when rotated), with at most `capacity` records queued.
+    pub fn open(
+        target: &Path,
+        capacity: usize,
+        counters: AuditCounters,
+    ) -> Result<Self, AuditError> {
+        let sink = if target == Path::new("-") {
+            // A descriptor of our own: a stuck write never holds the stdout lock.
+            let fd = io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| AuditError::Open {
+                    path: target.to_path_buf(),
+                    source,
+                })?;
+            Sink::Stream(Box::new(File::from(fd)))
+        } else {
+            Sink::Path {
+                path: target.to_path_buf(),
+                file: open_append(target)?,
+            }
+        };
+        Self::start(sink, capacity, counters)
     }
 
     /// Audit lines appended to `path`, created if missing.
     pub fn file(path: impl AsRef<Path>) -> Result<Self, AuditError> {
-        let path = path.as_ref();
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|source| AuditError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Self::from_writer(file, DEFAULT_CAPACITY)
+        Self::open(path.as_ref(), DEFAULT_CAPACITY, AuditCounters::default())
     }
 
     /// Audit lines to any writer, with at most `capacity` lines queued (at least 1).
@@ -252,22 +331,25 @@ impl AuditLog {
         writer: impl Write + Send + 'static,
         capacity: usize,
     ) -> Result<Self, AuditError> {
+        Self::start(
+            Sink::Stream(Box::new(writer)),
+            capacity,
+            AuditCounters::default(),
+        )
+    }
+
+    fn start(sink: Sink, capacity: usize, counters: AuditCounters) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         let shared = Arc::new(Shared {
-            dropped: AtomicU64::new(0),
-            started: Instant::now(),
-            last_warn_ms: AtomicU64::new(u64::MAX),
+            counters,
+            reported: AtomicU64::new(0),
+            reopen: AtomicBool::new(false),
+            writer_warning: RateLimit::new(),
         });
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || {
-                drain(
-                    rx,
-                    BufWriter::with_capacity(WRITE_BUF, writer),
-                    &thread_shared,
-                )
-            })
+            .spawn(move || drain(&rx, sink, &thread_shared))
             .map_err(AuditError::Spawn)?;
         Ok(Self {
             tx: Some(tx),
@@ -277,100 +359,168 @@ impl AuditLog {
     }
 
     /// Queues one record. Serialises on the caller's thread and never waits: when the queue
-    /// is full the record is counted in [`AuditLog::dropped`] and a warning is rate-limited.
+    /// is full the record is counted as dropped (see [`AuditLog::report_losses`]).
     pub fn write(&self, record: &AuditRecord) {
-        let mut line = match serde_json::to_vec(record) {
-            Ok(line) => line,
-            Err(error) => return self.shared.lost(&error),
+        let Ok(mut line) = serde_json::to_vec(record) else {
+            return self.shared.lost(1);
         };
         line.push(b'\n');
         let Some(tx) = &self.tx else {
-            return self.shared.lost(&"audit log closed");
+            return self.shared.lost(1);
         };
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.shared.lost(&"queue full"),
-            Err(TrySendError::Disconnected(_)) => self.shared.lost(&"writer thread gone"),
+        // Counted before the send, so the writer never takes one off that is not counted.
+        self.shared.counters.queued.inc();
+        if tx.try_send(line).is_err() {
+            self.shared.counters.queued.dec();
+            self.shared.lost(1);
         }
     }
 
     /// Records lost so far: queue full, serialisation or write errors.
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.counters.dropped.get()
     }
 
-    /// Writes out every queued record, flushes, and stops the writer thread.
-    pub fn flush_and_close(mut self) {
-        self.close();
+    /// Records accepted and not yet written.
+    pub fn queued(&self) -> u64 {
+        u64::try_from(self.shared.counters.queued.get()).unwrap_or(0)
     }
 
-    fn close(&mut self) {
+    /// Asks the writer thread to reopen the file at the path before its next write
+    /// (SIGHUP). Never does file IO itself.
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::SeqCst);
+    }
+
+    /// Warns once with every record lost since the last call, if any. Called once a second
+    /// (not on each loss, so a burst is reported with its true size).
+    pub fn report_losses(&self) {
+        let total = self.dropped();
+        let before = self.shared.reported.swap(total, Ordering::Relaxed);
+        if total > before {
+            tracing::warn!(
+                lost = total - before,
+                lost_total = total,
+                "audit records lost: queue full or the audit sink failing"
+            );
+        }
+    }
+
+    /// Writes out what is queued; gives up at `deadline`, or once the writer has not
+    /// written anything for `STALL` (1 s). What was not written is counted as lost.
+    pub fn close_within(mut self, deadline: Instant) -> CloseReport {
+        self.close(deadline)
+    }
+
+    fn close(&mut self, deadline: Instant) -> CloseReport {
         // Dropping the sender lets the writer drain what is queued and then see the end.
         drop(self.tx.take());
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!("audit writer thread panicked");
+        let queued = &self.shared.counters.queued;
+        if let Some(writer) = self.writer.take() {
+            let mut last = queued.get();
+            let mut progress = Instant::now();
+            while !writer.is_finished() {
+                let left = queued.get();
+                if left < last {
+                    (last, progress) = (left, Instant::now());
+                }
+                if Instant::now() >= deadline || progress.elapsed() >= STALL {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if writer.is_finished() && writer.join().is_err() {
+                tracing::error!("audit writer thread panicked");
+            }
+        }
+        // The writer may still take a record after this; counting it lost too is the safe side.
+        let abandoned = u64::try_from(queued.get()).unwrap_or(0);
+        self.shared.lost(abandoned);
+        CloseReport {
+            abandoned,
+            lost_total: self.dropped(),
         }
     }
 }
 
 impl Drop for AuditLog {
     fn drop(&mut self) {
-        self.close();
+        if self.tx.is_some() {
+            self.close(Instant::now() + DROP_GRACE);
+        }
     }
 }
 
 /// How long the writer gathers records before writing them out: one write
 /// per batch under load, at most this much delay when traffic is light.
-const BATCH: std::time::Duration = std::time::Duration::from_millis(10);
+const BATCH: Duration = Duration::from_millis(10);
 
-/// Room for a batch in one `write` at ~15k records/s (an 8 KiB buffer took
-/// ~7 writes per batch at that rate).
+/// Largest batch in one `write` (~15k records/s fit in one per [`BATCH`]).
 const WRITE_BUF: usize = 64 * 1024;
 
-/// The writer thread: after the first line of a batch it sleeps for
-/// [`BATCH`] (records queue up without waking it), then writes out
-/// everything queued and flushes.
-fn drain(rx: Receiver<Vec<u8>>, mut out: BufWriter<impl Write>, shared: &Shared) {
-    while let Ok(line) = rx.recv() {
-        put(&mut out, &line, shared);
+/// The writer thread: after the first line of a batch it sleeps for [`BATCH`] (records
+/// queue up without waking it), then writes out everything queued. Between batches, and
+/// at least every [`FOLLOW_EVERY`], it checks whether the file was rotated.
+fn drain(rx: &Receiver<Vec<u8>>, mut sink: Sink, shared: &Shared) {
+    let mut batch = Vec::with_capacity(WRITE_BUF);
+    let mut followed = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(FOLLOW_EVERY) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let forced = shared.reopen.swap(false, Ordering::SeqCst);
+        if forced || followed.elapsed() >= FOLLOW_EVERY {
+            sink.follow(forced, shared);
+            followed = Instant::now();
+        }
+        let Some(first) = first else { continue };
+        batch.extend_from_slice(&first);
+        let mut lines = 1;
         std::thread::sleep(BATCH);
-        loop {
+        let mut open = true;
+        while open {
             match rx.try_recv() {
-                Ok(line) => put(&mut out, &line, shared),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    flush(&mut out, shared);
-                    return;
+                Ok(line) => {
+                    if batch.len() + line.len() > WRITE_BUF {
+                        put(&mut sink, &mut batch, lines, shared);
+                        lines = 0;
+                    }
+                    batch.extend_from_slice(&line);
+                    lines += 1;
                 }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        flush(&mut out, shared);
-    }
-    flush(&mut out, shared);
-}
-
-fn put(out: &mut impl Write, line: &[u8], shared: &Shared) {
-    if let Err(error) = out.write_all(line) {
-        shared.lost(&error);
+        put(&mut sink, &mut batch, lines, shared);
+        if !open {
+            return;
+        }
     }
 }
 
-fn flush(out: &mut impl Write, shared: &Shared) {
-    // Lines already handed to the buffer are not counted again; the failure is still reported.
-    if let Err(error) = out.flush()
-        && shared.warn_due()
-    {
-        tracing::warn!(%error, "flushing the audit log failed");
+/// Writes `lines` records in `batch` and empties it. A failed write counts them all lost
+/// (part of the batch may have gone out; the count errs on the side of loss).
+fn put(sink: &mut Sink, batch: &mut Vec<u8>, lines: u64, shared: &Shared) {
+    if let Err(error) = sink.out().write_all(batch) {
+        shared.lost(lines);
+        if let Some(suppressed) = shared.writer_warning.allow() {
+            tracing::warn!(%error, suppressed, "writing the audit log failed");
+        }
     }
+    shared
+        .counters
+        .queued
+        .dec_by(i64::try_from(lines).unwrap_or(i64::MAX));
+    batch.clear();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
-    use std::time::Duration;
 
     const SPEC_KEYS: [&str; 18] = [
         "ts",
@@ -488,7 +638,7 @@ mod tests {
             },
         ));
         let started = conn.ts.0;
-        log.flush_and_close();
+        log.close_within(Instant::now() + Duration::from_secs(10));
 
         let records = read_lines(&path);
         let _ = std::fs::remove_file(&path);
@@ -604,7 +754,7 @@ mod tests {
         assert_eq!(log.dropped(), 8, "two queued, the rest dropped");
 
         release.send(()).expect("release the sink");
-        log.flush_and_close();
+        log.close_within(Instant::now() + Duration::from_secs(10));
         let written = out
             .lock()
             .expect("sink lock")
@@ -612,5 +762,90 @@ mod tests {
             .filter(|b| **b == b'\n')
             .count();
         assert_eq!(written, 3);
+    }
+
+    #[test]
+    fn close_gives_up_on_a_stuck_sink_and_counts_what_it_abandoned() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, gate) = mpsc::channel();
+        let sink = Gated {
+            entered: Some(entered_tx),
+            gate: Some(gate),
+            out: Arc::default(),
+        };
+        let log = AuditLog::from_writer(sink, 8).expect("start writer");
+        log.write(&AuditRecord::new(Event::Request));
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("writer thread reached the sink");
+        for _ in 0..3 {
+            log.write(&AuditRecord::new(Event::Request));
+        }
+        assert_eq!(log.queued(), 4, "one in the stuck write, three queued");
+
+        let started = Instant::now();
+        let report = log.close_within(started + Duration::from_secs(60));
+        assert!(
+            started.elapsed() < STALL + Duration::from_secs(2),
+            "close waited {:?} on a stuck sink",
+            started.elapsed()
+        );
+        assert_eq!(
+            report,
+            CloseReport {
+                abandoned: 4,
+                lost_total: 4
+            }
+        );
+        drop(release);
+    }
+
+    #[test]
+    fn a_renamed_or_deleted_file_is_reopened_at_its_path() {
+        let path = temp_path("rotate.jsonl");
+        let rotated = temp_path("rotate.jsonl.1");
+        let log = AuditLog::file(&path).expect("open audit file");
+        let record = |generation| {
+            let mut rec = AuditRecord::new(Event::Request);
+            rec.policy_generation = Some(generation);
+            rec
+        };
+        let generations = |p: &Path| -> Vec<u64> {
+            read_lines(p)
+                .iter()
+                .filter_map(|r| r["policy_generation"].as_u64())
+                .collect()
+        };
+        let wait_for = |p: &Path, want: &[u64]| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(p).is_err() || generations(p) != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never held {want:?}",
+                    p.display()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        log.write(&record(1));
+        wait_for(&path, &[1]);
+        std::fs::rename(&path, &rotated).expect("rename");
+        log.reopen();
+        log.write(&record(2));
+        wait_for(&path, &[2]);
+        std::fs::remove_file(&path).expect("delete");
+        // Found by the writer's own check, without a signal.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut next = 3;
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "not recreated");
+            log.write(&record(next));
+            next += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(log);
+        assert_eq!(generations(&rotated), [1]);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&rotated);
     }
 }

@@ -5,14 +5,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::audit::AuditCounters;
+use super::diag::DiagStats;
 use super::{Decision, Listener, ReloadResult, label_enum};
 
 /// `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
@@ -178,6 +181,24 @@ pub struct Metrics {
     policy_reloads: Family<ReloadLabels, Counter>,
     policy_generation: Gauge,
     policy_rules: Family<ClientLabels, Gauge>,
+    audit: AuditCounters,
+}
+
+/// `log_lines_dropped_total`, read from the diagnostic writer's counters at scrape time.
+#[derive(Debug)]
+struct LogLinesDropped(DiagStats);
+
+impl Collector for LogLinesDropped {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let counter = ConstCounter::new(self.0.dropped());
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Diagnostic lines lost because stderr did not keep up",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
 }
 
 impl Metrics {
@@ -192,6 +213,7 @@ impl Metrics {
         let policy_reloads: Family<ReloadLabels, Counter> = Family::default();
         let policy_generation = Gauge::default();
         let policy_rules = Family::default();
+        let audit = AuditCounters::default();
 
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -237,6 +259,17 @@ impl Metrics {
             policy_rules.clone(),
         );
 
+        registry.register(
+            "audit_records_dropped",
+            "Audit records lost: queue full, write errors, or abandoned at exit",
+            audit.dropped.clone(),
+        );
+        registry.register(
+            "audit_queue_records",
+            "Audit records waiting for the writer",
+            audit.queued.clone(),
+        );
+
         // Known label sets start at zero so rate() and absent() work before the first event.
         for result in [ReloadResult::Ok, ReloadResult::Error] {
             drop(policy_reloads.get_or_create(&ReloadLabels { result }));
@@ -260,7 +293,20 @@ impl Metrics {
             policy_reloads,
             policy_generation,
             policy_rules,
+            audit,
         }
+    }
+
+    /// Exports the diagnostic log's losses as `log_lines_dropped_total`.
+    pub fn with_diagnostics(mut self, stats: DiagStats) -> Self {
+        self.registry
+            .register_collector(Box::new(LogLinesDropped(stats)));
+        self
+    }
+
+    /// The audit log's counters, registered here.
+    pub fn audit_counters(&self) -> AuditCounters {
+        self.audit.clone()
     }
 
     /// The capped `destination` label for `host` (what the other methods record).
@@ -444,6 +490,8 @@ mod tests {
             r#"portcullis_policy_rules{client="payments"} 3"#,
             r#"portcullis_policy_rules{client="default"} 5"#,
             "# TYPE portcullis_upstream_connect_seconds histogram",
+            "portcullis_audit_records_dropped_total 0",
+            "portcullis_audit_queue_records 0",
             "# EOF",
         ] {
             assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
@@ -457,6 +505,26 @@ mod tests {
         assert!(lines.contains(&r#"portcullis_policy_rules{client="default"} 4"#));
         assert!(!text.contains(r#"portcullis_policy_rules{client="payments"}"#));
         assert!(lines.contains(&"portcullis_policy_generation 8"));
+    }
+
+    #[test]
+    fn log_and_audit_losses_are_exported() {
+        let diagnostics = super::super::diag::Diagnostics::stderr().expect("stderr writer");
+        let m = Metrics::new(10).with_diagnostics(diagnostics.stats());
+        let audit = m.audit_counters();
+        audit.dropped.inc_by(3);
+        audit.queued.set(7);
+        let text = m.encode();
+        let lines = metric_lines(&text);
+        for expected in [
+            "# TYPE portcullis_log_lines_dropped counter",
+            "portcullis_log_lines_dropped_total 0",
+            "portcullis_audit_records_dropped_total 3",
+            "# TYPE portcullis_audit_queue_records gauge",
+            "portcullis_audit_queue_records 7",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! metric label and an audit field can never spell the same thing two ways.
 
 pub mod audit;
+pub mod diag;
 pub mod metrics;
 
 /// Declares a closed set of label values with one spelling, used by metrics and the audit log.
