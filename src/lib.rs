@@ -187,7 +187,8 @@ pub async fn run(args: RunArgs, shutdown: impl Future<Output = ()>) -> Result<()
         }
     };
     spawn_accept_loops(&shared, &accepting, data_listeners);
-    let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
+    let reloader = reload::Reloader::start(shared.clone(), args.policy.clone(), hup).await;
+    let reloader = tokio::spawn(reloader.run());
     shared.set_ready(true);
     tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
 

@@ -13,6 +13,7 @@ mod proxy_limits;
 mod proxy_telemetry;
 mod redirect;
 mod reload;
+mod reload_watch;
 mod soak;
 mod suggest;
 mod support;
