@@ -205,7 +205,8 @@ pub async fn run(
         }
     };
     spawn_accept_loops(&shared, &accepting, data_listeners);
-    let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
+    let reloader = reload::Reloader::start(shared.clone(), args.policy.clone(), hup).await;
+    let reloader = tokio::spawn(reloader.run());
     let loss_reporter = tokio::spawn(report_audit_losses(shared.audit.clone()));
     shared.set_ready(true);
     tracing::info!(policy = %args.policy.display(), generation = 1, "ready");

@@ -1,18 +1,22 @@
-//! Hot reload: watch the policy's directory and SIGHUP, compile off the data
-//! path, swap atomically, and (optionally) cut tunnels the new policy denies.
+//! Hot reload: watch the policy's symlink chain and SIGHUP, compile off the
+//! data path, swap atomically, and (optionally) cut tunnels the new policy
+//! denies.
+//!
+//! A file written in place is taken when its writer closes it, never while
+//! it is being written ([`watch`] says which events mean "complete"); a
+//! rename-replace or a symlink swap is taken at once.
+
+mod watch;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use notify_debouncer_full::notify::RecursiveMode;
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::Signal;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::render;
@@ -20,9 +24,11 @@ use crate::policy::{Host, Policy, diff};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::ReloadResult;
 use crate::telemetry::audit::{AuditRecord, ReloadDetails};
+use watch::{Due, Events, PolicyWatch};
 
-/// Editors and ConfigMap swaps touch several files at once: wait for quiet.
-const DEBOUNCE: Duration = Duration::from_millis(25);
+/// Editors and ConfigMap swaps touch several names at once: let a burst of
+/// events land before acting on it.
+const BURST: Duration = Duration::from_millis(25);
 
 /// Hex SHA-256 of the policy file's bytes, recorded with each generation.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -32,82 +38,160 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Watches the directory (not the file: editors replace files by rename,
-/// and Kubernetes swaps a `..data` symlink) and pokes `tx` after each burst.
-fn watch(
-    path: &Path,
-    tx: mpsc::Sender<()>,
-) -> Result<Debouncer<notify_debouncer_full::notify::RecommendedWatcher, RecommendedCache>, String>
-{
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_os_string());
-    // The policy itself, or Kubernetes' `..data` / `..2026_...` swap; not
-    // unrelated files (an audit log written next to the policy, say).
-    let relevant = move |p: &Path| {
-        p.file_name()
-            .is_some_and(|f| Some(f) == name.as_deref() || f.as_encoded_bytes().starts_with(b".."))
-    };
-    let mut debouncer = new_debouncer(DEBOUNCE, None, move |res: DebounceEventResult| {
-        let Ok(events) = res else { return };
-        if events
-            .iter()
-            .flat_map(|e| e.paths.iter())
-            .any(|p| relevant(p))
-        {
-            // A full channel already holds a pending reload: nothing is lost.
-            let _ = tx.try_send(());
-        }
-    })
-    .map_err(|e| e.to_string())?;
-    debouncer
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    Ok(debouncer)
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// SIGHUP: take the file as it is now, and report it even if it is still missing.
+    Signal,
+    /// A watch event said the file is complete.
+    Watch,
 }
 
-/// Reloads on file changes and on SIGHUP until the proxy drains.
-pub async fn run(shared: Arc<Shared>, path: PathBuf, mut hup: Signal) {
-    let mut last = shared.policy.load().sha256.clone();
-    let (tx, mut rx) = mpsc::channel(1);
-    let _watcher = match watch(&path, tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the policy directory; reload with SIGHUP");
-            None
-        }
-    };
-    loop {
-        tokio::select! {
-            Some(()) = rx.recv() => reload(&shared, &path, &mut last, false).await,
-            Some(()) = hup.recv() => {
-                // Before the reload's own record, so that record already goes to the new file.
-                shared.audit.reopen();
-                reload(&shared, &path, &mut last, true).await
+/// The reload loop, its watch in place.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    hup: Signal,
+    watch: Option<Arc<Mutex<PolicyWatch>>>,
+}
+
+impl Reloader {
+    /// Starts watching `path`; changes made once this returns are seen.
+    pub async fn start(shared: Arc<Shared>, path: PathBuf, hup: Signal) -> Reloader {
+        let watch = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || PolicyWatch::new(&path)).await
+        };
+        let watch = match watch {
+            Ok(Ok(w)) => Some(Arc::new(Mutex::new(w))),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot watch the policy; reload with SIGHUP");
+                None
             }
-            () = shared.draining.cancelled() => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the policy watch; reload with SIGHUP");
+                None
+            }
+        };
+        Reloader {
+            shared,
+            path,
+            hup,
+            watch,
         }
     }
+
+    /// Reloads on file changes and on SIGHUP until the proxy drains.
+    pub async fn run(mut self) {
+        let (shared, path) = (&self.shared, self.path.as_path());
+        let events = self.watch.as_ref().map(|w| lock(w).events());
+        // Reported once per disappearance (SIGHUP reports it again).
+        let mut gone = false;
+        loop {
+            let settle = events.as_ref().and_then(Events::settle_at);
+            let work = tokio::select! {
+                () = changed(events.as_ref()) => {
+                    tokio::time::sleep(BURST).await;
+                    events.as_ref().and_then(Events::due).map(Work::Watch)
+                }
+                () = sleep_until(settle), if settle.is_some() => {
+                    events.as_ref().and_then(Events::due).map(Work::Watch)
+                }
+                Some(()) = self.hup.recv() => Some(Work::Signal),
+                () = shared.draining.cancelled() => return,
+            };
+            let Some(work) = work else { continue };
+            // Before the read, so that no change after it goes unseen.
+            if let Some(w) = &self.watch {
+                refresh(w).await;
+            }
+            match work {
+                Work::Watch(Due::Take) => reload(shared, path, Trigger::Watch, &mut gone).await,
+                Work::Watch(Due::Recheck) => recheck(shared, path, &mut gone).await,
+                Work::Signal => {
+                    // Before the reload's own record, so that record already goes to the new file.
+                    shared.audit.reopen();
+                    reload(shared, path, Trigger::Signal, &mut gone).await
+                }
+            }
+        }
+    }
+}
+
+/// What the reload loop was woken for.
+enum Work {
+    Watch(Due),
+    Signal,
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn changed(events: Option<&Events>) {
+    match events {
+        Some(e) => e.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock(watch: &Mutex<PolicyWatch>) -> std::sync::MutexGuard<'_, PolicyWatch> {
+    watch.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Follows the chain again and moves the watches, off the event loop.
+async fn refresh(watch: &Arc<Mutex<PolicyWatch>>) {
+    let watch = watch.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || lock(&watch).refresh()).await {
+        tracing::error!(error = %e, "policy watch refresh failed");
+    }
+}
+
+/// A name on the chain went away: report the policy gone if it is.
+async fn recheck(shared: &Shared, path: &Path, gone: &mut bool) {
+    // Still there, a writer may be filling a new file: its close is what
+    // makes it count. Unreadable: the next read reports it.
+    if let Err(e) = tokio::fs::metadata(path).await
+        && e.kind() == std::io::ErrorKind::NotFound
+        && !std::mem::replace(gone, true)
+    {
+        policy_gone(shared, path, &e);
+    }
+}
+
+fn policy_gone(shared: &Shared, path: &Path, e: &std::io::Error) {
+    tracing::warn!(path = %path.display(), error = %e, "the policy file is gone; keeping the last good policy");
+    let current = shared.policy.load();
+    reload_failed(shared, path, &current, None, format!("cannot read: {e}"));
 }
 
 /// Reads, compiles and swaps in the policy at `path`. A file that does not
-/// compile is logged with every line and column, counted, and ignored. Bytes
-/// already tried (`last`, good or bad) are skipped unless `forced` (SIGHUP).
-pub async fn reload(shared: &Arc<Shared>, path: &Path, last: &mut String, forced: bool) {
+/// compile is logged with every line and column, counted, and ignored.
+/// Content equal to the policy in force is `unchanged`: counted and
+/// audited, and the generation stays.
+async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut bool) {
     let current = shared.policy.load_full();
     let bytes = match tokio::fs::read(path).await {
         Ok(b) => b,
-        // Mid-swap, the file can be missing for a moment; the next event retries.
-        Err(e) if !forced && e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) => return reload_failed(shared, path, &current, format!("cannot read: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !std::mem::replace(gone, true) || trigger == Trigger::Signal {
+                policy_gone(shared, path, &e);
+            }
+            return;
+        }
+        Err(e) => {
+            let error = format!("cannot read: {e}");
+            return reload_failed(shared, path, &current, None, error);
+        }
     };
+    *gone = false;
     let sha = sha256_hex(&bytes);
-    if sha == *last && !forced {
-        return;
+    if sha == current.sha256 {
+        return reload_unchanged(shared, path, &current, trigger);
     }
-    last.clone_from(&sha);
     let started = std::time::Instant::now();
     let compiled = tokio::task::spawn_blocking(move || {
         let text = String::from_utf8_lossy(&bytes);
@@ -126,9 +210,12 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path, last: &mut String, forced
                 .map(|p| render(path, p))
                 .collect::<Vec<_>>()
                 .join("; ");
-            return reload_failed(shared, path, &current, summary);
+            return reload_failed(shared, path, &current, Some(sha), summary);
         }
-        Err(e) => return reload_failed(shared, path, &current, format!("compiler panicked: {e}")),
+        Err(e) => {
+            let error = format!("compiler panicked: {e}");
+            return reload_failed(shared, path, &current, Some(sha), error);
+        }
     };
     let changes = diff::diff(&current.policy, &compiled.policy);
     let generation = current.generation + 1;
@@ -139,9 +226,9 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path, last: &mut String, forced
         sha256: sha.clone(),
     });
     shared.policy.store(next.clone());
-    shared.metrics.policy_reload(true);
+    shared.metrics.policy_reload(ReloadResult::Ok);
     shared.metrics.set_policy(generation, &rules);
-    tracing::info!(generation, sha256 = %sha, compile_ms, changed_clients = changes.len(), "policy reloaded");
+    tracing::info!(generation, sha256 = %sha, compile_ms, changed_clients = changes.len(), ?trigger, "policy reloaded");
     let details = ReloadDetails {
         result: ReloadResult::Ok,
         path: Some(path.display().to_string()),
@@ -161,12 +248,35 @@ pub async fn reload(shared: &Arc<Shared>, path: &Path, last: &mut String, forced
     }
 }
 
-fn reload_failed(shared: &Shared, path: &Path, current: &Snapshot, error: String) {
-    shared.metrics.policy_reload(false);
+fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: Trigger) {
+    shared.metrics.policy_reload(ReloadResult::Unchanged);
+    tracing::info!(generation = current.generation, sha256 = %current.sha256, ?trigger, "policy unchanged");
+    let details = ReloadDetails {
+        result: ReloadResult::Unchanged,
+        path: Some(path.display().to_string()),
+        sha256: Some(current.sha256.clone()),
+        rules: Some(current.policy.rule_counts().iter().map(|(_, n)| n).sum()),
+        error: None,
+        changes: None,
+    };
+    shared.audit.write(&AuditRecord::policy_reload(
+        Some(current.generation),
+        details,
+    ));
+}
+
+fn reload_failed(
+    shared: &Shared,
+    path: &Path,
+    current: &Snapshot,
+    sha256: Option<String>,
+    error: String,
+) {
+    shared.metrics.policy_reload(ReloadResult::Error);
     let details = ReloadDetails {
         result: ReloadResult::Error,
         path: Some(path.display().to_string()),
-        sha256: None,
+        sha256,
         rules: None,
         error: Some(error),
         changes: None,

@@ -271,7 +271,11 @@ impl Metrics {
         );
 
         // Known label sets start at zero so rate() and absent() work before the first event.
-        for result in [ReloadResult::Ok, ReloadResult::Error] {
+        for result in [
+            ReloadResult::Ok,
+            ReloadResult::Error,
+            ReloadResult::Unchanged,
+        ] {
             drop(policy_reloads.get_or_create(&ReloadLabels { result }));
         }
         for listener in [
@@ -376,12 +380,7 @@ impl Metrics {
     }
 
     /// Counts one reload attempt.
-    pub fn policy_reload(&self, ok: bool) {
-        let result = if ok {
-            ReloadResult::Ok
-        } else {
-            ReloadResult::Error
-        };
+    pub fn policy_reload(&self, result: ReloadResult) {
         self.policy_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
@@ -468,8 +467,8 @@ mod tests {
         m.tunnel_bytes("payments", "api.stripe.com", 100, 2048);
         m.upstream_connect("api.stripe.com", Duration::from_millis(3));
         m.dns_lookup(DnsResult::NxDomain, Duration::from_millis(2));
-        m.policy_reload(true);
-        m.policy_reload(false);
+        m.policy_reload(ReloadResult::Ok);
+        m.policy_reload(ReloadResult::Error);
         m.set_policy(7, &[("payments".into(), 3), ("default".into(), 5)]);
         let guard = m.connection_opened(Listener::TransparentHttp);
 

@@ -78,8 +78,10 @@ label_enum! {
     ReloadResult {
         /// The new policy was swapped in.
         Ok => "ok",
-        /// The file was invalid; the last good policy stays.
+        /// The file was invalid or gone; the last good policy stays.
         Error => "error",
+        /// The content equals the policy in force; the generation stays.
+        Unchanged => "unchanged",
     }
 }
 

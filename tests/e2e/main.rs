@@ -14,6 +14,7 @@ mod proxy_limits;
 mod proxy_telemetry;
 mod redirect;
 mod reload;
+mod reload_watch;
 mod sinks;
 mod soak;
 mod suggest;
