@@ -50,7 +50,7 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
     for path in &args.paths {
         let (diags, rules) = match load_policy(path) {
             Ok(c) => {
-                let rules = c.policy.rule_counts().iter().map(|(_, n)| n).sum::<usize>();
+                let rules = c.policy.rule_count();
                 (c.warnings(), Some(rules))
             }
             Err(errors) => (errors, None),

@@ -153,7 +153,7 @@ pub async fn run(
         max_connections: budget.max_connections,
         max_connections_per_client: args.max_connections_per_client,
     };
-    let rules: usize = compiled.policy.rule_counts().iter().map(|(_, n)| n).sum();
+    let rules = compiled.policy.rule_count();
     let snapshot = Snapshot {
         policy: compiled.policy,
         generation: 1,

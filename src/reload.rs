@@ -220,6 +220,7 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
     let changes = diff::diff(&current.policy, &compiled.policy);
     let generation = current.generation + 1;
     let rules = compiled.policy.rule_counts();
+    let rule_count = compiled.policy.rule_count();
     let next = Arc::new(Snapshot {
         policy: compiled.policy,
         generation,
@@ -233,7 +234,7 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
         result: ReloadResult::Ok,
         path: Some(path.display().to_string()),
         sha256: Some(sha),
-        rules: Some(rules.iter().map(|(_, n)| n).sum()),
+        rules: Some(rule_count),
         error: None,
         changes: serde_json::to_value(&changes).ok(),
     };
@@ -255,7 +256,7 @@ fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: T
         result: ReloadResult::Unchanged,
         path: Some(path.display().to_string()),
         sha256: Some(current.sha256.clone()),
-        rules: Some(current.policy.rule_counts().iter().map(|(_, n)| n).sum()),
+        rules: Some(current.policy.rule_count()),
         error: None,
         changes: None,
     };

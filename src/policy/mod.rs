@@ -286,6 +286,14 @@ impl Policy {
         }
     }
 
+    /// Number of rules in the policy: top-level allow and deny rules once,
+    /// plus each client's own allow rules (the `rules` of audit records and
+    /// `check --format json`).
+    pub fn rule_count(&self) -> usize {
+        let clients: usize = self.clients.iter().flatten().map(|c| c.allow.len()).sum();
+        self.allow.len() + self.deny.len() + clients
+    }
+
     /// Number of allow rules that apply to each client (`policy_rules` metric).
     /// The pseudo-client `default` counts the top-level rules.
     pub fn rule_counts(&self) -> Vec<(String, usize)> {

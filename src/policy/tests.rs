@@ -695,3 +695,15 @@ proptest! {
         let _ = parse_destination(&raw);
     }
 }
+
+/// Top-level rules count once, not once per client (a 3-rule policy with
+/// two clients used to report 7 or more).
+#[test]
+fn rule_count_counts_each_rule_once() {
+    let p = policy(
+        "version: 1\nallow: [a.example, b.example]\ndeny: [c.example]\nclients:\n  - name: one\n    sources: [10.0.0.0/8]\n  - name: two\n    sources: [192.168.0.0/16]\n    allow: [d.example]\n",
+    );
+    assert_eq!(p.rule_count(), 4);
+    let top_only = policy("version: 1\nallow: [a.example, b.example]\ndeny: [c.example]\n");
+    assert_eq!(top_only.rule_count(), 3);
+}

@@ -314,3 +314,16 @@ async fn environment_configuration_and_audit_records_on_stdout() {
         "PORTCULLIS_NAMESERVERS was used"
     );
 }
+
+/// The first `policy_reload` record counts each rule once: top-level rules
+/// are not counted again for every client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_record_counts_each_rule_once() {
+    let dns = TestDns::start().await;
+    let policy = "version: 1\nallow: [a.test, b.test]\ndeny: [c.test]\nclients:\n  - name: one\n    sources: [127.0.0.0/8]\n  - name: two\n    sources: [\"::1/128\"]\n";
+    let proxy = Proxy::start(policy, dns.addr(), &[]).await;
+    let rec = proxy
+        .wait_audit(|r| r["event"] == "policy_reload", Duration::from_secs(10))
+        .await;
+    assert_eq!(rec["rules"], 3, "{rec}");
+}
