@@ -54,7 +54,7 @@ pub struct SuggestArgs {
     pub min_count: u64,
     /// `auto`: 3+ names below one domain become `*.domain` (never over a public suffix or a shared-tenant domain); `none`: exact names only.
     #[arg(long, value_enum, default_value = "auto")]
-    pub collapse: crate::suggest::Collapse,
+    pub collapse: crate::cmd::suggest::Collapse,
 }
 
 #[derive(Debug, Args)]

@@ -11,24 +11,24 @@
 //! - [`tunnel`]: relay bytes with counting and an idle timeout.
 //! - [`telemetry`]: Prometheus metrics and the JSON audit log, on the side.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`cli`] and [`commands`]: flags, `check` and `explain`.
+//! - [`cli`]: flags; [`cmd`]: the subcommands (`check`, `explain`, `diff`,
+//!   `health`, `suggest`); [`policy_file`]: reading and hashing policy files.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod cli;
-pub mod commands;
+pub mod cmd;
 pub mod dial;
-pub mod health;
 pub mod listener;
 pub mod policy;
+pub mod policy_file;
 pub mod reload;
 pub mod resolve;
 pub mod schema;
 #[cfg(all(feature = "splice", target_os = "linux"))]
 mod splice;
 pub mod state;
-pub mod suggest;
 pub mod telemetry;
 pub mod tls_peek;
 pub mod tunnel;
@@ -86,7 +86,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let (compiled, sha256) =
-        commands::load_policy_with_hash(&args.policy).map_err(|problems| RunError::Policy {
+        policy_file::load_policy_with_hash(&args.policy).map_err(|problems| RunError::Policy {
             path: args.policy.clone(),
             problems,
         })?;

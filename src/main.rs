@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use portcullis::cli::{Cli, Command, LogFormat, RunArgs};
 use portcullis::telemetry::diag::{DiagStats, Diagnostics};
-use portcullis::{RunError, commands};
+use portcullis::{RunError, cmd, policy_file};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -15,24 +15,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Check(args) => commands::check(&args, &mut std::io::stdout().lock()),
-        Command::Explain(args) => commands::explain(
+        Command::Check(args) => cmd::check(&args, &mut std::io::stdout().lock()),
+        Command::Explain(args) => cmd::explain(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
-        Command::Diff(args) => commands::diff(
+        Command::Diff(args) => cmd::diff(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
-        Command::Health(args) => portcullis::health::check(
+        Command::Health(args) => cmd::health::check(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
         Command::Schema(_) => portcullis::schema::print(&mut std::io::stdout().lock()),
-        Command::Suggest(args) => portcullis::suggest::run(
+        Command::Suggest(args) => cmd::suggest::run(
             &args,
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("portcullis: {e}");
-            ExitCode::from(commands::exit::USAGE as u8)
+            ExitCode::from(cmd::exit::USAGE as u8)
         }
     }
 }
@@ -84,7 +84,7 @@ fn serve(args: RunArgs, diagnostics: DiagStats) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::Policy { problems, .. }) => {
             for p in &problems {
-                eprintln!("{}", commands::render(&policy, p));
+                eprintln!("{}", policy_file::render(&policy, p));
             }
             tracing::error!(policy = %policy.display(), errors = problems.len(), "policy does not load; not starting");
             ExitCode::FAILURE

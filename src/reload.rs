@@ -15,12 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::render;
 use crate::policy::{Host, Policy, diff};
+use crate::policy_file::{render, sha256_hex};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::ReloadResult;
 use crate::telemetry::audit::{AuditRecord, ReloadDetails};
@@ -29,14 +28,6 @@ use watch::{Due, Events, PolicyWatch};
 /// Editors and ConfigMap swaps touch several names at once: let a burst of
 /// events land before acting on it.
 const BURST: Duration = Duration::from_millis(25);
-
-/// Hex SHA-256 of the policy file's bytes, recorded with each generation.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,7 +37,7 @@ pub fn policy_schema_json() -> String {
 /// `portcullis schema`: print the schema on `out`.
 pub fn print(out: &mut impl Write) -> std::io::Result<i32> {
     out.write_all(policy_schema_json().as_bytes())?;
-    Ok(crate::commands::exit::OK)
+    Ok(crate::cmd::exit::OK)
 }
 
 /// `version: 1`.

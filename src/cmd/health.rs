@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::cli::HealthArgs;
-use crate::commands::exit;
+use crate::cmd::exit;
 
 /// The path asked: 200 once a policy is loaded and listeners are bound, 503 while draining.
 pub const PATH: &str = "/readyz";

@@ -1,12 +1,12 @@
-//! `portcullis check` and `portcullis explain`: the policy core, driven from files.
+//! `portcullis check`, `explain` and `diff`: the policy core, driven from files.
 
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::Path;
 
 use crate::cli::{CheckArgs, DiffArgs, ExplainArgs, OutputFormat};
 use crate::policy::host::split_host_port;
-use crate::policy::{Diagnostic, Host, Policy, Severity, Verdict};
+use crate::policy::{Host, Policy, Severity, Verdict};
+use crate::policy_file::{load_policy, render};
 
 /// Exit codes shared by the subcommands.
 pub mod exit {
@@ -14,33 +14,6 @@ pub mod exit {
     pub const INVALID: i32 = 1;
     pub const USAGE: i32 = 2;
     pub const DENY: i32 = 3;
-}
-
-/// Reads and compiles a policy file; `Err` holds every problem found.
-pub fn load_policy(path: &Path) -> Result<crate::policy::Compiled, Vec<Diagnostic>> {
-    load_policy_with_hash(path).map(|(c, _)| c)
-}
-
-/// Like [`load_policy`], with the SHA-256 of the file's bytes.
-pub fn load_policy_with_hash(
-    path: &Path,
-) -> Result<(crate::policy::Compiled, String), Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic {
-            severity: Severity::Error,
-            line: 1,
-            column: 1,
-            message: format!("cannot read the policy file: {e}"),
-            hint: None,
-        }]
-    })?;
-    let sha = crate::reload::sha256_hex(text.as_bytes());
-    Policy::from_yaml(&text).map(|c| (c, sha))
-}
-
-/// `PATH:LINE:COLUMN: severity: message (hint: ...)`.
-pub fn render(path: &Path, d: &Diagnostic) -> String {
-    format!("{}:{d}", path.display())
 }
 
 pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {

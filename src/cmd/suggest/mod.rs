@@ -21,9 +21,10 @@ use serde_json::Value;
 pub use collapse::{COLLAPSE_MIN_NAMES, Dest, Seen, Suggestion, collapse};
 
 use crate::cli::SuggestArgs;
-use crate::commands::{exit, load_policy, render as render_diagnostic};
+use crate::cmd::exit;
 use crate::policy::ruleset::Target;
 use crate::policy::{Host, Policy, Reason, Verdict};
+use crate::policy_file::{load_policy, render as render_diagnostic};
 
 /// `--client` value that selects the top-level `allow` (as in `portcullis diff`).
 pub const EVERYONE: &str = crate::policy::diff::EVERYONE;
