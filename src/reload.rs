@@ -3,7 +3,7 @@
 //! denies.
 //!
 //! A file written in place is taken when its writer closes it, never while
-//! it is being written ([`watch`] says which events mean "complete"); a
+//! it is being written (the `watch` module says which events mean "complete"); a
 //! rename-replace or a symlink swap is taken at once.
 
 mod watch;
