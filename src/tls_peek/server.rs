@@ -36,6 +36,8 @@ pub struct ServerWatch {
     handshake: Vec<u8>,
     state: ServerState,
     retries: usize,
+    /// Bytes seen so far (only whether the stream's first two are in matters).
+    seen: usize,
 }
 
 impl Default for ServerWatch {
@@ -51,6 +53,7 @@ impl ServerWatch {
             handshake: Vec::new(),
             state: ServerState::Watching,
             retries: 0,
+            seen: 0,
         }
     }
 
@@ -76,6 +79,7 @@ impl ServerWatch {
         }
         self.tail.extend_from_slice(bytes);
         let state = self.records();
+        self.seen += bytes.len();
         self.settle(state);
         self.state
     }
@@ -89,7 +93,9 @@ impl ServerWatch {
     }
 
     fn records(&mut self) -> ServerState {
-        if let [first, second, ..] = *self.tail.as_slice()
+        // The stream's first two bytes, however they were read.
+        if self.seen < 2
+            && let [first, second, ..] = *self.tail.as_slice()
             && !starts_tls(first, second)
         {
             return ServerState::Opaque;
@@ -98,22 +104,23 @@ impl ServerWatch {
         while let Some(header) = self.tail.get(at..at + 5) {
             let (kind, major) = (header[0], header[1]);
             let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-            if major != 3 || len > MAX_RECORD {
+            let known = matches!(
+                kind,
+                CONTENT_HANDSHAKE | CONTENT_ALERT | CONTENT_CHANGE_CIPHER_SPEC
+            );
+            if !known || major != 3 || len > MAX_RECORD {
                 return ServerState::Opaque;
             }
             let Some(payload) = self.tail.get(at + 5..at + 5 + len) else {
                 break;
             };
-            match kind {
-                CONTENT_HANDSHAKE => {
-                    self.handshake.extend_from_slice(payload);
-                    let state = self.messages();
-                    if state != ServerState::Watching {
-                        return state;
-                    }
+            // An alert or ChangeCipherSpec is still no ServerHello.
+            if kind == CONTENT_HANDSHAKE {
+                self.handshake.extend_from_slice(payload);
+                let state = self.messages();
+                if state != ServerState::Watching {
+                    return state;
                 }
-                CONTENT_ALERT | CONTENT_CHANGE_CIPHER_SPEC => {}
-                _ => return ServerState::Opaque,
             }
             at += 5 + len;
         }

@@ -473,3 +473,21 @@ fn fuzz_seeds_are_current() {
         }
     }
 }
+
+/// Found by the `server_flight` fuzz target: a record header after a
+/// partial ServerHello was judged only when a read happened to start there.
+#[test]
+fn the_server_watch_judges_every_record_header_however_it_was_read() {
+    let mut bytes = records(&server_hello(false)[..18], 100);
+    bytes.extend_from_slice(&[0x03, 0x03, 0xcf, 0x21, 0xad, 0x74]);
+    let mut whole = ServerWatch::new();
+    whole.feed(&bytes);
+    for chunk in 1..bytes.len() {
+        let mut split = ServerWatch::new();
+        for part in bytes.chunks(chunk) {
+            split.feed(part);
+        }
+        assert_eq!(split.state(), whole.state(), "chunk {chunk}");
+    }
+    assert_eq!(whole.state(), ServerState::Opaque);
+}
