@@ -132,8 +132,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
 impl<B> Drop for Finishing<B> {
     fn drop(&mut self) {
         if let Some((mut ex, shared)) = self.exchange.take() {
-            ex.ingress = self.ingress.load(Ordering::Relaxed);
-            ex.egress = self.egress.load(Ordering::Relaxed);
+            ex.relayed(
+                self.egress.load(Ordering::Relaxed),
+                self.ingress.load(Ordering::Relaxed),
+            );
             ex.finish(&shared);
         }
     }

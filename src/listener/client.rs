@@ -118,7 +118,7 @@ fn conn_end(shared: &Shared, listener: Listener, peer: SocketAddr, res: Result<(
     };
     let mut ex = Exchange::new(listener, Event::Request, peer);
     ex.bad_request(&shared.policy.load());
-    ex.status = status;
+    ex.refused(Reason::BadRequest, status);
     ex.finish(shared);
 }
 
@@ -130,7 +130,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         Event::Request
     };
     let mut ex = Exchange::new(conn.listener, event, conn.peer);
-    ex.method = Some(req.method().as_str().to_string());
+    ex.requested(req.method().as_str());
     match (conn.listener, req.method()) {
         (Listener::Explicit, &Method::CONNECT) => connect::connect(conn, snap, ex, req).await,
         // A redirected client speaks to the origin: CONNECT makes no sense there.
@@ -144,9 +144,8 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
 
 /// Ends the exchange with an error response.
 pub(super) fn refuse(shared: &Shared, mut ex: Exchange, reason: Reason) -> Response<Body> {
-    ex.reason = reason;
     let resp = error_response(reason);
-    ex.status = Some(resp.status().as_u16());
+    ex.refused(reason, Some(resp.status().as_u16()));
     ex.finish(shared);
     resp
 }
@@ -163,7 +162,7 @@ pub(super) fn decide_target(
         Some((Host::parse(h).ok()?, p.or(default_port)?))
     });
     let Some((host, port)) = parsed else {
-        if ex.host.is_none() {
+        if ex.host().is_none() {
             ex.target_raw(authority, None);
         }
         ex.bad_request(snap);

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use super::client::{Conn, decide_target, refuse};
 use super::{Body, Exchange, full};
@@ -45,8 +46,8 @@ pub(super) async fn connect(
         Ok(up) => up,
         Err(reason) => return refuse(shared, ex, reason),
     };
-    ex.upstream = Some(upstream.addr);
-    ex.status = Some(200);
+    ex.dialed(upstream.addr);
+    ex.responded(200);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let slot = conn.slot.clone();
     let conn_peer = conn.peer;
@@ -90,24 +91,23 @@ pub(super) async fn connect(
                     Some(inspect),
                 )
                 .await;
-                match end {
-                    End::Aborted if !shared.abort.is_cancelled() => ex.reason = Reason::PolicyRevoked,
+                let cut = match end {
+                    End::Aborted if !shared.abort.is_cancelled() => Some(Reason::PolicyRevoked),
                     End::Refused(v) => {
-                        tracing::debug!(host = ?ex.host, reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
-                        ex.reason = v.reason;
+                        tracing::debug!(host = ?ex.host(), reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
+                        Some(v.reason)
                     }
-                    _ => {}
-                }
-                ex.sni = counters.sni.get().cloned();
-                tracing::debug!(host = ?ex.host, ?end, "tunnel closed");
-                ex.egress = counters.egress();
-                ex.ingress = counters.ingress();
+                    _ => None,
+                };
+                ex.saw_sni(counters.sni.get().cloned());
+                tracing::debug!(host = ?ex.host(), ?end, "tunnel closed");
+                ex.tunnel_ended(cut, &counters);
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
         ex.finish(&shared);
         drop(slot);
-    });
+    }.in_current_span());
     let mut resp = Response::new(full(""));
     resp.extensions_mut()
         .insert(ReasonPhrase::from_static(b"Connection Established"));

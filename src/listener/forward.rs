@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tracing::Instrument;
 
 use super::body::{Counting, Finishing, Watched};
 use super::client::{Conn, decide_target, refuse};
@@ -56,7 +57,6 @@ pub(super) async fn forward(
         Err(reason) => return refuse(shared, ex, reason),
     };
     if !host_header_agrees(req.headers(), &host, port, default_port) {
-        ex.reason = Reason::BadRequest;
         return refuse(shared, ex, Reason::BadRequest);
     }
     let key = format!("{host}:{port}");
@@ -73,7 +73,7 @@ pub(super) async fn forward(
             Err(reason) => return refuse(shared, ex, reason),
         },
     };
-    ex.upstream = Some(pooled.addr);
+    ex.dialed(pooled.addr);
     let egress = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -117,7 +117,7 @@ pub(super) async fn forward(
     put_upstream(&conn, pooled).await;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    ex.status = Some(parts.status.as_u16());
+    ex.responded(parts.status.as_u16());
     let body = Finishing::new(body, egress, ex, shared.clone()).boxed_unsync();
     Response::from_parts(parts, body)
 }
@@ -168,14 +168,17 @@ async fn handshake(shared: &Arc<Shared>, up: Upstream) -> Result<SendRequest<Ups
         .await
         .map_err(|e| tracing::debug!(error = %e, "upstream handshake failed"))?;
     let abort = shared.abort.clone();
-    shared.tracker.spawn(async move {
-        tokio::select! {
-            res = connection => if let Err(e) = res {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            },
-            () = abort.cancelled() => {}
+    shared.tracker.spawn(
+        async move {
+            tokio::select! {
+                res = connection => if let Err(e) = res {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                },
+                () = abort.cancelled() => {}
+            }
         }
-    });
+        .in_current_span(),
+    );
     Ok(sender)
 }
 

@@ -1,18 +1,22 @@
-//! Listeners: accepting connections, and what every listener records about each exchange.
+//! Listeners: accepting connections (each in its own tracing span) and answering refusals.
 //!
 //! [`client`] serves HTTP/1 connections (explicit and transparent), handing
 //! CONNECT to `connect` and other requests to `forward`; [`tls`] is the
-//! transparent TLS listener.
+//! transparent TLS listener; [`Exchange`] is what each of them records.
 
 pub mod body;
 pub mod client;
 mod connect;
+mod exchange;
 mod forward;
 pub mod tls;
 
+pub use exchange::Exchange;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -20,12 +24,13 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
-use crate::policy::{Decision, Host, Reason, Verdict};
-use crate::state::{ConnSlot, Shared, Snapshot};
-use crate::telemetry::audit::{AuditRecord, Event};
+use crate::policy::Reason;
+use crate::state::{ConnSlot, Shared};
+use crate::telemetry::Listener;
+use crate::telemetry::audit::Event;
 use crate::telemetry::diag::RateLimit;
-use crate::telemetry::{self, Listener};
 
 /// Response bodies the proxy sends: its own short texts or a relayed origin body.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -59,172 +64,6 @@ pub fn error_response(reason: Reason) -> Response<Body> {
 
 fn error_body(reason: Reason) -> String {
     format!("portcullis: {}: {}\n", reason.as_str(), reason.message())
-}
-
-/// One decided connection or request, from accept to its audit record.
-pub struct Exchange {
-    started: Instant,
-    listener: Listener,
-    event: Event,
-    pub client_addr: SocketAddr,
-    pub method: Option<String>,
-    /// The destination as normalised, or as received when it did not parse.
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub sni: Option<String>,
-    pub decision: Option<Decision>,
-    /// Where the exchange ended: the decision's reason, or a later failure.
-    pub reason: Reason,
-    pub generation: Option<u64>,
-    has_clients: bool,
-    pub upstream: Option<SocketAddr>,
-    pub status: Option<u16>,
-    pub egress: u64,
-    pub ingress: u64,
-}
-
-impl Exchange {
-    pub fn new(listener: Listener, event: Event, client_addr: SocketAddr) -> Exchange {
-        Exchange {
-            started: Instant::now(),
-            listener,
-            event,
-            client_addr,
-            method: None,
-            host: None,
-            port: None,
-            sni: None,
-            decision: None,
-            reason: Reason::BadRequest,
-            generation: None,
-            has_clients: false,
-            upstream: None,
-            status: None,
-            egress: 0,
-            ingress: 0,
-        }
-    }
-
-    /// Records the destination as received, before it is known to be valid.
-    pub fn target_raw(&mut self, host: &str, port: Option<u16>) {
-        const MAX: usize = 512;
-        let mut end = host.len().min(MAX);
-        while !host.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.host = Some(host[..end].to_string());
-        self.port = port;
-    }
-
-    /// Decides `host:port` on `snap` and records the outcome.
-    pub fn decide(&mut self, snap: &Snapshot, host: &Host, port: u16) -> &Decision {
-        self.host = Some(host.to_string());
-        self.port = Some(port);
-        self.generation = Some(snap.generation);
-        self.has_clients = snap.policy.clients.is_some();
-        let decision = snap.policy.decide(self.client_addr.ip(), host, port);
-        self.reason = decision.reason;
-        self.decision.insert(decision)
-    }
-
-    /// Records a request too malformed to decide.
-    pub fn bad_request(&mut self, snap: &Snapshot) {
-        self.generation = Some(snap.generation);
-        self.has_clients = snap.policy.clients.is_some();
-        self.decision = Some(snap.policy.bad_request(self.client_addr.ip()));
-        self.reason = Reason::BadRequest;
-    }
-
-    /// Whether the traffic may go on (allow, or report).
-    pub fn permits(&self) -> bool {
-        self.decision.as_ref().is_some_and(|d| d.verdict.permits())
-    }
-
-    /// The verdict as audited: a guard refusal after resolution, or a request
-    /// that never reached a decision, is a deny.
-    fn verdict(&self) -> Verdict {
-        match (&self.decision, self.reason) {
-            (
-                _,
-                Reason::BlockedIp
-                | Reason::BadRequest
-                | Reason::Overloaded
-                | Reason::SniMismatch
-                | Reason::EchRefused
-                | Reason::NoSni
-                | Reason::PolicyRevoked
-                | Reason::TlsViolation,
-            ) => Verdict::Deny,
-            (Some(d), _) => d.verdict,
-            (None, _) => Verdict::Deny,
-        }
-    }
-
-    fn client_label(&self) -> &str {
-        match self.decision.as_ref().and_then(|d| d.client.as_deref()) {
-            Some(name) => name,
-            None if self.has_clients => "_unknown",
-            None => "default",
-        }
-    }
-
-    /// Writes the audit record and counts the exchange.
-    pub fn finish(self, shared: &Shared) {
-        let verdict = self.verdict();
-        let decision = telemetry::Decision::from(verdict);
-        let destination = match (&self.host, self.reason) {
-            (_, Reason::BadRequest) | (None, _) => "_invalid",
-            (Some(h), _) => h.as_str(),
-        };
-        let client = self.client_label().to_string();
-        let m = &shared.metrics;
-        m.request(
-            self.listener,
-            &client,
-            decision,
-            self.reason.as_str(),
-            destination,
-        );
-        if self.egress > 0 || self.ingress > 0 {
-            m.tunnel_bytes(&client, destination, self.egress, self.ingress);
-        }
-        let mut rec = AuditRecord::new(self.event);
-        rec.listener = Some(self.listener);
-        rec.client = self
-            .decision
-            .as_ref()
-            .and_then(|d| d.client.as_deref())
-            .map(str::to_string);
-        rec.client_addr = Some(self.client_addr);
-        rec.method = self.method;
-        rec.host = self.host;
-        rec.port = self.port;
-        rec.sni = self.sni;
-        rec.decision = Some(decision);
-        rec.reason = Some(self.reason.as_str());
-        rec.rule = self
-            .decision
-            .as_ref()
-            .and_then(|d| d.rule.as_deref())
-            .map(str::to_string);
-        rec.upstream_addr = self.upstream;
-        rec.status = self.status;
-        rec.bytes_egress = Some(self.egress);
-        rec.bytes_ingress = Some(self.ingress);
-        rec.duration_ms = Some(self.started.elapsed().as_millis() as u64);
-        rec.policy_generation = self.generation;
-        shared.audit.write(&rec);
-    }
-}
-
-impl From<Verdict> for telemetry::Decision {
-    fn from(v: Verdict) -> Self {
-        match v {
-            Verdict::Allow => telemetry::Decision::Allow,
-            Verdict::Deny => telemetry::Decision::Deny,
-            Verdict::Report => telemetry::Decision::Report,
-        }
-    }
 }
 
 /// The destination an iptables/nftables REDIRECT rule rewrote, when the
@@ -300,19 +139,34 @@ pub async fn accept_loop<F, Fut>(
             }
         };
         inherited.complete(&stream, peer);
+        let span = connection_span(kind, peer);
         match shared.try_slot(kind, peer.ip()) {
             Some(slot) => {
                 shared
                     .tracker
-                    .spawn(serve(shared.clone(), stream, peer, slot));
+                    .spawn(serve(shared.clone(), stream, peer, slot).instrument(span));
             }
             None => {
                 shared
                     .tracker
-                    .spawn(refuse_overloaded(shared.clone(), stream, peer, kind));
+                    .spawn(refuse_overloaded(shared.clone(), stream, peer, kind).instrument(span));
             }
         }
     }
+}
+
+/// The span every diagnostic line about one client connection is logged in,
+/// so that lines of concurrent connections can be told apart. At `debug`
+/// level only: with debug lines off it is disabled, and neither the id nor
+/// the fields are computed.
+fn connection_span(kind: Listener, peer: SocketAddr) -> tracing::Span {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    tracing::debug_span!(
+        "conn",
+        listener = kind.as_str(),
+        %peer,
+        id = NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Options every accepted connection gets. Set once on the listening
@@ -386,8 +240,7 @@ async fn refuse_overloaded(
     kind: Listener,
 ) {
     let mut ex = Exchange::new(kind, Event::Connection, peer);
-    ex.reason = Reason::Overloaded;
-    ex.status = Some(503);
+    ex.refused(Reason::Overloaded, Some(503));
     ex.finish(&shared);
     if kind == Listener::TransparentTls {
         return;

@@ -36,8 +36,8 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
         Ok(Ok(Err(v))) => {
             tracing::debug!(%peer, reason = v.reason.as_str(), cause = v.cause, "ClientHello refused on the transparent TLS listener");
             ex.bad_request(&snap);
-            ex.port = Some(port);
-            ex.sni = flight.last_sni().map(ToString::to_string);
+            ex.at_port(port);
+            ex.saw_sni(flight.last_sni().map(ToString::to_string));
             return refuse(&shared, ex, stream, v.reason, ACCESS_DENIED).await;
         }
         Ok(Err(_)) | Err(_) => None,
@@ -50,10 +50,10 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
     // An SNI is a name, never an address (RFC 6066 3): the inspector checked.
     let Some(host) = hello.sni else {
         ex.bad_request(&snap);
-        ex.port = Some(port);
+        ex.at_port(port);
         return refuse(&shared, ex, stream, Reason::NoSni, ACCESS_DENIED).await;
     };
-    ex.sni = Some(host.to_string());
+    ex.saw_sni(Some(host.to_string()));
     let decision = ex.decide(&snap, &host, port);
     if !decision.verdict.permits() {
         let reason = decision.reason;
@@ -70,7 +70,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
             return refuse(&shared, ex, stream, reason, description).await;
         }
     };
-    ex.upstream = Some(upstream.addr);
+    ex.dialed(upstream.addr);
     let counters = Counters::default();
     let client = tunnel::Client {
         stream,
@@ -90,18 +90,21 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
         Some(inspect),
     )
     .await;
-    match end {
+    let cut = match end {
         End::Refused(v) => {
             tracing::debug!(host = %host, reason = v.reason.as_str(), cause = v.cause, "transparent tunnel refused during the TLS handshake");
-            ex.reason = v.reason;
+            Some(v.reason)
         }
         End::Aborted => {
-            tracing::debug!(host = %host, "transparent tunnel cut at the drain timeout")
+            tracing::debug!(host = %host, "transparent tunnel cut at the drain timeout");
+            None
         }
-        End::Closed | End::Idle => tracing::debug!(host = %host, ?end, "transparent tunnel closed"),
-    }
-    ex.egress = counters.egress();
-    ex.ingress = counters.ingress();
+        End::Closed | End::Idle => {
+            tracing::debug!(host = %host, ?end, "transparent tunnel closed");
+            None
+        }
+    };
+    ex.tunnel_ended(cut, &counters);
     ex.finish(&shared);
     drop(slot);
 }
@@ -114,7 +117,7 @@ async fn refuse(
     reason: Reason,
     description: u8,
 ) {
-    ex.reason = reason;
+    ex.refused(reason, None);
     ex.finish(shared);
     let _ = stream.try_write(&tls_peek::alert(description));
     let _ = stream.shutdown().await;

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod diag;
+pub mod exchange;
 pub mod metrics;
 
 /// Declares a closed set of label values with one spelling, used by metrics and the audit log.
