@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::{Body, full};
-use crate::state::Shared;
-use crate::telemetry::metrics::CONTENT_TYPE;
+use crate::state::Lifecycle;
+use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
 
 /// Admin connections open at once. Counted in the open-files budget; when
 /// all are taken, the one idle longest is closed for a newcomer, so that a
@@ -24,7 +24,12 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// Serves admin requests until the process exits (it stays up while draining,
 /// so orchestrators can watch `/readyz` turn 503).
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    lifecycle: Lifecycle,
+    header_timeout: Duration,
+    listener: TcpListener,
+) {
     // Owned here: aborting this task closes every admin connection too.
     let mut conns = tokio::task::JoinSet::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -46,8 +51,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 }
             }
         };
-        let shared = shared.clone();
-        let header_timeout = shared.limits.header_timeout;
+        let (metrics, lifecycle) = (metrics.clone(), lifecycle.clone());
         let (id, close) = open.add();
         let open = open.clone();
         conns.spawn(async move {
@@ -55,10 +59,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let svc = service_fn({
                 let open = open.clone();
                 move |req| {
-                    let shared = shared.clone();
                     let busy = open.busy(id);
+                    let resp = route(&metrics, &lifecycle, &req);
                     async move {
-                        let resp = route(&shared, &req);
                         // Idle again once the response is written (or abandoned).
                         Ok::<_, Infallible>(resp.map(|body| {
                             body.map_frame(move |frame| {
@@ -170,20 +173,20 @@ impl Open {
     }
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+fn route(metrics: &Metrics, lifecycle: &Lifecycle, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut resp = Response::new(full(shared.metrics.encode()));
+            let mut resp = Response::new(full(metrics.encode()));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if shared.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" if shared.draining.is_cancelled() => {
+        "/readyz" if lifecycle.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if lifecycle.draining.is_cancelled() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),

@@ -159,16 +159,17 @@ pub async fn run(
         generation: 1,
         sha256: sha256.clone(),
     };
+    let dialer = dial::Dialer::new(resolver, own_addrs, limits.connect_timeout, metrics.clone());
+    let telemetry = telemetry::Telemetry { metrics, audit };
     let shared = Arc::new(Shared::new(
         snapshot,
-        resolver,
-        metrics,
-        audit,
+        dialer,
+        telemetry,
         limits,
-        own_addrs,
         args.revalidate_on_reload,
     ));
     shared
+        .telemetry
         .audit
         .write(&telemetry::audit::AuditRecord::policy_reload(
             Some(1),
@@ -182,7 +183,12 @@ pub async fn run(
             },
         ));
 
-    let admin_task = tokio::spawn(admin::serve(shared.clone(), admin));
+    let admin_task = tokio::spawn(admin::serve(
+        shared.telemetry.metrics.clone(),
+        shared.lifecycle.clone(),
+        shared.limits.header_timeout,
+        admin,
+    ));
     let data_listeners: Vec<(Listener, TcpListener)> = [
         Some((Listener::Explicit, explicit)),
         transparent_tls.map(|l| (Listener::TransparentTls, l)),
@@ -199,33 +205,34 @@ pub async fn run(
         Ok(workers) => workers,
         Err(e) => {
             // Threads already started stop accepting and end.
-            shared.draining.cancel();
+            shared.lifecycle.draining.cancel();
             stop_workers.cancel();
             return Err(e);
         }
     };
     spawn_accept_loops(&shared, &accepting, data_listeners);
     let reloader = tokio::spawn(reload::run(shared.clone(), args.policy.clone(), hup));
-    let loss_reporter = tokio::spawn(report_audit_losses(shared.audit.clone()));
-    shared.set_ready(true);
+    let loss_reporter = tokio::spawn(report_audit_losses(shared.telemetry.audit.clone()));
+    shared.lifecycle.set_ready(true);
     tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
 
     shutdown.await;
     // The final audit flush must end by then, leaving time for the last log lines.
     let exit_by = std::time::Instant::now() + args.drain_timeout + EXIT_MARGIN - LAST_WORDS;
     tracing::info!(drain_timeout = ?args.drain_timeout, "draining");
-    shared.draining.cancel();
+    let lifecycle = shared.lifecycle.clone();
+    lifecycle.draining.cancel();
     accepting.close();
     accepting.wait().await;
-    shared.tracker.close();
-    if tokio::time::timeout(args.drain_timeout, shared.tracker.wait())
+    lifecycle.tracker.close();
+    if tokio::time::timeout(args.drain_timeout, lifecycle.tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!("drain timeout reached; closing the connections still open");
-        shared.abort.cancel();
+        lifecycle.abort.cancel();
         // Give cut tunnels a moment to write their audit records.
-        let _ = tokio::time::timeout(Duration::from_secs(2), shared.tracker.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), lifecycle.tracker.wait()).await;
     }
     for task in [admin_task, reloader, loss_reporter] {
         task.abort();
@@ -240,7 +247,7 @@ pub async fn run(
         }
     })
     .await;
-    let audit = shared.audit.clone();
+    let audit = shared.telemetry.audit.clone();
     drop(shared);
     match Arc::try_unwrap(audit) {
         Ok(log) => {
@@ -329,7 +336,7 @@ fn start_workers(
                     }
                     spawn_accept_loops(&shared, &accepting, registered);
                     tokio::select! {
-                        () = shared.tracker.wait() => {}
+                        () = shared.lifecycle.tracker.wait() => {}
                         () = stop.cancelled() => {}
                     }
                 });

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::client::{Conn, decide_target, refuse};
 use super::{Body, Exchange, full};
-use crate::dial::{Upstream, dial};
+use crate::dial::Upstream;
 use crate::policy::Reason;
 use crate::state::Snapshot;
 use crate::tls_peek::{ClientFlight, Expect};
@@ -36,15 +36,15 @@ pub(super) async fn connect(
     let authority = authority.filter(|_| !declares_body);
     let Some(authority) = authority.filter(|_| req.uri().path_and_query().is_none()) else {
         ex.bad_request(&snap);
-        return refuse(shared, ex, Reason::BadRequest);
+        return refuse(&shared.telemetry, ex, Reason::BadRequest);
     };
     let (host, port) = match decide_target(&snap, &mut ex, &authority, None) {
         Ok(target) => target,
-        Err(reason) => return refuse(shared, ex, reason),
+        Err(reason) => return refuse(&shared.telemetry, ex, reason),
     };
-    let upstream = match dial(shared, &snap, &host, port).await {
+    let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
         Ok(up) => up,
-        Err(reason) => return refuse(shared, ex, reason),
+        Err(reason) => return refuse(&shared.telemetry, ex, reason),
     };
     ex.dialed(upstream.addr);
     ex.responded(200);
@@ -53,14 +53,15 @@ pub(super) async fn connect(
     let conn_peer = conn.peer;
     let target = host;
     let shared_task = shared.clone();
-    shared.tracker.spawn(async move {
+    shared.lifecycle.tracker.spawn(async move {
         let shared = shared_task;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let counters = Counters::default();
                 let Upstream { stream, .. } = upstream;
-                let cancel = shared.abort.child_token();
+                let cancel = shared.lifecycle.abort.child_token();
                 let _registration = shared
+                    .policy
                     .open_tunnels
                     .as_ref()
                     .map(|open| open.register(conn_peer.ip(), target.clone(), port, cancel.clone()));
@@ -78,7 +79,7 @@ pub(super) async fn connect(
                     Ok(parts) => tunnel::Client { stream: parts.io.into_inner(), prefix: parts.read_buf },
                     Err(_) => {
                         tracing::error!("CONNECT upgrade is not a TCP stream");
-                        ex.finish(&shared);
+                        ex.finish(&shared.telemetry);
                         return;
                     }
                 };
@@ -92,7 +93,7 @@ pub(super) async fn connect(
                 )
                 .await;
                 let cut = match end {
-                    End::Aborted if !shared.abort.is_cancelled() => Some(Reason::PolicyRevoked),
+                    End::Aborted if !shared.lifecycle.abort.is_cancelled() => Some(Reason::PolicyRevoked),
                     End::Refused(v) => {
                         tracing::debug!(host = ?ex.host(), reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
                         Some(v.reason)
@@ -105,7 +106,7 @@ pub(super) async fn connect(
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
-        ex.finish(&shared);
+        ex.finish(&shared.telemetry);
         drop(slot);
     }.in_current_span());
     let mut resp = Response::new(full(""));

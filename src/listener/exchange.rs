@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::policy::{Decision, Host, Reason, Verdict};
-use crate::state::{Shared, Snapshot};
-use crate::telemetry::Listener;
+use crate::state::Snapshot;
 use crate::telemetry::audit::Event;
 use crate::telemetry::exchange::Finished;
+use crate::telemetry::{Listener, Telemetry};
 use crate::tunnel::Counters;
 
 /// One decided connection or request, from accept to its audit record.
@@ -159,7 +159,7 @@ impl Exchange {
     }
 
     /// Writes the audit record and counts the exchange.
-    pub fn finish(self, shared: &Shared) {
+    pub fn finish(self, telemetry: &Telemetry) {
         let verdict = self.verdict();
         let (client, rule) = match self.decision {
             Some(d) => (d.client, d.rule),
@@ -185,6 +185,6 @@ impl Exchange {
             duration: self.started.elapsed(),
             generation: self.generation,
         };
-        finished.record(&shared.metrics, &shared.audit);
+        telemetry.record(finished);
     }
 }

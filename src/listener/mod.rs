@@ -28,9 +28,9 @@ use tracing::Instrument;
 
 use crate::policy::Reason;
 use crate::state::{ConnSlot, Shared};
-use crate::telemetry::Listener;
 use crate::telemetry::audit::Event;
 use crate::telemetry::diag::RateLimit;
+use crate::telemetry::{Listener, Telemetry};
 
 /// Response bodies the proxy sends: its own short texts or a relayed origin body.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -98,7 +98,7 @@ pub async fn accept_loop<F, Fut>(
     loop {
         let accepted = tokio::select! {
             biased;
-            () = shared.draining.cancelled() => return,
+            () = shared.lifecycle.draining.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -118,13 +118,16 @@ pub async fn accept_loop<F, Fut>(
                 // `accept` (and miss the drain) waiting for the next client.
                 let accepted = tokio::select! {
                     biased;
-                    () = shared.draining.cancelled() => return,
+                    () = shared.lifecycle.draining.cancelled() => return,
                     accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()) => accepted,
                 };
                 if let Ok(Ok((stream, peer))) = accepted {
-                    shared
-                        .tracker
-                        .spawn(refuse_overloaded(shared.clone(), stream, peer, kind));
+                    shared.lifecycle.tracker.spawn(refuse_overloaded(
+                        shared.telemetry.clone(),
+                        stream,
+                        peer,
+                        kind,
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 reserve = std::fs::File::open("/dev/null").ok();
@@ -140,16 +143,18 @@ pub async fn accept_loop<F, Fut>(
         };
         inherited.complete(&stream, peer);
         let span = connection_span(kind, peer);
-        match shared.try_slot(kind, peer.ip()) {
+        match shared.admission.try_slot(kind, peer.ip()) {
             Some(slot) => {
                 shared
+                    .lifecycle
                     .tracker
                     .spawn(serve(shared.clone(), stream, peer, slot).instrument(span));
             }
             None => {
-                shared
-                    .tracker
-                    .spawn(refuse_overloaded(shared.clone(), stream, peer, kind).instrument(span));
+                shared.lifecycle.tracker.spawn(
+                    refuse_overloaded(shared.telemetry.clone(), stream, peer, kind)
+                        .instrument(span),
+                );
             }
         }
     }
@@ -234,14 +239,14 @@ pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 /// client's request is drained briefly so that closing does not reset the
 /// connection before the client has read the answer.
 async fn refuse_overloaded(
-    shared: Arc<Shared>,
+    telemetry: Telemetry,
     mut stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
 ) {
     let mut ex = Exchange::new(kind, Event::Connection, peer);
     ex.refused(Reason::Overloaded, Some(503));
-    ex.finish(&shared);
+    ex.finish(&telemetry);
     if kind == Listener::TransparentTls {
         return;
     }

@@ -9,11 +9,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{Exchange, original_dst};
-use crate::dial::dial;
 use crate::policy::Reason;
 use crate::state::{ConnSlot, Shared};
-use crate::telemetry::Listener;
 use crate::telemetry::audit::Event;
+use crate::telemetry::{Listener, Telemetry};
 use crate::tls_peek::{
     self, ACCESS_DENIED, ClientFlight, Expect, INTERNAL_ERROR, read_first_flight,
 };
@@ -38,28 +37,28 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
             ex.bad_request(&snap);
             ex.at_port(port);
             ex.saw_sni(flight.last_sni().map(ToString::to_string));
-            return refuse(&shared, ex, stream, v.reason, ACCESS_DENIED).await;
+            return refuse(&shared.telemetry, ex, stream, v.reason, ACCESS_DENIED).await;
         }
         Ok(Err(_)) | Err(_) => None,
     };
     let Some(hello) = hello else {
         tracing::debug!(%peer, "no ClientHello on the transparent TLS listener");
         ex.bad_request(&snap);
-        return ex.finish(&shared);
+        return ex.finish(&shared.telemetry);
     };
     // An SNI is a name, never an address (RFC 6066 3): the inspector checked.
     let Some(host) = hello.sni else {
         ex.bad_request(&snap);
         ex.at_port(port);
-        return refuse(&shared, ex, stream, Reason::NoSni, ACCESS_DENIED).await;
+        return refuse(&shared.telemetry, ex, stream, Reason::NoSni, ACCESS_DENIED).await;
     };
     ex.saw_sni(Some(host.to_string()));
     let decision = ex.decide(&snap, &host, port);
     if !decision.verdict.permits() {
         let reason = decision.reason;
-        return refuse(&shared, ex, stream, reason, ACCESS_DENIED).await;
+        return refuse(&shared.telemetry, ex, stream, reason, ACCESS_DENIED).await;
     }
-    let upstream = match dial(&shared, &snap, &host, port).await {
+    let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
         Ok(up) => up,
         Err(reason) => {
             let description = if reason == Reason::BlockedIp {
@@ -67,7 +66,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
             } else {
                 INTERNAL_ERROR
             };
-            return refuse(&shared, ex, stream, reason, description).await;
+            return refuse(&shared.telemetry, ex, stream, reason, description).await;
         }
     };
     ex.dialed(upstream.addr);
@@ -85,7 +84,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
         client,
         upstream.stream,
         shared.limits.idle_timeout,
-        &shared.abort,
+        &shared.lifecycle.abort,
         &counters,
         Some(inspect),
     )
@@ -105,20 +104,20 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
         }
     };
     ex.tunnel_ended(cut, &counters);
-    ex.finish(&shared);
+    ex.finish(&shared.telemetry);
     drop(slot);
 }
 
 /// Sends a fatal alert, closes, and records the refusal.
 async fn refuse(
-    shared: &Shared,
+    telemetry: &Telemetry,
     mut ex: Exchange,
     mut stream: TcpStream,
     reason: Reason,
     description: u8,
 ) {
     ex.refused(reason, None);
-    ex.finish(shared);
+    ex.finish(telemetry);
     let _ = stream.try_write(&tls_peek::alert(description));
     let _ = stream.shutdown().await;
 }

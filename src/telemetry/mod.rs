@@ -8,6 +8,26 @@ pub mod diag;
 pub mod exchange;
 pub mod metrics;
 
+use std::sync::Arc;
+
+use audit::AuditLog;
+use exchange::Finished;
+use metrics::Metrics;
+
+/// Where every exchange is reported: the metrics registry and the audit log.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditLog>,
+}
+
+impl Telemetry {
+    /// Counts a finished exchange and writes its audit record.
+    pub fn record(&self, finished: Finished) {
+        finished.record(&self.metrics, &self.audit);
+    }
+}
+
 /// Declares a closed set of label values with one spelling, used by metrics and the audit log.
 macro_rules! label_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
