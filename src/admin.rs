@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, with a bounded number of connections.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, with a bounded number of connections
+//! ([`ADMIN_MAX_CONNECTIONS`]).
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,14 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::ADMIN_MAX_CONNECTIONS;
 use crate::listener::{Body, full};
 use crate::state::Lifecycle;
 use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
-
-/// Admin connections open at once. Counted in the open-files budget; when
-/// all are taken, the one idle longest is closed for a newcomer, so that a
-/// new `/healthz` or `/metrics` caller is always served.
-pub const MAX_CONNECTIONS: usize = 64;
 
 /// Serves admin requests until the process exits (it stays up while draining,
 /// so orchestrators can watch `/readyz` turn 503).
@@ -32,7 +29,7 @@ pub async fn serve(
 ) {
     // Owned here: aborting this task closes every admin connection too.
     let mut conns = tokio::task::JoinSet::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     let open = Arc::new(Open::default());
     loop {
         while conns.try_join_next().is_some() {}

@@ -1,4 +1,4 @@
-//! What connections share, split by concern: admission, lifecycle, the policy store, and the limits.
+//! What connections share, split by concern: admission, lifecycle, the policy store.
 //!
 //! The dialer ([`crate::dial::Dialer`]) and telemetry ([`crate::telemetry::Telemetry`])
 //! are the other parts; [`Shared`] holds them all, and each function takes only the parts it uses.
@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -15,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dial::Dialer;
+use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::reload::OpenTunnels;
 use crate::telemetry::audit::AuditLog;
@@ -29,20 +29,6 @@ pub struct Snapshot {
     /// SHA-256 of the file it was compiled from.
     pub sha256: String,
 }
-
-/// Timeouts and limits from the command line.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub header_timeout: Duration,
-    pub max_connections: usize,
-    /// Open connections one source address may hold; 0 for no limit.
-    pub max_connections_per_client: usize,
-}
-
-/// Largest request head (request line and headers) the explicit listener reads.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Every part, for the tasks that own a connection. Functions take the part they use.
 pub struct Shared {

@@ -14,9 +14,10 @@ use tokio::sync::Mutex;
 
 use super::forward::{Pooled, forward};
 use super::{Body, Exchange, connect, error_response};
+use crate::limits::MAX_HEAD_BYTES;
 use crate::policy::host::split_host_port;
 use crate::policy::{Host, Reason};
-use crate::state::{ConnSlot, MAX_HEAD_BYTES, PolicyStore, Shared, Snapshot};
+use crate::state::{ConnSlot, PolicyStore, Shared, Snapshot};
 use crate::telemetry::audit::Event;
 use crate::telemetry::{Listener, Telemetry};
 
