@@ -46,10 +46,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// SPEC 3's error response: status, `X-Portcullis-Reason`, a one-line body, `Connection: close`.
 pub fn error_response(reason: Reason) -> Response<Body> {
-    let status = reason
-        .status()
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::FORBIDDEN);
+    let status = http_status(reason).unwrap_or(StatusCode::FORBIDDEN);
     let mut resp = Response::new(full(error_body(reason)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -60,6 +57,26 @@ pub fn error_response(reason: Reason) -> Response<Body> {
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+/// The HTTP status an explicit-proxy client receives for `reason`; `None`
+/// for the reasons only a TLS tunnel ends with (answered with an alert, if at all).
+fn http_status(reason: Reason) -> Option<StatusCode> {
+    match reason {
+        Reason::Allowed => Some(StatusCode::OK),
+        Reason::NotAllowed | Reason::ClientNotAllowed | Reason::BlockedIp => {
+            Some(StatusCode::FORBIDDEN)
+        }
+        Reason::BadRequest => Some(StatusCode::BAD_REQUEST),
+        Reason::DnsError | Reason::ConnectError => Some(StatusCode::BAD_GATEWAY),
+        Reason::ConnectTimeout => Some(StatusCode::GATEWAY_TIMEOUT),
+        Reason::Overloaded => Some(StatusCode::SERVICE_UNAVAILABLE),
+        Reason::SniMismatch
+        | Reason::EchRefused
+        | Reason::NoSni
+        | Reason::PolicyRevoked
+        | Reason::TlsViolation => None,
+    }
 }
 
 fn error_body(reason: Reason) -> String {
@@ -81,7 +98,7 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
 }
 
 /// Accepts until draining, handing each connection (with its slot) to `serve`.
-/// Beyond `--max-connections`, `refuse` answers instead.
+/// Beyond `--max-connections`, `refuse_overloaded` answers instead.
 pub async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -252,7 +269,8 @@ async fn refuse_overloaded(
     }
     let body = error_body(Reason::Overloaded);
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\n{REASON_HEADER}: overloaded\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 503 Service Unavailable\r\n{REASON_HEADER}: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        Reason::Overloaded.as_str(),
         body.len()
     );
     let io = async {

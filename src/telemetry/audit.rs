@@ -18,7 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Serialize, Serializer};
 
 use super::diag::RateLimit;
-use super::{Decision, Listener, ReloadResult, label_enum};
+use super::{Listener, ReloadResult, label_enum};
+use crate::policy::{Reason, Verdict};
 
 /// Records queued between the data path and the writer thread before new ones are dropped.
 pub const DEFAULT_CAPACITY: usize = 16 * 1024;
@@ -115,9 +116,8 @@ pub struct AuditRecord {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub sni: Option<String>,
-    pub decision: Option<Decision>,
-    /// A `Reason::as_str()`, never a free string.
-    pub reason: Option<&'static str>,
+    pub decision: Option<Verdict>,
+    pub reason: Option<Reason>,
     /// The rule that decided, as written in the policy.
     pub rule: Option<String>,
     pub upstream_addr: Option<SocketAddr>,
@@ -610,8 +610,8 @@ mod tests {
         conn.host = Some("api.stripe.com".into());
         conn.port = Some(443);
         conn.sni = Some("api.stripe.com".into());
-        conn.decision = Some(Decision::Allow);
-        conn.reason = Some("allowed");
+        conn.decision = Some(Verdict::Allow);
+        conn.reason = Some(Reason::Allowed);
         conn.rule = Some("api.stripe.com".into());
         conn.upstream_addr = Some("[::1]:443".parse().expect("addr"));
         conn.status = Some(200);
@@ -622,8 +622,8 @@ mod tests {
         log.write(&conn);
 
         let mut denied = AuditRecord::new(Event::Request);
-        denied.decision = Some(Decision::Deny);
-        denied.reason = Some("not_allowed");
+        denied.decision = Some(Verdict::Deny);
+        denied.reason = Some(Reason::NotAllowed);
         log.write(&denied);
 
         log.write(&AuditRecord::policy_reload(

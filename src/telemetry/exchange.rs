@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::audit::{AuditLog, AuditRecord, Event};
-use super::metrics::Metrics;
-use super::{Decision, Listener};
+use super::metrics::{INVALID_DESTINATION, Metrics};
+use super::{DEFAULT_CLIENT, Listener, UNKNOWN_CLIENT};
 use crate::policy::{Reason, Verdict};
 
 /// Everything an exchange recorded, once it is over.
@@ -48,15 +48,15 @@ impl Finished {
     fn client_label(&self) -> &str {
         match self.client.as_deref() {
             Some(name) => name,
-            None if self.has_clients => "_unknown",
-            None => "default",
+            None if self.has_clients => UNKNOWN_CLIENT,
+            None => DEFAULT_CLIENT,
         }
     }
 
     /// The `destination` label: a malformed request's host is not a destination.
     fn destination(&self) -> &str {
         match (&self.host, self.reason) {
-            (_, Reason::BadRequest) | (None, _) => "_invalid",
+            (_, Reason::BadRequest) | (None, _) => INVALID_DESTINATION,
             (Some(h), _) => h.as_str(),
         }
     }
@@ -67,8 +67,8 @@ impl Finished {
         metrics.request(
             self.listener,
             &client,
-            Decision::from(self.verdict),
-            self.reason.as_str(),
+            self.verdict,
+            self.reason,
             destination,
         );
         if self.egress > 0 || self.ingress > 0 {
@@ -87,8 +87,8 @@ impl From<Finished> for AuditRecord {
         rec.host = f.host;
         rec.port = f.port;
         rec.sni = f.sni;
-        rec.decision = Some(Decision::from(f.verdict));
-        rec.reason = Some(f.reason.as_str());
+        rec.decision = Some(f.verdict);
+        rec.reason = Some(f.reason);
         rec.rule = f.rule.as_deref().map(str::to_string);
         rec.upstream_addr = f.upstream;
         rec.status = f.status;
@@ -97,15 +97,5 @@ impl From<Finished> for AuditRecord {
         rec.duration_ms = Some(f.duration.as_millis() as u64);
         rec.policy_generation = f.generation;
         rec
-    }
-}
-
-impl From<Verdict> for Decision {
-    fn from(v: Verdict) -> Self {
-        match v {
-            Verdict::Allow => Decision::Allow,
-            Verdict::Deny => Decision::Deny,
-            Verdict::Report => Decision::Report,
-        }
     }
 }

@@ -16,7 +16,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::audit::AuditCounters;
 use super::diag::DiagStats;
-use super::{Decision, Listener, ReloadResult, label_enum};
+use super::{Listener, ReloadResult, label_enum};
+use crate::policy::{Reason, Verdict};
 
 /// `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -26,6 +27,9 @@ pub const DEFAULT_DESTINATION_CAP: usize = 1000;
 
 /// The `destination` label value once the cap is reached.
 pub const OTHER_DESTINATION: &str = "_other";
+
+/// The `destination` label value of a request too malformed to name one.
+pub const INVALID_DESTINATION: &str = "_invalid";
 
 /// Longest host kept as a label value: a valid DNS name is at most 253 bytes, so anything
 /// longer is junk from a client and must not be stored.
@@ -64,8 +68,8 @@ label_enum! {
 struct RequestLabels {
     listener: Listener,
     client: Arc<str>,
-    decision: Decision,
-    reason: &'static str,
+    decision: Verdict,
+    reason: Reason,
     destination: Arc<str>,
 }
 
@@ -314,14 +318,14 @@ impl Metrics {
         self.destinations.label(host)
     }
 
-    /// Counts one decided connection or request. `reason` is a `Reason::as_str()`;
-    /// `destination` is the normalised host (or the raw one for `bad_request`), capped here.
+    /// Counts one decided connection or request. `destination` is the
+    /// normalised host (or [`INVALID_DESTINATION`] for `bad_request`), capped here.
     pub fn request(
         &self,
         listener: Listener,
         client: &str,
-        decision: Decision,
-        reason: &'static str,
+        decision: Verdict,
+        reason: Reason,
         destination: &str,
     ) {
         let labels = RequestLabels {
@@ -447,22 +451,22 @@ mod tests {
         m.request(
             Listener::Explicit,
             "payments",
-            Decision::Allow,
-            "allowed",
+            Verdict::Allow,
+            Reason::Allowed,
             "api.stripe.com",
         );
         m.request(
             Listener::Explicit,
             "payments",
-            Decision::Allow,
-            "allowed",
+            Verdict::Allow,
+            Reason::Allowed,
             "api.stripe.com",
         );
         m.request(
             Listener::TransparentTls,
             "default",
-            Decision::Deny,
-            "not_allowed",
+            Verdict::Deny,
+            Reason::NotAllowed,
             "evil\"host",
         );
         m.tunnel_bytes("payments", "api.stripe.com", 100, 2048);
@@ -535,16 +539,16 @@ mod tests {
             m.request(
                 Listener::Explicit,
                 "c",
-                Decision::Deny,
-                "not_allowed",
+                Verdict::Deny,
+                Reason::NotAllowed,
                 &host,
             );
         }
         m.request(
             Listener::Explicit,
             "c",
-            Decision::Deny,
-            "bad_request",
+            Verdict::Deny,
+            Reason::BadRequest,
             &"x".repeat(10_000),
         );
         let text = m.encode();
