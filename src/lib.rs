@@ -6,7 +6,7 @@
 //! - [`server`]: [`run`] turns the arguments into a configuration, starts
 //!   the listeners and worker threads, and drains on shutdown.
 //! - [`listener`]: accept (with `--max-connections`), parse the request
-//!   ([`listener::client`]: CONNECT and absolute-form HTTP; [`listener::tls`]:
+//!   ([`listener::http1`]: CONNECT and absolute-form HTTP; [`listener::tls`]:
 //!   the ClientHello's SNI), record the exchange.
 //! - [`policy`]: the pure decision core (YAML -> compiled `Policy` -> `decide`).
 //! - [`resolve`] and [`dial`]: resolve the name ourselves, drop guarded

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::client::{Conn, decide_target, refuse};
+use super::http1::{Conn, decide_target, refusal};
 use super::{Body, Exchange, full};
 use crate::dial::Upstream;
 use crate::policy::Reason;
@@ -36,15 +36,15 @@ pub(super) async fn connect(
     let authority = authority.filter(|_| !declares_body);
     let Some(authority) = authority.filter(|_| req.uri().path_and_query().is_none()) else {
         ex.bad_request(&snap);
-        return refuse(&shared.telemetry, ex, Reason::BadRequest);
+        return refusal(&shared.telemetry, ex, Reason::BadRequest);
     };
     let (host, port) = match decide_target(&snap, &mut ex, &authority, None) {
         Ok(target) => target,
-        Err(reason) => return refuse(&shared.telemetry, ex, reason),
+        Err(reason) => return refusal(&shared.telemetry, ex, reason),
     };
     let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
         Ok(up) => up,
-        Err(reason) => return refuse(&shared.telemetry, ex, reason),
+        Err(reason) => return refusal(&shared.telemetry, ex, reason),
     };
     ex.dialed(upstream.addr);
     ex.responded(200);
@@ -76,7 +76,7 @@ pub(super) async fn connect(
                     header_timeout: shared.limits.header_timeout,
                 };
                 let client = match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => tunnel::Client { stream: parts.io.into_inner(), prefix: parts.read_buf },
+                    Ok(parts) => tunnel::ClientSide { stream: parts.io.into_inner(), prefix: parts.read_buf },
                     Err(_) => {
                         tracing::error!("CONNECT upgrade is not a TCP stream");
                         ex.finish(&shared.telemetry);

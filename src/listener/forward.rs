@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use super::body::{Counting, Finishing, Watched};
-use super::client::{Conn, decide_target, refuse};
+use super::http1::{Conn, decide_target, refusal};
 use super::{Body, Exchange};
 use crate::dial::Upstream;
 use crate::policy::host::split_host_port;
@@ -44,20 +44,20 @@ pub(super) async fn forward(
     let uri = req.uri().clone();
     let Some((authority, default_port)) = destination(&conn, &req) else {
         ex.bad_request(&snap);
-        return refuse(&shared.telemetry, ex, Reason::BadRequest);
+        return refusal(&shared.telemetry, ex, Reason::BadRequest);
     };
     if uri.scheme_str().is_some_and(|s| s != "http") {
         // https:// in absolute-form would ask us to originate TLS: use CONNECT.
         ex.target_raw(&authority, None);
         ex.bad_request(&snap);
-        return refuse(&shared.telemetry, ex, Reason::BadRequest);
+        return refusal(&shared.telemetry, ex, Reason::BadRequest);
     }
     let (host, port) = match decide_target(&snap, &mut ex, &authority, Some(default_port)) {
         Ok(target) => target,
-        Err(reason) => return refuse(&shared.telemetry, ex, reason),
+        Err(reason) => return refusal(&shared.telemetry, ex, reason),
     };
     if !host_header_agrees(req.headers(), &host, port, default_port) {
-        return refuse(&shared.telemetry, ex, Reason::BadRequest);
+        return refusal(&shared.telemetry, ex, Reason::BadRequest);
     }
     let key = format!("{host}:{port}");
     let mut pooled = match take_upstream(&conn, &key).await {
@@ -67,10 +67,10 @@ pub(super) async fn forward(
                 let addr = up.addr;
                 match handshake(&shared.lifecycle, up).await {
                     Ok(sender) => Pooled { key, sender, addr },
-                    Err(()) => return refuse(&shared.telemetry, ex, Reason::ConnectError),
+                    Err(()) => return refusal(&shared.telemetry, ex, Reason::ConnectError),
                 }
             }
-            Err(reason) => return refuse(&shared.telemetry, ex, reason),
+            Err(reason) => return refusal(&shared.telemetry, ex, reason),
         },
     };
     ex.dialed(pooled.addr);
@@ -97,22 +97,22 @@ pub(super) async fn forward(
         // The upstream connection saw part of a request: it is dropped, never pooled.
         Ok(Err(e)) if broken.load(Ordering::Relaxed) => {
             tracing::debug!(upstream = %pooled.addr, error = %e, "client request body broken");
-            return refuse(&shared.telemetry, ex, Reason::BadRequest);
+            return refusal(&shared.telemetry, ex, Reason::BadRequest);
         }
         Ok(Err(e)) => {
             tracing::debug!(upstream = %pooled.addr, error = %e, "upstream request failed");
-            return refuse(&shared.telemetry, ex, Reason::ConnectError);
+            return refusal(&shared.telemetry, ex, Reason::ConnectError);
         }
         Err(_) => {
             tracing::debug!(upstream = %pooled.addr, "upstream sent no response head in time");
-            return refuse(&shared.telemetry, ex, Reason::ConnectTimeout);
+            return refusal(&shared.telemetry, ex, Reason::ConnectTimeout);
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // `Upgrade` was stripped, so nothing asked for this: the upstream
         // now speaks something else on the connection, which is dropped.
         tracing::debug!(upstream = %pooled.addr, "upstream switched protocols unasked");
-        return refuse(&shared.telemetry, ex, Reason::ConnectError);
+        return refusal(&shared.telemetry, ex, Reason::ConnectError);
     }
     put_upstream(&conn, pooled).await;
     let (mut parts, body) = resp.into_parts();

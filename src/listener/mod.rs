@@ -1,14 +1,14 @@
 //! Listeners: accepting connections (each in its own tracing span) and answering refusals.
 //!
-//! [`client`] serves HTTP/1 connections (explicit and transparent), handing
+//! [`http1`] serves HTTP/1 connections (explicit and transparent), handing
 //! CONNECT to `connect` and other requests to `forward`; [`tls`] is the
 //! transparent TLS listener; [`Exchange`] is what each of them records.
 
 pub mod body;
-pub mod client;
 mod connect;
 mod exchange;
 mod forward;
+pub mod http1;
 pub mod tls;
 
 pub use exchange::Exchange;

@@ -37,7 +37,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
             ex.bad_request(&snap);
             ex.at_port(port);
             ex.saw_sni(flight.last_sni().map(ToString::to_string));
-            return refuse(&shared.telemetry, ex, stream, v.reason, ACCESS_DENIED).await;
+            return refuse_with_alert(&shared.telemetry, ex, stream, v.reason, ACCESS_DENIED).await;
         }
         Ok(Err(_)) | Err(_) => None,
     };
@@ -50,13 +50,14 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
     let Some(host) = hello.sni else {
         ex.bad_request(&snap);
         ex.at_port(port);
-        return refuse(&shared.telemetry, ex, stream, Reason::NoSni, ACCESS_DENIED).await;
+        return refuse_with_alert(&shared.telemetry, ex, stream, Reason::NoSni, ACCESS_DENIED)
+            .await;
     };
     ex.saw_sni(Some(host.to_string()));
     let decision = ex.decide(&snap, &host, port);
     if !decision.verdict.permits() {
         let reason = decision.reason;
-        return refuse(&shared.telemetry, ex, stream, reason, ACCESS_DENIED).await;
+        return refuse_with_alert(&shared.telemetry, ex, stream, reason, ACCESS_DENIED).await;
     }
     let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
         Ok(up) => up,
@@ -66,12 +67,12 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
             } else {
                 INTERNAL_ERROR
             };
-            return refuse(&shared.telemetry, ex, stream, reason, description).await;
+            return refuse_with_alert(&shared.telemetry, ex, stream, reason, description).await;
         }
     };
     ex.dialed(upstream.addr);
     let counters = Counters::default();
-    let client = tunnel::Client {
+    let client = tunnel::ClientSide {
         stream,
         prefix: bytes::Bytes::new(),
     };
@@ -109,7 +110,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
 }
 
 /// Sends a fatal alert, closes, and records the refusal.
-async fn refuse(
+async fn refuse_with_alert(
     telemetry: &Telemetry,
     mut ex: Exchange,
     mut stream: TcpStream,

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::RunError;
-use crate::listener::{accept_loop, client, tls};
+use crate::listener::{accept_loop, http1, tls};
 use crate::state::Shared;
 use crate::telemetry::Listener;
 
@@ -80,11 +80,11 @@ pub(super) fn spawn_accept_loops(
         let shared = shared.clone();
         match kind {
             Listener::Explicit => {
-                accepting.spawn(accept_loop(shared, l, kind, client::serve_explicit))
+                accepting.spawn(accept_loop(shared, l, kind, http1::serve_explicit))
             }
             Listener::TransparentTls => accepting.spawn(accept_loop(shared, l, kind, tls::serve)),
             Listener::TransparentHttp => {
-                accepting.spawn(accept_loop(shared, l, kind, client::serve_transparent))
+                accepting.spawn(accept_loop(shared, l, kind, http1::serve_transparent))
             }
         };
     }

@@ -192,7 +192,7 @@ pub struct AuditCounters {
 
 /// State shared by callers and the writer thread.
 #[derive(Debug)]
-struct Shared {
+struct WriterState {
     counters: AuditCounters,
     /// `dropped` as of the last warning, so each warning states what it adds.
     reported: AtomicU64,
@@ -202,7 +202,7 @@ struct Shared {
     writer_warning: RateLimit,
 }
 
-impl Shared {
+impl WriterState {
     fn lost(&self, n: u64) {
         self.counters.dropped.inc_by(n);
     }
@@ -237,7 +237,7 @@ impl Sink {
 
     /// Reopens the path when `forced` (SIGHUP) or when it no longer names the open file
     /// (renamed by logrotate, deleted). Runs on the writer thread only.
-    fn follow(&mut self, forced: bool, shared: &Shared) {
+    fn follow(&mut self, forced: bool, shared: &WriterState) {
         let Sink::Path { path, file } = self else {
             return;
         };
@@ -282,7 +282,7 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 pub struct AuditLog {
     tx: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
-    shared: Arc<Shared>,
+    shared: Arc<WriterState>,
 }
 
 /// How long dropping an [`AuditLog`] waits for the writer.
@@ -340,7 +340,7 @@ impl AuditLog {
 
     fn start(sink: Sink, capacity: usize, counters: AuditCounters) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(WriterState {
             counters,
             reported: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
@@ -461,7 +461,7 @@ const WRITE_BUF: usize = 64 * 1024;
 /// The writer thread: after the first line of a batch it sleeps for [`BATCH`] (records
 /// queue up without waking it), then writes out everything queued. Between batches, and
 /// at least every [`FOLLOW_EVERY`], it checks whether the file was rotated.
-fn drain(rx: &Receiver<Vec<u8>>, mut sink: Sink, shared: &Shared) {
+fn drain(rx: &Receiver<Vec<u8>>, mut sink: Sink, shared: &WriterState) {
     let mut batch = Vec::with_capacity(WRITE_BUF);
     let mut followed = Instant::now();
     loop {
@@ -503,7 +503,7 @@ fn drain(rx: &Receiver<Vec<u8>>, mut sink: Sink, shared: &Shared) {
 
 /// Writes `lines` records in `batch` and empties it. A failed write counts them all lost
 /// (part of the batch may have gone out; the count errs on the side of loss).
-fn put(sink: &mut Sink, batch: &mut Vec<u8>, lines: u64, shared: &Shared) {
+fn put(sink: &mut Sink, batch: &mut Vec<u8>, lines: u64, shared: &WriterState) {
     if let Err(error) = sink.out().write_all(batch) {
         shared.lost(lines);
         if let Some(suppressed) = shared.writer_warning.allow() {

@@ -143,14 +143,14 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         // A redirected client speaks to the origin: CONNECT makes no sense there.
         (_, &Method::CONNECT) => {
             ex.bad_request(&snap);
-            refuse(&conn.shared.telemetry, ex, Reason::BadRequest)
+            refusal(&conn.shared.telemetry, ex, Reason::BadRequest)
         }
         _ => forward(conn, snap, ex, req).await,
     }
 }
 
-/// Ends the exchange with an error response.
-pub(super) fn refuse(telemetry: &Telemetry, mut ex: Exchange, reason: Reason) -> Response<Body> {
+/// Ends the exchange with an error response, returned to send.
+pub(super) fn refusal(telemetry: &Telemetry, mut ex: Exchange, reason: Reason) -> Response<Body> {
     let resp = error_response(reason);
     ex.refused(reason, Some(resp.status().as_u16()));
     ex.finish(telemetry);
