@@ -1,11 +1,14 @@
 //! `CONNECT host:port`: decide, dial, answer 200, then tunnel with the
 //! TLS handshake checks of SPEC 9.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -13,10 +16,10 @@ use tracing::Instrument;
 use super::http1::{Conn, decide_target, refusal};
 use super::{Body, Exchange, full};
 use crate::dial::Upstream;
-use crate::policy::Reason;
-use crate::state::Snapshot;
+use crate::policy::{Host, Reason};
+use crate::state::{ConnSlot, Shared, Snapshot};
 use crate::tls_peek::{ClientFlight, Expect};
-use crate::tunnel::{self, Counters, End, Inspect};
+use crate::tunnel::{self, ClientSide, Counters, End, Inspect};
 
 pub(super) async fn connect(
     conn: Arc<Conn>,
@@ -25,16 +28,7 @@ pub(super) async fn connect(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let shared = &conn.shared;
-    let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    // A CONNECT request has no content (RFC 9110 9.3.6): bytes after the head
-    // are tunnel bytes. A declared body would be swallowed as one, so refuse it.
-    let declares_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    let authority = authority.filter(|_| !declares_body);
-    let Some(authority) = authority.filter(|_| req.uri().path_and_query().is_none()) else {
+    let Some(authority) = authority(&req) else {
         ex.bad_request(&snap);
         return refusal(&shared.telemetry, ex, Reason::BadRequest);
     };
@@ -48,44 +42,81 @@ pub(super) async fn connect(
     };
     ex.dialed(upstream.addr);
     ex.responded(200);
+    let tunnel = Tunnel {
+        shared: shared.clone(),
+        snap,
+        ex,
+        upstream,
+        target: host,
+        port,
+        peer: conn.peer,
+        slot: conn.slot.clone(),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let slot = conn.slot.clone();
-    let conn_peer = conn.peer;
-    let target = host;
-    let shared_task = shared.clone();
-    shared.lifecycle.tracker.spawn(async move {
-        let shared = shared_task;
+    shared
+        .lifecycle
+        .tracker
+        .spawn(tunnel.run(on_upgrade).in_current_span());
+    let mut resp = Response::new(full(""));
+    resp.extensions_mut()
+        .insert(ReasonPhrase::from_static(b"Connection Established"));
+    resp
+}
+
+/// The `host:port` a well-formed CONNECT names. A CONNECT request has no
+/// content (RFC 9110 9.3.6): bytes after the head are tunnel bytes, so a
+/// declared body would be swallowed as one; such a request is refused.
+fn authority(req: &Request<Incoming>) -> Option<String> {
+    let declares_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    authority.filter(|_| !declares_body && req.uri().path_and_query().is_none())
+}
+
+/// A CONNECT dialed and answered 200, waiting for hyper to hand over the client's socket.
+struct Tunnel {
+    shared: Arc<Shared>,
+    snap: Arc<Snapshot>,
+    ex: Exchange,
+    upstream: Upstream,
+    target: Host,
+    port: u16,
+    peer: SocketAddr,
+    /// Keeps the client connection counted until the tunnel ends.
+    slot: Arc<ConnSlot>,
+}
+
+impl Tunnel {
+    /// Relays until the tunnel ends, then writes its record.
+    async fn run(self, on_upgrade: OnUpgrade) {
+        let Tunnel {
+            shared,
+            snap,
+            mut ex,
+            upstream,
+            target,
+            port,
+            peer,
+            slot,
+        } = self;
         match on_upgrade.await {
             Ok(upgraded) => {
+                let Some(client) = client_side(upgraded) else {
+                    tracing::error!("CONNECT upgrade is not a TCP stream");
+                    ex.finish(&shared.telemetry);
+                    return;
+                };
                 let counters = Counters::default();
-                let Upstream { stream, .. } = upstream;
                 let cancel = shared.lifecycle.abort.child_token();
-                let _registration = shared
-                    .policy
-                    .open_tunnels
-                    .as_ref()
-                    .map(|open| open.register(conn_peer.ip(), target.clone(), port, cancel.clone()));
-                let tls = snap.policy.tls;
-                let expect = if tls.sni_must_match {
-                    Expect::Host(target.clone())
-                } else {
-                    Expect::Any
-                };
-                let inspect = Inspect {
-                    flight: ClientFlight::new(expect, tls.ech_allowed),
-                    header_timeout: shared.limits.header_timeout,
-                };
-                let client = match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => tunnel::ClientSide { stream: parts.io.into_inner(), prefix: parts.read_buf },
-                    Err(_) => {
-                        tracing::error!("CONNECT upgrade is not a TCP stream");
-                        ex.finish(&shared.telemetry);
-                        return;
-                    }
-                };
+                let _registration = (shared.policy.open_tunnels.as_ref())
+                    .map(|open| open.register(peer.ip(), target.clone(), port, cancel.clone()));
+                let inspect = inspection(&snap, target, shared.limits.header_timeout);
                 let end = tunnel::pump(
                     client,
-                    stream,
+                    upstream.stream,
                     shared.limits.idle_timeout,
                     &cancel,
                     &counters,
@@ -93,7 +124,9 @@ pub(super) async fn connect(
                 )
                 .await;
                 let cut = match end {
-                    End::Aborted if !shared.lifecycle.abort.is_cancelled() => Some(Reason::PolicyRevoked),
+                    End::Aborted if !shared.lifecycle.abort.is_cancelled() => {
+                        Some(Reason::PolicyRevoked)
+                    }
                     End::Refused(v) => {
                         tracing::debug!(host = ?ex.host(), reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
                         Some(v.reason)
@@ -108,9 +141,29 @@ pub(super) async fn connect(
         }
         ex.finish(&shared.telemetry);
         drop(slot);
-    }.in_current_span());
-    let mut resp = Response::new(full(""));
-    resp.extensions_mut()
-        .insert(ReasonPhrase::from_static(b"Connection Established"));
-    resp
+    }
+}
+
+/// The client's socket, with what hyper read past the CONNECT head.
+fn client_side(upgraded: Upgraded) -> Option<ClientSide> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    Some(ClientSide {
+        stream: parts.io.into_inner(),
+        prefix: parts.read_buf,
+    })
+}
+
+/// How the client's TLS handshake is checked: the SNI must name `target`
+/// unless the policy says otherwise.
+fn inspection(snap: &Snapshot, target: Host, header_timeout: Duration) -> Inspect {
+    let tls = snap.policy.tls;
+    let expect = if tls.sni_must_match {
+        Expect::Host(target)
+    } else {
+        Expect::Any
+    };
+    Inspect {
+        flight: ClientFlight::new(expect, tls.ech_allowed),
+        header_timeout,
+    }
 }

@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{Exchange, original_dst};
-use crate::policy::Reason;
+use crate::policy::{Host, Reason};
 use crate::state::{ConnSlot, Shared};
 use crate::telemetry::audit::Event;
 use crate::telemetry::{Listener, Telemetry};
@@ -18,6 +19,8 @@ use crate::tls_peek::{
 };
 use crate::tunnel::{self, Counters, End, Inspect};
 
+/// Serves one redirected connection: read the ClientHello, decide on its
+/// SNI, dial, replay the hello and relay.
 pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slot: ConnSlot) {
     let snap = shared.policy.load_full();
     let mut ex = Exchange::new(Listener::TransparentTls, Event::Connection, peer);
@@ -25,33 +28,24 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
     // Every later ClientHello must name the same server as the first (SPEC 9).
     let mut flight = ClientFlight::new(Expect::Any, snap.policy.tls.ech_allowed);
     let timeout = shared.limits.header_timeout;
-    let read = tokio::time::timeout(
-        timeout,
-        read_first_flight(&mut stream, &mut flight, timeout),
-    )
-    .await;
-    let hello = match read {
-        Ok(Ok(Ok(()))) => flight.first_hello().cloned(),
-        Ok(Ok(Err(v))) => {
-            tracing::debug!(%peer, reason = v.reason.as_str(), cause = v.cause, "ClientHello refused on the transparent TLS listener");
+    let host = match read_hello(&mut stream, &mut flight, timeout, peer).await {
+        FirstFlight::Sni(host) => host,
+        FirstFlight::Refused(reason) => {
             ex.bad_request(&snap);
             ex.at_port(port);
             ex.saw_sni(flight.last_sni().map(ToString::to_string));
-            return refuse_with_alert(&shared.telemetry, ex, stream, v.reason, ACCESS_DENIED).await;
+            return refuse_with_alert(&shared.telemetry, ex, stream, reason, ACCESS_DENIED).await;
         }
-        Ok(Err(_)) | Err(_) => None,
-    };
-    let Some(hello) = hello else {
-        tracing::debug!(%peer, "no ClientHello on the transparent TLS listener");
-        ex.bad_request(&snap);
-        return ex.finish(&shared.telemetry);
-    };
-    // An SNI is a name, never an address (RFC 6066 3): the inspector checked.
-    let Some(host) = hello.sni else {
-        ex.bad_request(&snap);
-        ex.at_port(port);
-        return refuse_with_alert(&shared.telemetry, ex, stream, Reason::NoSni, ACCESS_DENIED)
-            .await;
+        FirstFlight::Nothing => {
+            ex.bad_request(&snap);
+            return ex.finish(&shared.telemetry);
+        }
+        FirstFlight::NoSni => {
+            ex.bad_request(&snap);
+            ex.at_port(port);
+            return refuse_with_alert(&shared.telemetry, ex, stream, Reason::NoSni, ACCESS_DENIED)
+                .await;
+        }
     };
     ex.saw_sni(Some(host.to_string()));
     let decision = ex.decide(&snap, &host, port);
@@ -71,19 +65,70 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
         }
     };
     ex.dialed(upstream.addr);
+    relay(&shared, ex, stream, upstream.stream, flight, &host).await;
+    drop(slot);
+}
+
+/// What the client's first flight came to.
+enum FirstFlight {
+    /// A ClientHello naming a server (a name: the inspector refuses addresses, RFC 6066 3).
+    Sni(Host),
+    /// A ClientHello without a server name.
+    NoSni,
+    /// A flight that broke the handshake rules.
+    Refused(Reason),
+    /// No ClientHello within the header timeout, or the client went away.
+    Nothing,
+}
+
+/// Reads the client's first flight into `flight`, within `timeout`.
+async fn read_hello(
+    stream: &mut TcpStream,
+    flight: &mut ClientFlight,
+    timeout: Duration,
+    peer: SocketAddr,
+) -> FirstFlight {
+    let read = tokio::time::timeout(timeout, read_first_flight(stream, flight, timeout)).await;
+    let hello = match read {
+        Ok(Ok(Ok(()))) => flight.first_hello().cloned(),
+        Ok(Ok(Err(v))) => {
+            tracing::debug!(%peer, reason = v.reason.as_str(), cause = v.cause, "ClientHello refused on the transparent TLS listener");
+            return FirstFlight::Refused(v.reason);
+        }
+        Ok(Err(_)) | Err(_) => None,
+    };
+    let Some(hello) = hello else {
+        tracing::debug!(%peer, "no ClientHello on the transparent TLS listener");
+        return FirstFlight::Nothing;
+    };
+    match hello.sni {
+        Some(host) => FirstFlight::Sni(host),
+        None => FirstFlight::NoSni,
+    }
+}
+
+/// Replays the buffered ClientHello upstream exactly as the client sent it,
+/// relays until the tunnel ends, and writes the record.
+async fn relay(
+    shared: &Shared,
+    mut ex: Exchange,
+    stream: TcpStream,
+    upstream: TcpStream,
+    flight: ClientFlight,
+    host: &Host,
+) {
     let counters = Counters::default();
     let client = tunnel::ClientSide {
         stream,
         prefix: bytes::Bytes::new(),
     };
-    // The buffered ClientHello is replayed exactly as the client sent it.
     let inspect = Inspect {
         flight,
-        header_timeout: timeout,
+        header_timeout: shared.limits.header_timeout,
     };
     let end = tunnel::pump(
         client,
-        upstream.stream,
+        upstream,
         shared.limits.idle_timeout,
         &shared.lifecycle.abort,
         &counters,
@@ -106,7 +151,6 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
     };
     ex.tunnel_ended(cut, &counters);
     ex.finish(&shared.telemetry);
-    drop(slot);
 }
 
 /// Sends a fatal alert, closes, and records the refusal.
