@@ -4,6 +4,7 @@
 //! are spelt) lives here so a metric label and an audit field can never spell the same thing two ways.
 
 pub mod audit;
+pub mod destination;
 pub mod diag;
 pub mod exchange;
 pub mod metrics;
