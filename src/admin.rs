@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::limits::ADMIN_MAX_CONNECTIONS;
+use crate::limits::{ACCEPT_BACKOFF, ADMIN_MAX_CONNECTIONS};
 use crate::listener::{Body, full};
 use crate::state::Lifecycle;
 use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
@@ -34,7 +34,7 @@ pub async fn serve(
     loop {
         while conns.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let slot = match slots.clone().try_acquire_owned() {

@@ -24,6 +24,20 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// new `/healthz` or `/metrics` caller is always served.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// Idle keep-alive upstream connections one client connection keeps.
+pub const UPSTREAMS_PER_CONNECTION: usize = 4;
+
+/// How long answering `503 overloaded` (and reading what the client sent) may take.
+pub const OVERLOADED_ANSWER: Duration = Duration::from_secs(2);
+
+/// Pause after a failed accept (still out of descriptors, or a transient
+/// error), and the admin listener's, instead of spinning.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Out of descriptors: how long an accept loop waits for the waiting client
+/// once it gave up its reserve descriptor, and again before taking it back.
+pub const RESERVE_WAIT: Duration = Duration::from_millis(10);
+
 /// How far past `--drain-timeout` the process may run after SIGTERM (SPEC 10).
 pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
 

@@ -17,13 +17,11 @@ use super::body::{Counting, Finishing, Watched};
 use super::http1::{Conn, decide_target, refusal};
 use super::{Body, Exchange};
 use crate::dial::Upstream;
+use crate::limits::UPSTREAMS_PER_CONNECTION;
 use crate::policy::host::split_host_port;
 use crate::policy::{Host, Reason};
 use crate::state::{Lifecycle, Snapshot};
 use crate::telemetry::Listener;
-
-/// Upstream connections one client connection keeps open for keep-alive.
-const MAX_UPSTREAMS: usize = 4;
 
 type UpstreamBody = Watched<Counting<Incoming>>;
 
@@ -156,7 +154,7 @@ async fn take_upstream(conn: &Conn, key: &str) -> Option<Pooled> {
 
 async fn put_upstream(conn: &Conn, pooled: Pooled) {
     let mut list = conn.upstreams.lock().await;
-    if list.len() >= MAX_UPSTREAMS {
+    if list.len() >= UPSTREAMS_PER_CONNECTION {
         list.remove(0);
     }
     list.push(pooled);

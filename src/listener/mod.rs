@@ -16,7 +16,6 @@ pub use exchange::Exchange;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -26,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use crate::limits::{ACCEPT_BACKOFF, OVERLOADED_ANSWER, RESERVE_WAIT};
 use crate::policy::Reason;
 use crate::state::{ConnSlot, Shared};
 use crate::telemetry::audit::Event;
@@ -136,7 +136,7 @@ pub async fn accept_loop<F, Fut>(
                 let accepted = tokio::select! {
                     biased;
                     () = shared.lifecycle.draining.cancelled() => return,
-                    accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()) => accepted,
+                    accepted = tokio::time::timeout(RESERVE_WAIT, listener.accept()) => accepted,
                 };
                 if let Ok(Ok((stream, peer))) = accepted {
                     shared.lifecycle.tracker.spawn(refuse_overloaded(
@@ -146,14 +146,14 @@ pub async fn accept_loop<F, Fut>(
                         kind,
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(RESERVE_WAIT).await;
                 reserve = std::fs::File::open("/dev/null").ok();
                 continue;
             }
             Err(e) => {
                 // Still out of descriptors, or a transient error: back off instead of spinning.
                 tracing::debug!(listener = kind.as_str(), error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 reserve = reserve.or_else(|| std::fs::File::open("/dev/null").ok());
                 continue;
             }
@@ -284,7 +284,7 @@ async fn refuse_overloaded(
         }
         Ok::<_, std::io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), io).await;
+    let _ = tokio::time::timeout(OVERLOADED_ANSWER, io).await;
 }
 
 #[cfg(test)]
