@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, with a bounded number of connections.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, with a bounded number of connections
+//! ([`ADMIN_MAX_CONNECTIONS`]).
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,26 +14,27 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::{ACCEPT_BACKOFF, ADMIN_MAX_CONNECTIONS};
 use crate::listener::{Body, full};
-use crate::state::Shared;
-use crate::telemetry::metrics::CONTENT_TYPE;
-
-/// Admin connections open at once. Counted in the open-files budget; when
-/// all are taken, the one idle longest is closed for a newcomer, so that a
-/// new `/healthz` or `/metrics` caller is always served.
-pub const MAX_CONNECTIONS: usize = 64;
+use crate::state::Lifecycle;
+use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
 
 /// Serves admin requests until the process exits (it stays up while draining,
 /// so orchestrators can watch `/readyz` turn 503).
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    lifecycle: Lifecycle,
+    header_timeout: Duration,
+    listener: TcpListener,
+) {
     // Owned here: aborting this task closes every admin connection too.
     let mut conns = tokio::task::JoinSet::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     let open = Arc::new(Open::default());
     loop {
         while conns.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let slot = match slots.clone().try_acquire_owned() {
@@ -46,8 +48,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 }
             }
         };
-        let shared = shared.clone();
-        let header_timeout = shared.limits.header_timeout;
+        let (metrics, lifecycle) = (metrics.clone(), lifecycle.clone());
         let (id, close) = open.add();
         let open = open.clone();
         conns.spawn(async move {
@@ -55,10 +56,9 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let svc = service_fn({
                 let open = open.clone();
                 move |req| {
-                    let shared = shared.clone();
                     let busy = open.busy(id);
+                    let resp = route(&metrics, &lifecycle, &req);
                     async move {
-                        let resp = route(&shared, &req);
                         // Idle again once the response is written (or abandoned).
                         Ok::<_, Infallible>(resp.map(|body| {
                             body.map_frame(move |frame| {
@@ -170,20 +170,20 @@ impl Open {
     }
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+fn route(metrics: &Metrics, lifecycle: &Lifecycle, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut resp = Response::new(full(shared.metrics.encode()));
+            let mut resp = Response::new(full(metrics.encode()));
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if shared.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" if shared.draining.is_cancelled() => {
+        "/readyz" if lifecycle.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if lifecycle.draining.is_cancelled() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
         }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),

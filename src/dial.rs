@@ -1,15 +1,16 @@
 //! Resolve, guard, dial: turn an allowed destination into a connected upstream socket.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::policy::ip_guard::canonical;
-use crate::policy::{Host, Reason};
-use crate::resolve::{Answers, DnsError, Filtered, filter};
-use crate::state::{Shared, Snapshot};
+use crate::policy::{Host, IpGuard, Reason};
+use crate::resolve::{Answers, DnsError, Filtered, Resolver, filter};
 use crate::telemetry::diag::RateLimit;
+use crate::telemetry::metrics::Metrics;
 
 /// A connected upstream.
 pub struct Upstream {
@@ -17,70 +18,98 @@ pub struct Upstream {
     pub addr: SocketAddr,
 }
 
-/// Resolves `host` itself (never trusting an address from the client), drops
-/// every answer the guard or the proxy's own addresses rule out, and tries
-/// the rest in order within `--connect-timeout`.
-pub async fn dial(
-    shared: &Shared,
-    snap: &Snapshot,
-    host: &Host,
-    port: u16,
-) -> Result<Upstream, Reason> {
-    let answers = match host {
-        Host::Ip(ip) => Answers {
-            addrs: vec![*ip],
-            failed: None,
-        },
-        Host::Name(name) => shared.resolver.lookup(name).await.map_err(|e| {
-            tracing::debug!(host = %name, error = %e, "lookup failed");
-            match e {
-                DnsError::InvalidName(_) => Reason::BadRequest,
-                _ => Reason::DnsError,
-            }
-        })?,
-    };
-    let guard = &snap.policy.guard;
-    let usable = filter(answers.addrs, |ip| {
-        guard.is_dialable(ip) && !shared.is_own_addr(SocketAddr::new(ip, port))
-    });
-    if usable.dialable.is_empty() {
-        tracing::debug!(%host, blocked = ?usable.blocked, failed = ?answers.failed, "nothing dialable");
-        return Err(unusable_reason(&usable, answers.failed.as_deref()));
+/// Turns allowed destinations into connected upstream sockets.
+pub struct Dialer {
+    resolver: Resolver,
+    /// The proxy's own listening addresses, never dialed.
+    own_addrs: Vec<SocketAddr>,
+    /// `--connect-timeout`, for all the addresses of one destination.
+    connect_timeout: Duration,
+    /// Times successful connects (`upstream_connect_seconds`).
+    metrics: Arc<Metrics>,
+}
+
+impl Dialer {
+    pub fn new(
+        resolver: Resolver,
+        own_addrs: Vec<SocketAddr>,
+        connect_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Dialer {
+        Dialer {
+            resolver,
+            own_addrs,
+            connect_timeout,
+            metrics,
+        }
     }
-    let started = Instant::now();
-    let attempt = async {
-        let mut last = Reason::ConnectError;
-        for ip in &usable.dialable {
-            let addr = SocketAddr::new(*ip, port);
-            match connect(addr).await {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(Upstream { stream, addr });
+
+    /// Resolves `host` itself (never trusting an address from the client), drops
+    /// every answer `guard` or the proxy's own addresses rule out, and tries
+    /// the rest in order within `--connect-timeout`.
+    pub async fn dial(&self, guard: &IpGuard, host: &Host, port: u16) -> Result<Upstream, Reason> {
+        let answers = match host {
+            Host::Ip(ip) => Answers {
+                addrs: vec![*ip],
+                failed: None,
+            },
+            Host::Name(name) => self.resolver.lookup(name).await.map_err(|e| {
+                tracing::debug!(host = %name, error = %e, "lookup failed");
+                match e {
+                    DnsError::InvalidName(_) => Reason::BadRequest,
+                    _ => Reason::DnsError,
                 }
-                Err(e) if crate::listener::is_fd_exhaustion(&e) => {
-                    static LIMIT: RateLimit = RateLimit::new();
-                    if let Some(suppressed) = LIMIT.allow() {
-                        tracing::warn!(%addr, suppressed, "out of file descriptors dialing upstream");
-                    }
-                    return Err(Reason::Overloaded);
+            })?,
+        };
+        let usable = filter(answers.addrs, |ip| {
+            guard.is_dialable(ip) && !self.is_own_addr(SocketAddr::new(ip, port))
+        });
+        if usable.dialable.is_empty() {
+            tracing::debug!(%host, blocked = ?usable.blocked, failed = ?answers.failed, "nothing dialable");
+            return Err(unusable_reason(&usable, answers.failed.as_deref()));
+        }
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(self.connect_timeout, connect_first(&usable.dialable, port))
+                .await
+                .unwrap_or(Err(Reason::ConnectTimeout));
+        if result.is_ok() {
+            self.metrics
+                .upstream_connect(&host.to_string(), started.elapsed());
+        }
+        result
+    }
+
+    /// Whether dialing `addr` would reach one of the proxy's own listeners (see [`is_own`]).
+    pub fn is_own_addr(&self, addr: SocketAddr) -> bool {
+        is_own(&self.own_addrs, addr, is_local)
+    }
+}
+
+/// Tries each of `ips` in turn; the first that accepts is the upstream.
+async fn connect_first(ips: &[IpAddr], port: u16) -> Result<Upstream, Reason> {
+    let mut last = Reason::ConnectError;
+    for ip in ips {
+        let addr = SocketAddr::new(*ip, port);
+        match connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(Upstream { stream, addr });
+            }
+            Err(e) if crate::listener::is_fd_exhaustion(&e) => {
+                static LIMIT: RateLimit = RateLimit::new();
+                if let Some(suppressed) = LIMIT.allow() {
+                    tracing::warn!(%addr, suppressed, "out of file descriptors dialing upstream");
                 }
-                Err(e) => {
-                    tracing::debug!(%addr, error = %e, "connect failed");
-                    last = Reason::ConnectError;
-                }
+                return Err(Reason::Overloaded);
+            }
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "connect failed");
+                last = Reason::ConnectError;
             }
         }
-        Err(last)
-    };
-    let result = tokio::time::timeout(shared.limits.connect_timeout, attempt)
-        .await
-        .unwrap_or(Err(Reason::ConnectTimeout));
-    if result.is_ok() {
-        shared
-            .metrics
-            .upstream_connect(&host.to_string(), started.elapsed());
     }
-    result
+    Err(last)
 }
 
 /// Why nothing could be dialed: `blocked_ip` only when every lookup succeeded

@@ -1,22 +1,25 @@
-//! What every connection shares: the current policy snapshot, resolver, telemetry and limits.
+//! What connections share, split by concern: admission, lifecycle, the policy store.
+//!
+//! The dialer ([`crate::dial::Dialer`]) and telemetry ([`crate::telemetry::Telemetry`])
+//! are the other parts; [`Shared`] holds them all, and each function takes only the parts it uses.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::dial::Dialer;
+use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::reload::OpenTunnels;
-use crate::resolve::Resolver;
-use crate::telemetry::Listener;
 use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::{ActiveGuard, Metrics};
+use crate::telemetry::{Listener, Telemetry};
 
 /// A compiled policy and the generation number it was loaded as.
 #[derive(Debug)]
@@ -27,40 +30,116 @@ pub struct Snapshot {
     pub sha256: String,
 }
 
-/// Timeouts and limits from the command line.
-#[derive(Clone, Debug)]
-pub struct Limits {
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub header_timeout: Duration,
-    pub max_connections: usize,
-    /// Open connections one source address may hold; 0 for no limit.
-    pub max_connections_per_client: usize,
-}
-
-/// Largest request head (request line and headers) the explicit listener reads.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-
+/// Every part, for the tasks that own a connection. Functions take the part they use.
 pub struct Shared {
-    /// Each connection loads this once and keeps the snapshot to its end.
-    pub policy: ArcSwap<Snapshot>,
-    pub resolver: Resolver,
+    pub admission: Admission,
+    pub lifecycle: Lifecycle,
+    pub dialer: Dialer,
+    /// Each connection loads a snapshot once and keeps it to its end.
+    pub policy: PolicyStore,
+    pub telemetry: Telemetry,
+    pub limits: Limits,
+    /// The same handles as `telemetry.metrics`, `telemetry.audit`,
+    /// `lifecycle.draining` and `policy.open_tunnels`, under the names
+    /// `reload` reads them by.
     pub metrics: Arc<Metrics>,
     pub audit: Arc<AuditLog>,
-    pub limits: Limits,
-    /// The proxy's own listening addresses, never dialed.
-    pub own_addrs: Vec<SocketAddr>,
-    permits: Arc<Semaphore>,
-    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    pub draining: CancellationToken,
+    pub open_tunnels: Option<Arc<OpenTunnels>>,
+}
+
+impl Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        dialer: Dialer,
+        telemetry: Telemetry,
+        limits: Limits,
+        revalidate_on_reload: bool,
+    ) -> Shared {
+        let lifecycle = Lifecycle::default();
+        let policy = PolicyStore::new(snapshot, revalidate_on_reload);
+        Shared {
+            admission: Admission::new(
+                limits.max_connections,
+                limits.max_connections_per_client,
+                telemetry.metrics.clone(),
+            ),
+            metrics: telemetry.metrics.clone(),
+            audit: telemetry.audit.clone(),
+            draining: lifecycle.draining.clone(),
+            open_tunnels: policy.open_tunnels.clone(),
+            lifecycle,
+            dialer,
+            policy,
+            telemetry,
+            limits,
+        }
+    }
+}
+
+/// The policy in force, swapped whole by a reload, and the tunnels a reload may revoke.
+pub struct PolicyStore {
+    current: ArcSwap<Snapshot>,
+    /// Present with `--revalidate-on-reload`.
+    pub open_tunnels: Option<Arc<OpenTunnels>>,
+}
+
+impl PolicyStore {
+    pub fn new(snapshot: Snapshot, revalidate_on_reload: bool) -> PolicyStore {
+        PolicyStore {
+            current: ArcSwap::from_pointee(snapshot),
+            open_tunnels: revalidate_on_reload.then(Arc::default),
+        }
+    }
+
+    /// The snapshot in force, for a look that ends before the next await.
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The snapshot in force, kept by a connection to its end.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Puts `next` in force for every later decision.
+    pub fn store(&self, next: Arc<Snapshot>) {
+        self.current.store(next);
+    }
+}
+
+/// Start, drain and abort: which tasks are running, and whether to stop them.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
     /// Every connection, request and tunnel task, so that a drain can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled on SIGTERM: stop accepting, finish in-flight requests.
     pub draining: CancellationToken,
     /// Cancelled when the drain timeout expires: cut what is still open.
     pub abort: CancellationToken,
-    /// Present with `--revalidate-on-reload`.
-    pub open_tunnels: Option<OpenTunnels>,
-    ready: AtomicBool,
+    ready: Arc<AtomicBool>,
+}
+
+impl Lifecycle {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Policy loaded, listeners bound, and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.draining.is_cancelled()
+    }
+}
+
+/// Who gets a connection slot: `--max-connections` in all, and
+/// `--max-connections-per-client` per source address.
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// 0 for no limit.
+    per_client: usize,
+    /// Counts the open connections (`active_connections`).
+    metrics: Arc<Metrics>,
 }
 
 /// Held for as long as a client connection (and any tunnel it became) is open.
@@ -88,30 +167,13 @@ impl Drop for SourceSlot {
     }
 }
 
-impl Shared {
-    pub fn new(
-        snapshot: Snapshot,
-        resolver: Resolver,
-        metrics: Arc<Metrics>,
-        audit: Arc<AuditLog>,
-        limits: Limits,
-        own_addrs: Vec<SocketAddr>,
-        revalidate_on_reload: bool,
-    ) -> Shared {
-        Shared {
-            policy: ArcSwap::from_pointee(snapshot),
-            resolver,
-            metrics,
-            audit,
-            permits: Arc::new(Semaphore::new(limits.max_connections)),
+impl Admission {
+    pub fn new(max_connections: usize, per_client: usize, metrics: Arc<Metrics>) -> Admission {
+        Admission {
+            permits: Arc::new(Semaphore::new(max_connections)),
             per_source: Arc::default(),
-            limits,
-            own_addrs,
-            tracker: TaskTracker::new(),
-            draining: CancellationToken::new(),
-            abort: CancellationToken::new(),
-            open_tunnels: revalidate_on_reload.then(OpenTunnels::default),
-            ready: AtomicBool::new(false),
+            per_client,
+            metrics,
         }
     }
 
@@ -119,7 +181,7 @@ impl Shared {
     /// `source` already holds `--max-connections-per-client`.
     pub fn try_slot(&self, listener: Listener, source: IpAddr) -> Option<ConnSlot> {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
-        let per_client = self.limits.max_connections_per_client;
+        let per_client = self.per_client;
         let source = if per_client == 0 {
             None
         } else {
@@ -140,20 +202,5 @@ impl Shared {
             _active: self.metrics.connection_opened(listener),
             _source: source,
         })
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    /// Policy loaded, listeners bound, and not draining.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.draining.is_cancelled()
-    }
-
-    /// Whether dialing `addr` would reach one of the proxy's own listeners
-    /// (see [`crate::dial::is_own`]).
-    pub fn is_own_addr(&self, addr: SocketAddr) -> bool {
-        crate::dial::is_own(&self.own_addrs, addr, crate::dial::is_local)
     }
 }

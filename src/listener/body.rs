@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::Exchange;
-use crate::state::Shared;
+use crate::telemetry::Telemetry;
 
 /// Counts the data bytes that pass through into `count`.
 pub struct Counting<B> {
@@ -94,17 +94,17 @@ pub struct Finishing<B> {
     inner: Counting<B>,
     ingress: Arc<AtomicU64>,
     egress: Arc<AtomicU64>,
-    exchange: Option<(Exchange, Arc<Shared>)>,
+    exchange: Option<(Exchange, Telemetry)>,
 }
 
 impl<B> Finishing<B> {
-    pub fn new(inner: B, egress: Arc<AtomicU64>, exchange: Exchange, shared: Arc<Shared>) -> Self {
+    pub fn new(inner: B, egress: Arc<AtomicU64>, exchange: Exchange, telemetry: Telemetry) -> Self {
         let ingress = Arc::new(AtomicU64::new(0));
         Finishing {
             inner: Counting::new(inner, ingress.clone()),
             ingress,
             egress,
-            exchange: Some((exchange, shared)),
+            exchange: Some((exchange, telemetry)),
         }
     }
 }
@@ -131,10 +131,12 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
 
 impl<B> Drop for Finishing<B> {
     fn drop(&mut self) {
-        if let Some((mut ex, shared)) = self.exchange.take() {
-            ex.ingress = self.ingress.load(Ordering::Relaxed);
-            ex.egress = self.egress.load(Ordering::Relaxed);
-            ex.finish(&shared);
+        if let Some((mut ex, telemetry)) = self.exchange.take() {
+            ex.relayed(
+                self.egress.load(Ordering::Relaxed),
+                self.ingress.load(Ordering::Relaxed),
+            );
+            ex.finish(&telemetry);
         }
     }
 }

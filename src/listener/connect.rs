@@ -1,21 +1,25 @@
 //! `CONNECT host:port`: decide, dial, answer 200, then tunnel with the
 //! TLS handshake checks of SPEC 9.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::ext::ReasonPhrase;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
-use super::client::{Conn, decide_target, refuse};
+use super::http1::{Conn, decide_target, refusal};
 use super::{Body, Exchange, full};
-use crate::dial::{Upstream, dial};
-use crate::policy::Reason;
-use crate::state::Snapshot;
+use crate::dial::Upstream;
+use crate::policy::{Host, Reason};
+use crate::state::{ConnSlot, Shared, Snapshot};
 use crate::tls_peek::{ClientFlight, Expect};
-use crate::tunnel::{self, Counters, End, Inspect};
+use crate::tunnel::{self, ClientSide, Counters, End, Inspect};
 
 pub(super) async fn connect(
     conn: Arc<Conn>,
@@ -24,92 +28,142 @@ pub(super) async fn connect(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let shared = &conn.shared;
-    let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    // A CONNECT request has no content (RFC 9110 9.3.6): bytes after the head
-    // are tunnel bytes. A declared body would be swallowed as one, so refuse it.
+    let Some(authority) = authority(&req) else {
+        ex.bad_request(&snap);
+        return refusal(&shared.telemetry, ex, Reason::BadRequest);
+    };
+    let (host, port) = match decide_target(&snap, &mut ex, &authority, None) {
+        Ok(target) => target,
+        Err(reason) => return refusal(&shared.telemetry, ex, reason),
+    };
+    let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
+        Ok(up) => up,
+        Err(reason) => return refusal(&shared.telemetry, ex, reason),
+    };
+    ex.dialed(upstream.addr);
+    ex.responded(200);
+    let tunnel = Tunnel {
+        shared: shared.clone(),
+        snap,
+        ex,
+        upstream,
+        target: host,
+        port,
+        peer: conn.peer,
+        slot: conn.slot.clone(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    shared
+        .lifecycle
+        .tracker
+        .spawn(tunnel.run(on_upgrade).in_current_span());
+    let mut resp = Response::new(full(""));
+    resp.extensions_mut()
+        .insert(ReasonPhrase::from_static(b"Connection Established"));
+    resp
+}
+
+/// The `host:port` a well-formed CONNECT names. A CONNECT request has no
+/// content (RFC 9110 9.3.6): bytes after the head are tunnel bytes, so a
+/// declared body would be swallowed as one; such a request is refused.
+fn authority(req: &Request<Incoming>) -> Option<String> {
     let declares_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
         || req
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let authority = authority.filter(|_| !declares_body);
-    let Some(authority) = authority.filter(|_| req.uri().path_and_query().is_none()) else {
-        ex.bad_request(&snap);
-        return refuse(shared, ex, Reason::BadRequest);
-    };
-    let (host, port) = match decide_target(&snap, &mut ex, &authority, None) {
-        Ok(target) => target,
-        Err(reason) => return refuse(shared, ex, reason),
-    };
-    let upstream = match dial(shared, &snap, &host, port).await {
-        Ok(up) => up,
-        Err(reason) => return refuse(shared, ex, reason),
-    };
-    ex.upstream = Some(upstream.addr);
-    ex.status = Some(200);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let slot = conn.slot.clone();
-    let conn_peer = conn.peer;
-    let target = host;
-    let shared_task = shared.clone();
-    shared.tracker.spawn(async move {
-        let shared = shared_task;
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    authority.filter(|_| !declares_body && req.uri().path_and_query().is_none())
+}
+
+/// A CONNECT dialed and answered 200, waiting for hyper to hand over the client's socket.
+struct Tunnel {
+    shared: Arc<Shared>,
+    snap: Arc<Snapshot>,
+    ex: Exchange,
+    upstream: Upstream,
+    target: Host,
+    port: u16,
+    peer: SocketAddr,
+    /// Keeps the client connection counted until the tunnel ends.
+    slot: Arc<ConnSlot>,
+}
+
+impl Tunnel {
+    /// Relays until the tunnel ends, then writes its record.
+    async fn run(self, on_upgrade: OnUpgrade) {
+        let Tunnel {
+            shared,
+            snap,
+            mut ex,
+            upstream,
+            target,
+            port,
+            peer,
+            slot,
+        } = self;
         match on_upgrade.await {
             Ok(upgraded) => {
+                let Some(client) = client_side(upgraded) else {
+                    tracing::error!("CONNECT upgrade is not a TCP stream");
+                    ex.finish(&shared.telemetry);
+                    return;
+                };
                 let counters = Counters::default();
-                let Upstream { stream, .. } = upstream;
-                let cancel = shared.abort.child_token();
-                let _registration = shared
-                    .open_tunnels
-                    .as_ref()
-                    .map(|open| open.register(conn_peer.ip(), target.clone(), port, cancel.clone()));
-                let tls = snap.policy.tls;
-                let expect = if tls.sni_must_match {
-                    Expect::Host(target.clone())
-                } else {
-                    Expect::Any
-                };
-                let inspect = Inspect {
-                    flight: ClientFlight::new(expect, tls.ech_allowed),
-                    header_timeout: shared.limits.header_timeout,
-                };
-                let client = match upgraded.downcast::<TokioIo<TcpStream>>() {
-                    Ok(parts) => tunnel::Client { stream: parts.io.into_inner(), prefix: parts.read_buf },
-                    Err(_) => {
-                        tracing::error!("CONNECT upgrade is not a TCP stream");
-                        ex.finish(&shared);
-                        return;
-                    }
-                };
+                let cancel = shared.lifecycle.abort.child_token();
+                let _registration = (shared.policy.open_tunnels.as_ref())
+                    .map(|open| open.register(peer.ip(), target.clone(), port, cancel.clone()));
+                let inspect = inspection(&snap, target, shared.limits.header_timeout);
                 let end = tunnel::pump(
                     client,
-                    stream,
+                    upstream.stream,
                     shared.limits.idle_timeout,
                     &cancel,
                     &counters,
                     Some(inspect),
                 )
                 .await;
-                match end {
-                    End::Aborted if !shared.abort.is_cancelled() => ex.reason = Reason::PolicyRevoked,
-                    End::Refused(v) => {
-                        tracing::debug!(host = ?ex.host, reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
-                        ex.reason = v.reason;
+                let cut = match end {
+                    End::Aborted if !shared.lifecycle.abort.is_cancelled() => {
+                        Some(Reason::PolicyRevoked)
                     }
-                    _ => {}
-                }
-                ex.sni = counters.sni.get().cloned();
-                tracing::debug!(host = ?ex.host, ?end, "tunnel closed");
-                ex.egress = counters.egress();
-                ex.ingress = counters.ingress();
+                    End::Refused(v) => {
+                        tracing::debug!(host = ?ex.host(), reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
+                        Some(v.reason)
+                    }
+                    _ => None,
+                };
+                ex.saw_sni(counters.sni.get().cloned());
+                tracing::debug!(host = ?ex.host(), ?end, "tunnel closed");
+                ex.tunnel_ended(cut, &counters);
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
-        ex.finish(&shared);
+        ex.finish(&shared.telemetry);
         drop(slot);
-    });
-    let mut resp = Response::new(full(""));
-    resp.extensions_mut()
-        .insert(ReasonPhrase::from_static(b"Connection Established"));
-    resp
+    }
+}
+
+/// The client's socket, with what hyper read past the CONNECT head.
+fn client_side(upgraded: Upgraded) -> Option<ClientSide> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    Some(ClientSide {
+        stream: parts.io.into_inner(),
+        prefix: parts.read_buf,
+    })
+}
+
+/// How the client's TLS handshake is checked: the SNI must name `target`
+/// unless the policy says otherwise.
+fn inspection(snap: &Snapshot, target: Host, header_timeout: Duration) -> Inspect {
+    let tls = snap.policy.tls;
+    let expect = if tls.sni_must_match {
+        Expect::Host(target)
+    } else {
+        Expect::Any
+    };
+    Inspect {
+        flight: ClientFlight::new(expect, tls.ech_allowed),
+        header_timeout,
+    }
 }

@@ -11,18 +11,17 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tracing::Instrument;
 
 use super::body::{Counting, Finishing, Watched};
-use super::client::{Conn, decide_target, refuse};
+use super::http1::{Conn, decide_target, refusal};
 use super::{Body, Exchange};
-use crate::dial::{Upstream, dial};
+use crate::dial::Upstream;
+use crate::limits::UPSTREAMS_PER_CONNECTION;
 use crate::policy::host::split_host_port;
 use crate::policy::{Host, Reason};
-use crate::state::{Shared, Snapshot};
+use crate::state::{Lifecycle, Snapshot};
 use crate::telemetry::Listener;
-
-/// Upstream connections one client connection keeps open for keep-alive.
-const MAX_UPSTREAMS: usize = 4;
 
 type UpstreamBody = Watched<Counting<Incoming>>;
 
@@ -43,37 +42,36 @@ pub(super) async fn forward(
     let uri = req.uri().clone();
     let Some((authority, default_port)) = destination(&conn, &req) else {
         ex.bad_request(&snap);
-        return refuse(shared, ex, Reason::BadRequest);
+        return refusal(&shared.telemetry, ex, Reason::BadRequest);
     };
     if uri.scheme_str().is_some_and(|s| s != "http") {
         // https:// in absolute-form would ask us to originate TLS: use CONNECT.
         ex.target_raw(&authority, None);
         ex.bad_request(&snap);
-        return refuse(shared, ex, Reason::BadRequest);
+        return refusal(&shared.telemetry, ex, Reason::BadRequest);
     }
     let (host, port) = match decide_target(&snap, &mut ex, &authority, Some(default_port)) {
         Ok(target) => target,
-        Err(reason) => return refuse(shared, ex, reason),
+        Err(reason) => return refusal(&shared.telemetry, ex, reason),
     };
     if !host_header_agrees(req.headers(), &host, port, default_port) {
-        ex.reason = Reason::BadRequest;
-        return refuse(shared, ex, Reason::BadRequest);
+        return refusal(&shared.telemetry, ex, Reason::BadRequest);
     }
     let key = format!("{host}:{port}");
     let mut pooled = match take_upstream(&conn, &key).await {
         Some(p) => p,
-        None => match dial(shared, &snap, &host, port).await {
+        None => match shared.dialer.dial(&snap.policy.guard, &host, port).await {
             Ok(up) => {
                 let addr = up.addr;
-                match handshake(shared, up).await {
+                match handshake(&shared.lifecycle, up).await {
                     Ok(sender) => Pooled { key, sender, addr },
-                    Err(()) => return refuse(shared, ex, Reason::ConnectError),
+                    Err(()) => return refusal(&shared.telemetry, ex, Reason::ConnectError),
                 }
             }
-            Err(reason) => return refuse(shared, ex, reason),
+            Err(reason) => return refusal(&shared.telemetry, ex, reason),
         },
     };
-    ex.upstream = Some(pooled.addr);
+    ex.dialed(pooled.addr);
     let egress = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -97,28 +95,28 @@ pub(super) async fn forward(
         // The upstream connection saw part of a request: it is dropped, never pooled.
         Ok(Err(e)) if broken.load(Ordering::Relaxed) => {
             tracing::debug!(upstream = %pooled.addr, error = %e, "client request body broken");
-            return refuse(shared, ex, Reason::BadRequest);
+            return refusal(&shared.telemetry, ex, Reason::BadRequest);
         }
         Ok(Err(e)) => {
             tracing::debug!(upstream = %pooled.addr, error = %e, "upstream request failed");
-            return refuse(shared, ex, Reason::ConnectError);
+            return refusal(&shared.telemetry, ex, Reason::ConnectError);
         }
         Err(_) => {
             tracing::debug!(upstream = %pooled.addr, "upstream sent no response head in time");
-            return refuse(shared, ex, Reason::ConnectTimeout);
+            return refusal(&shared.telemetry, ex, Reason::ConnectTimeout);
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // `Upgrade` was stripped, so nothing asked for this: the upstream
         // now speaks something else on the connection, which is dropped.
         tracing::debug!(upstream = %pooled.addr, "upstream switched protocols unasked");
-        return refuse(shared, ex, Reason::ConnectError);
+        return refusal(&shared.telemetry, ex, Reason::ConnectError);
     }
     put_upstream(&conn, pooled).await;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    ex.status = Some(parts.status.as_u16());
-    let body = Finishing::new(body, egress, ex, shared.clone()).boxed_unsync();
+    ex.responded(parts.status.as_u16());
+    let body = Finishing::new(body, egress, ex, shared.telemetry.clone()).boxed_unsync();
     Response::from_parts(parts, body)
 }
 
@@ -156,26 +154,29 @@ async fn take_upstream(conn: &Conn, key: &str) -> Option<Pooled> {
 
 async fn put_upstream(conn: &Conn, pooled: Pooled) {
     let mut list = conn.upstreams.lock().await;
-    if list.len() >= MAX_UPSTREAMS {
+    if list.len() >= UPSTREAMS_PER_CONNECTION {
         list.remove(0);
     }
     list.push(pooled);
 }
 
-async fn handshake(shared: &Arc<Shared>, up: Upstream) -> Result<SendRequest<UpstreamBody>, ()> {
+async fn handshake(lifecycle: &Lifecycle, up: Upstream) -> Result<SendRequest<UpstreamBody>, ()> {
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(up.stream))
         .await
         .map_err(|e| tracing::debug!(error = %e, "upstream handshake failed"))?;
-    let abort = shared.abort.clone();
-    shared.tracker.spawn(async move {
-        tokio::select! {
-            res = connection => if let Err(e) = res {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            },
-            () = abort.cancelled() => {}
+    let abort = lifecycle.abort.clone();
+    lifecycle.tracker.spawn(
+        async move {
+            tokio::select! {
+                res = connection => if let Err(e) = res {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                },
+                () = abort.cancelled() => {}
+            }
         }
-    });
+        .in_current_span(),
+    );
     Ok(sender)
 }
 

@@ -1,18 +1,21 @@
-//! Listeners: accepting connections, and what every listener records about each exchange.
+//! Listeners: accepting connections (each in its own tracing span) and answering refusals.
 //!
-//! [`client`] serves HTTP/1 connections (explicit and transparent), handing
+//! [`http1`] serves HTTP/1 connections (explicit and transparent), handing
 //! CONNECT to `connect` and other requests to `forward`; [`tls`] is the
-//! transparent TLS listener.
+//! transparent TLS listener; [`Exchange`] is what each of them records.
 
 pub mod body;
-pub mod client;
 mod connect;
+mod exchange;
 mod forward;
+pub mod http1;
 pub mod tls;
+
+pub use exchange::Exchange;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -20,12 +23,14 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
-use crate::policy::{Decision, Host, Reason, Verdict};
-use crate::state::{ConnSlot, Shared, Snapshot};
-use crate::telemetry::audit::{AuditRecord, Event};
+use crate::limits::{ACCEPT_BACKOFF, OVERLOADED_ANSWER, RESERVE_WAIT};
+use crate::policy::Reason;
+use crate::state::{ConnSlot, Shared};
+use crate::telemetry::audit::Event;
 use crate::telemetry::diag::RateLimit;
-use crate::telemetry::{self, Listener};
+use crate::telemetry::{Listener, Telemetry};
 
 /// Response bodies the proxy sends: its own short texts or a relayed origin body.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -41,10 +46,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// SPEC 3's error response: status, `X-Portcullis-Reason`, a one-line body, `Connection: close`.
 pub fn error_response(reason: Reason) -> Response<Body> {
-    let status = reason
-        .status()
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::FORBIDDEN);
+    let status = http_status(reason).unwrap_or(StatusCode::FORBIDDEN);
     let mut resp = Response::new(full(error_body(reason)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -57,174 +59,28 @@ pub fn error_response(reason: Reason) -> Response<Body> {
     resp
 }
 
+/// The HTTP status an explicit-proxy client receives for `reason`; `None`
+/// for the reasons only a TLS tunnel ends with (answered with an alert, if at all).
+fn http_status(reason: Reason) -> Option<StatusCode> {
+    match reason {
+        Reason::Allowed => Some(StatusCode::OK),
+        Reason::NotAllowed | Reason::ClientNotAllowed | Reason::BlockedIp => {
+            Some(StatusCode::FORBIDDEN)
+        }
+        Reason::BadRequest => Some(StatusCode::BAD_REQUEST),
+        Reason::DnsError | Reason::ConnectError => Some(StatusCode::BAD_GATEWAY),
+        Reason::ConnectTimeout => Some(StatusCode::GATEWAY_TIMEOUT),
+        Reason::Overloaded => Some(StatusCode::SERVICE_UNAVAILABLE),
+        Reason::SniMismatch
+        | Reason::EchRefused
+        | Reason::NoSni
+        | Reason::PolicyRevoked
+        | Reason::TlsViolation => None,
+    }
+}
+
 fn error_body(reason: Reason) -> String {
     format!("portcullis: {}: {}\n", reason.as_str(), reason.message())
-}
-
-/// One decided connection or request, from accept to its audit record.
-pub struct Exchange {
-    started: Instant,
-    listener: Listener,
-    event: Event,
-    pub client_addr: SocketAddr,
-    pub method: Option<String>,
-    /// The destination as normalised, or as received when it did not parse.
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub sni: Option<String>,
-    pub decision: Option<Decision>,
-    /// Where the exchange ended: the decision's reason, or a later failure.
-    pub reason: Reason,
-    pub generation: Option<u64>,
-    has_clients: bool,
-    pub upstream: Option<SocketAddr>,
-    pub status: Option<u16>,
-    pub egress: u64,
-    pub ingress: u64,
-}
-
-impl Exchange {
-    pub fn new(listener: Listener, event: Event, client_addr: SocketAddr) -> Exchange {
-        Exchange {
-            started: Instant::now(),
-            listener,
-            event,
-            client_addr,
-            method: None,
-            host: None,
-            port: None,
-            sni: None,
-            decision: None,
-            reason: Reason::BadRequest,
-            generation: None,
-            has_clients: false,
-            upstream: None,
-            status: None,
-            egress: 0,
-            ingress: 0,
-        }
-    }
-
-    /// Records the destination as received, before it is known to be valid.
-    pub fn target_raw(&mut self, host: &str, port: Option<u16>) {
-        const MAX: usize = 512;
-        let mut end = host.len().min(MAX);
-        while !host.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.host = Some(host[..end].to_string());
-        self.port = port;
-    }
-
-    /// Decides `host:port` on `snap` and records the outcome.
-    pub fn decide(&mut self, snap: &Snapshot, host: &Host, port: u16) -> &Decision {
-        self.host = Some(host.to_string());
-        self.port = Some(port);
-        self.generation = Some(snap.generation);
-        self.has_clients = snap.policy.clients.is_some();
-        let decision = snap.policy.decide(self.client_addr.ip(), host, port);
-        self.reason = decision.reason;
-        self.decision.insert(decision)
-    }
-
-    /// Records a request too malformed to decide.
-    pub fn bad_request(&mut self, snap: &Snapshot) {
-        self.generation = Some(snap.generation);
-        self.has_clients = snap.policy.clients.is_some();
-        self.decision = Some(snap.policy.bad_request(self.client_addr.ip()));
-        self.reason = Reason::BadRequest;
-    }
-
-    /// Whether the traffic may go on (allow, or report).
-    pub fn permits(&self) -> bool {
-        self.decision.as_ref().is_some_and(|d| d.verdict.permits())
-    }
-
-    /// The verdict as audited: a guard refusal after resolution, or a request
-    /// that never reached a decision, is a deny.
-    fn verdict(&self) -> Verdict {
-        match (&self.decision, self.reason) {
-            (
-                _,
-                Reason::BlockedIp
-                | Reason::BadRequest
-                | Reason::Overloaded
-                | Reason::SniMismatch
-                | Reason::EchRefused
-                | Reason::NoSni
-                | Reason::PolicyRevoked
-                | Reason::TlsViolation,
-            ) => Verdict::Deny,
-            (Some(d), _) => d.verdict,
-            (None, _) => Verdict::Deny,
-        }
-    }
-
-    fn client_label(&self) -> &str {
-        match self.decision.as_ref().and_then(|d| d.client.as_deref()) {
-            Some(name) => name,
-            None if self.has_clients => "_unknown",
-            None => "default",
-        }
-    }
-
-    /// Writes the audit record and counts the exchange.
-    pub fn finish(self, shared: &Shared) {
-        let verdict = self.verdict();
-        let decision = telemetry::Decision::from(verdict);
-        let destination = match (&self.host, self.reason) {
-            (_, Reason::BadRequest) | (None, _) => "_invalid",
-            (Some(h), _) => h.as_str(),
-        };
-        let client = self.client_label().to_string();
-        let m = &shared.metrics;
-        m.request(
-            self.listener,
-            &client,
-            decision,
-            self.reason.as_str(),
-            destination,
-        );
-        if self.egress > 0 || self.ingress > 0 {
-            m.tunnel_bytes(&client, destination, self.egress, self.ingress);
-        }
-        let mut rec = AuditRecord::new(self.event);
-        rec.listener = Some(self.listener);
-        rec.client = self
-            .decision
-            .as_ref()
-            .and_then(|d| d.client.as_deref())
-            .map(str::to_string);
-        rec.client_addr = Some(self.client_addr);
-        rec.method = self.method;
-        rec.host = self.host;
-        rec.port = self.port;
-        rec.sni = self.sni;
-        rec.decision = Some(decision);
-        rec.reason = Some(self.reason.as_str());
-        rec.rule = self
-            .decision
-            .as_ref()
-            .and_then(|d| d.rule.as_deref())
-            .map(str::to_string);
-        rec.upstream_addr = self.upstream;
-        rec.status = self.status;
-        rec.bytes_egress = Some(self.egress);
-        rec.bytes_ingress = Some(self.ingress);
-        rec.duration_ms = Some(self.started.elapsed().as_millis() as u64);
-        rec.policy_generation = self.generation;
-        shared.audit.write(&rec);
-    }
-}
-
-impl From<Verdict> for telemetry::Decision {
-    fn from(v: Verdict) -> Self {
-        match v {
-            Verdict::Allow => telemetry::Decision::Allow,
-            Verdict::Deny => telemetry::Decision::Deny,
-            Verdict::Report => telemetry::Decision::Report,
-        }
-    }
 }
 
 /// The destination an iptables/nftables REDIRECT rule rewrote, when the
@@ -242,7 +98,7 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
 }
 
 /// Accepts until draining, handing each connection (with its slot) to `serve`.
-/// Beyond `--max-connections`, `refuse` answers instead.
+/// Beyond `--max-connections`, `refuse_overloaded` answers instead.
 pub async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -259,7 +115,7 @@ pub async fn accept_loop<F, Fut>(
     loop {
         let accepted = tokio::select! {
             biased;
-            () = shared.draining.cancelled() => return,
+            () = shared.lifecycle.draining.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -279,40 +135,60 @@ pub async fn accept_loop<F, Fut>(
                 // `accept` (and miss the drain) waiting for the next client.
                 let accepted = tokio::select! {
                     biased;
-                    () = shared.draining.cancelled() => return,
-                    accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()) => accepted,
+                    () = shared.lifecycle.draining.cancelled() => return,
+                    accepted = tokio::time::timeout(RESERVE_WAIT, listener.accept()) => accepted,
                 };
                 if let Ok(Ok((stream, peer))) = accepted {
-                    shared
-                        .tracker
-                        .spawn(refuse_overloaded(shared.clone(), stream, peer, kind));
+                    shared.lifecycle.tracker.spawn(refuse_overloaded(
+                        shared.telemetry.clone(),
+                        stream,
+                        peer,
+                        kind,
+                    ));
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(RESERVE_WAIT).await;
                 reserve = std::fs::File::open("/dev/null").ok();
                 continue;
             }
             Err(e) => {
                 // Still out of descriptors, or a transient error: back off instead of spinning.
                 tracing::debug!(listener = kind.as_str(), error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 reserve = reserve.or_else(|| std::fs::File::open("/dev/null").ok());
                 continue;
             }
         };
         inherited.complete(&stream, peer);
-        match shared.try_slot(kind, peer.ip()) {
+        let span = connection_span(kind, peer);
+        match shared.admission.try_slot(kind, peer.ip()) {
             Some(slot) => {
                 shared
+                    .lifecycle
                     .tracker
-                    .spawn(serve(shared.clone(), stream, peer, slot));
+                    .spawn(serve(shared.clone(), stream, peer, slot).instrument(span));
             }
             None => {
-                shared
-                    .tracker
-                    .spawn(refuse_overloaded(shared.clone(), stream, peer, kind));
+                shared.lifecycle.tracker.spawn(
+                    refuse_overloaded(shared.telemetry.clone(), stream, peer, kind)
+                        .instrument(span),
+                );
             }
         }
     }
+}
+
+/// The span every diagnostic line about one client connection is logged in,
+/// so that lines of concurrent connections can be told apart. At `debug`
+/// level only: with debug lines off it is disabled, and neither the id nor
+/// the fields are computed.
+fn connection_span(kind: Listener, peer: SocketAddr) -> tracing::Span {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    tracing::debug_span!(
+        "conn",
+        listener = kind.as_str(),
+        %peer,
+        id = NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Options every accepted connection gets. Set once on the listening
@@ -380,21 +256,21 @@ pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 /// client's request is drained briefly so that closing does not reset the
 /// connection before the client has read the answer.
 async fn refuse_overloaded(
-    shared: Arc<Shared>,
+    telemetry: Telemetry,
     mut stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
 ) {
     let mut ex = Exchange::new(kind, Event::Connection, peer);
-    ex.reason = Reason::Overloaded;
-    ex.status = Some(503);
-    ex.finish(&shared);
+    ex.refused(Reason::Overloaded, Some(503));
+    ex.finish(&telemetry);
     if kind == Listener::TransparentTls {
         return;
     }
     let body = error_body(Reason::Overloaded);
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\n{REASON_HEADER}: overloaded\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 503 Service Unavailable\r\n{REASON_HEADER}: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        Reason::Overloaded.as_str(),
         body.len()
     );
     let io = async {
@@ -408,7 +284,7 @@ async fn refuse_overloaded(
         }
         Ok::<_, std::io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), io).await;
+    let _ = tokio::time::timeout(OVERLOADED_ANSWER, io).await;
 }
 
 #[cfg(test)]

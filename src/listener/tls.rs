@@ -4,21 +4,23 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{Exchange, original_dst};
-use crate::dial::dial;
-use crate::policy::Reason;
+use crate::policy::{Host, Reason};
 use crate::state::{ConnSlot, Shared};
-use crate::telemetry::Listener;
 use crate::telemetry::audit::Event;
+use crate::telemetry::{Listener, Telemetry};
 use crate::tls_peek::{
     self, ACCESS_DENIED, ClientFlight, Expect, INTERNAL_ERROR, read_first_flight,
 };
 use crate::tunnel::{self, Counters, End, Inspect};
 
+/// Serves one redirected connection: read the ClientHello, decide on its
+/// SNI, dial, replay the hello and relay.
 pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slot: ConnSlot) {
     let snap = shared.policy.load_full();
     let mut ex = Exchange::new(Listener::TransparentTls, Event::Connection, peer);
@@ -26,40 +28,32 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
     // Every later ClientHello must name the same server as the first (SPEC 9).
     let mut flight = ClientFlight::new(Expect::Any, snap.policy.tls.ech_allowed);
     let timeout = shared.limits.header_timeout;
-    let read = tokio::time::timeout(
-        timeout,
-        read_first_flight(&mut stream, &mut flight, timeout),
-    )
-    .await;
-    let hello = match read {
-        Ok(Ok(Ok(()))) => flight.first_hello().cloned(),
-        Ok(Ok(Err(v))) => {
-            tracing::debug!(%peer, reason = v.reason.as_str(), cause = v.cause, "ClientHello refused on the transparent TLS listener");
+    let host = match read_hello(&mut stream, &mut flight, timeout, peer).await {
+        FirstFlight::Sni(host) => host,
+        FirstFlight::Refused(reason) => {
             ex.bad_request(&snap);
-            ex.port = Some(port);
-            ex.sni = flight.last_sni().map(ToString::to_string);
-            return refuse(&shared, ex, stream, v.reason, ACCESS_DENIED).await;
+            ex.at_port(port);
+            ex.saw_sni(flight.last_sni().map(ToString::to_string));
+            return refuse_with_alert(&shared.telemetry, ex, stream, reason, ACCESS_DENIED).await;
         }
-        Ok(Err(_)) | Err(_) => None,
+        FirstFlight::Nothing => {
+            ex.bad_request(&snap);
+            return ex.finish(&shared.telemetry);
+        }
+        FirstFlight::NoSni => {
+            ex.bad_request(&snap);
+            ex.at_port(port);
+            return refuse_with_alert(&shared.telemetry, ex, stream, Reason::NoSni, ACCESS_DENIED)
+                .await;
+        }
     };
-    let Some(hello) = hello else {
-        tracing::debug!(%peer, "no ClientHello on the transparent TLS listener");
-        ex.bad_request(&snap);
-        return ex.finish(&shared);
-    };
-    // An SNI is a name, never an address (RFC 6066 3): the inspector checked.
-    let Some(host) = hello.sni else {
-        ex.bad_request(&snap);
-        ex.port = Some(port);
-        return refuse(&shared, ex, stream, Reason::NoSni, ACCESS_DENIED).await;
-    };
-    ex.sni = Some(host.to_string());
+    ex.saw_sni(Some(host.to_string()));
     let decision = ex.decide(&snap, &host, port);
     if !decision.verdict.permits() {
         let reason = decision.reason;
-        return refuse(&shared, ex, stream, reason, ACCESS_DENIED).await;
+        return refuse_with_alert(&shared.telemetry, ex, stream, reason, ACCESS_DENIED).await;
     }
-    let upstream = match dial(&shared, &snap, &host, port).await {
+    let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
         Ok(up) => up,
         Err(reason) => {
             let description = if reason == Reason::BlockedIp {
@@ -67,55 +61,108 @@ pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr,
             } else {
                 INTERNAL_ERROR
             };
-            return refuse(&shared, ex, stream, reason, description).await;
+            return refuse_with_alert(&shared.telemetry, ex, stream, reason, description).await;
         }
     };
-    ex.upstream = Some(upstream.addr);
+    ex.dialed(upstream.addr);
+    relay(&shared, ex, stream, upstream.stream, flight, &host).await;
+    drop(slot);
+}
+
+/// What the client's first flight came to.
+enum FirstFlight {
+    /// A ClientHello naming a server (a name: the inspector refuses addresses, RFC 6066 3).
+    Sni(Host),
+    /// A ClientHello without a server name.
+    NoSni,
+    /// A flight that broke the handshake rules.
+    Refused(Reason),
+    /// No ClientHello within the header timeout, or the client went away.
+    Nothing,
+}
+
+/// Reads the client's first flight into `flight`, within `timeout`.
+async fn read_hello(
+    stream: &mut TcpStream,
+    flight: &mut ClientFlight,
+    timeout: Duration,
+    peer: SocketAddr,
+) -> FirstFlight {
+    let read = tokio::time::timeout(timeout, read_first_flight(stream, flight, timeout)).await;
+    let hello = match read {
+        Ok(Ok(Ok(()))) => flight.first_hello().cloned(),
+        Ok(Ok(Err(v))) => {
+            tracing::debug!(%peer, reason = v.reason.as_str(), cause = v.cause, "ClientHello refused on the transparent TLS listener");
+            return FirstFlight::Refused(v.reason);
+        }
+        Ok(Err(_)) | Err(_) => None,
+    };
+    let Some(hello) = hello else {
+        tracing::debug!(%peer, "no ClientHello on the transparent TLS listener");
+        return FirstFlight::Nothing;
+    };
+    match hello.sni {
+        Some(host) => FirstFlight::Sni(host),
+        None => FirstFlight::NoSni,
+    }
+}
+
+/// Replays the buffered ClientHello upstream exactly as the client sent it,
+/// relays until the tunnel ends, and writes the record.
+async fn relay(
+    shared: &Shared,
+    mut ex: Exchange,
+    stream: TcpStream,
+    upstream: TcpStream,
+    flight: ClientFlight,
+    host: &Host,
+) {
     let counters = Counters::default();
-    let client = tunnel::Client {
+    let client = tunnel::ClientSide {
         stream,
         prefix: bytes::Bytes::new(),
     };
-    // The buffered ClientHello is replayed exactly as the client sent it.
     let inspect = Inspect {
         flight,
-        header_timeout: timeout,
+        header_timeout: shared.limits.header_timeout,
     };
     let end = tunnel::pump(
         client,
-        upstream.stream,
+        upstream,
         shared.limits.idle_timeout,
-        &shared.abort,
+        &shared.lifecycle.abort,
         &counters,
         Some(inspect),
     )
     .await;
-    match end {
+    let cut = match end {
         End::Refused(v) => {
             tracing::debug!(host = %host, reason = v.reason.as_str(), cause = v.cause, "transparent tunnel refused during the TLS handshake");
-            ex.reason = v.reason;
+            Some(v.reason)
         }
         End::Aborted => {
-            tracing::debug!(host = %host, "transparent tunnel cut at the drain timeout")
+            tracing::debug!(host = %host, "transparent tunnel cut at the drain timeout");
+            None
         }
-        End::Closed | End::Idle => tracing::debug!(host = %host, ?end, "transparent tunnel closed"),
-    }
-    ex.egress = counters.egress();
-    ex.ingress = counters.ingress();
-    ex.finish(&shared);
-    drop(slot);
+        End::Closed | End::Idle => {
+            tracing::debug!(host = %host, ?end, "transparent tunnel closed");
+            None
+        }
+    };
+    ex.tunnel_ended(cut, &counters);
+    ex.finish(&shared.telemetry);
 }
 
 /// Sends a fatal alert, closes, and records the refusal.
-async fn refuse(
-    shared: &Shared,
+async fn refuse_with_alert(
+    telemetry: &Telemetry,
     mut ex: Exchange,
     mut stream: TcpStream,
     reason: Reason,
     description: u8,
 ) {
-    ex.reason = reason;
-    ex.finish(shared);
+    ex.refused(reason, None);
+    ex.finish(telemetry);
     let _ = stream.try_write(&tls_peek::alert(description));
     let _ = stream.shutdown().await;
 }

@@ -101,23 +101,6 @@ impl Reason {
         }
     }
 
-    /// The HTTP status an explicit-proxy client receives, when there is one.
-    pub fn status(self) -> Option<u16> {
-        match self {
-            Reason::Allowed => Some(200),
-            Reason::NotAllowed | Reason::ClientNotAllowed | Reason::BlockedIp => Some(403),
-            Reason::BadRequest => Some(400),
-            Reason::DnsError | Reason::ConnectError => Some(502),
-            Reason::ConnectTimeout => Some(504),
-            Reason::Overloaded => Some(503),
-            Reason::SniMismatch
-            | Reason::EchRefused
-            | Reason::NoSni
-            | Reason::PolicyRevoked
-            | Reason::TlsViolation => None,
-        }
-    }
-
     /// The one-line body of the error response.
     pub fn message(self) -> &'static str {
         match self {

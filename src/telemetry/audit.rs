@@ -18,7 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Serialize, Serializer};
 
 use super::diag::RateLimit;
-use super::{Decision, Listener, ReloadResult, label_enum};
+use super::{Listener, ReloadResult, label_enum};
+use crate::policy::{Reason, Verdict};
 
 /// Records queued between the data path and the writer thread before new ones are dropped.
 pub const DEFAULT_CAPACITY: usize = 16 * 1024;
@@ -90,9 +91,8 @@ pub struct AuditRecord {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub sni: Option<String>,
-    pub decision: Option<Decision>,
-    /// A `Reason::as_str()`, never a free string.
-    pub reason: Option<&'static str>,
+    pub decision: Option<Verdict>,
+    pub reason: Option<Reason>,
     /// The rule that decided, as written in the policy.
     pub rule: Option<String>,
     pub upstream_addr: Option<SocketAddr>,
@@ -167,7 +167,7 @@ pub struct AuditCounters {
 
 /// State shared by callers and the writer thread.
 #[derive(Debug)]
-struct Shared {
+struct WriterState {
     counters: AuditCounters,
     /// `dropped` as of the last warning, so each warning states what it adds.
     reported: AtomicU64,
@@ -177,7 +177,7 @@ struct Shared {
     writer_warning: RateLimit,
 }
 
-impl Shared {
+impl WriterState {
     fn lost(&self, n: u64) {
         self.counters.dropped.inc_by(n);
     }
@@ -212,7 +212,7 @@ impl Sink {
 
     /// Reopens the path when `forced` (SIGHUP) or when it no longer names the open file
     /// (renamed by logrotate, deleted). Runs on the writer thread only.
-    fn follow(&mut self, forced: bool, shared: &Shared) {
+    fn follow(&mut self, forced: bool, shared: &WriterState) {
         let Sink::Path { path, file } = self else {
             return;
         };
@@ -257,7 +257,7 @@ fn open_append(path: &Path) -> Result<File, AuditError> {
 pub struct AuditLog {
     tx: Option<SyncSender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
-    shared: Arc<Shared>,
+    shared: Arc<WriterState>,
 }
 
 /// How long dropping an [`AuditLog`] waits for the writer.
@@ -315,7 +315,7 @@ impl AuditLog {
 
     fn start(sink: Sink, capacity: usize, counters: AuditCounters) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(WriterState {
             counters,
             reported: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
@@ -436,7 +436,7 @@ const WRITE_BUF: usize = 64 * 1024;
 /// The writer thread: after the first line of a batch it sleeps for [`BATCH`] (records
 /// queue up without waking it), then writes out everything queued. Between batches, and
 /// at least every [`FOLLOW_EVERY`], it checks whether the file was rotated.
-fn drain(rx: &Receiver<Vec<u8>>, mut sink: Sink, shared: &Shared) {
+fn drain(rx: &Receiver<Vec<u8>>, mut sink: Sink, shared: &WriterState) {
     let mut batch = Vec::with_capacity(WRITE_BUF);
     let mut followed = Instant::now();
     loop {
@@ -478,7 +478,7 @@ fn drain(rx: &Receiver<Vec<u8>>, mut sink: Sink, shared: &Shared) {
 
 /// Writes `lines` records in `batch` and empties it. A failed write counts them all lost
 /// (part of the batch may have gone out; the count errs on the side of loss).
-fn put(sink: &mut Sink, batch: &mut Vec<u8>, lines: u64, shared: &Shared) {
+fn put(sink: &mut Sink, batch: &mut Vec<u8>, lines: u64, shared: &WriterState) {
     if let Err(error) = sink.out().write_all(batch) {
         shared.lost(lines);
         if let Some(suppressed) = shared.writer_warning.allow() {
@@ -585,8 +585,8 @@ mod tests {
         conn.host = Some("api.stripe.com".into());
         conn.port = Some(443);
         conn.sni = Some("api.stripe.com".into());
-        conn.decision = Some(Decision::Allow);
-        conn.reason = Some("allowed");
+        conn.decision = Some(Verdict::Allow);
+        conn.reason = Some(Reason::Allowed);
         conn.rule = Some("api.stripe.com".into());
         conn.upstream_addr = Some("[::1]:443".parse().expect("addr"));
         conn.status = Some(200);
@@ -597,8 +597,8 @@ mod tests {
         log.write(&conn);
 
         let mut denied = AuditRecord::new(Event::Request);
-        denied.decision = Some(Decision::Deny);
-        denied.reason = Some("not_allowed");
+        denied.decision = Some(Verdict::Deny);
+        denied.reason = Some(Reason::NotAllowed);
         log.write(&denied);
 
         log.write(&AuditRecord::policy_reload(

@@ -1,8 +1,6 @@
 //! Prometheus metrics (SPEC section 7): one registry, handles made up front, bounded labels.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -16,20 +14,15 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::audit::AuditCounters;
 use super::diag::DiagStats;
-use super::{Decision, Listener, ReloadResult, label_enum};
+use super::{Listener, ReloadResult, label_enum};
+use crate::policy::{Reason, Verdict};
+
+pub use super::destination::{
+    DEFAULT_DESTINATION_CAP, DestinationCap, INVALID_DESTINATION, OTHER_DESTINATION,
+};
 
 /// `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Default number of distinct `destination` label values before `_other`.
-pub const DEFAULT_DESTINATION_CAP: usize = 1000;
-
-/// The `destination` label value once the cap is reached.
-pub const OTHER_DESTINATION: &str = "_other";
-
-/// Longest host kept as a label value: a valid DNS name is at most 253 bytes, so anything
-/// longer is junk from a client and must not be stored.
-const MAX_HOST_LEN: usize = 253;
 
 /// Latency buckets in seconds, 1 ms to 10 s, shared by the DNS and connect histograms.
 const LATENCY_BUCKETS: [f64; 13] = [
@@ -64,8 +57,8 @@ label_enum! {
 struct RequestLabels {
     listener: Listener,
     client: Arc<str>,
-    decision: Decision,
-    reason: &'static str,
+    decision: Verdict,
+    reason: Reason,
     destination: Arc<str>,
 }
 
@@ -107,67 +100,6 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
-/// Bounds the `destination` label: the first `max` distinct hosts ever seen keep their name,
-/// every later one is `_other`. Hosts are attacker-chosen, so memory is bounded too
-/// (at most `max` names of at most 253 bytes each).
-#[derive(Debug)]
-pub struct DestinationCap {
-    max: usize,
-    seen: RwLock<HashSet<Arc<str>>>,
-    /// Set once `seen` is full, so unseen hosts skip the write lock from then on.
-    full: AtomicBool,
-    other: Arc<str>,
-}
-
-impl DestinationCap {
-    /// A cap of `max` distinct destinations (`0` labels everything `_other`).
-    pub fn new(max: usize) -> Self {
-        Self {
-            max,
-            seen: RwLock::new(HashSet::new()),
-            full: AtomicBool::new(max == 0),
-            other: Arc::from(OTHER_DESTINATION),
-        }
-    }
-
-    /// The label value for `host`: itself if it is (or now becomes) one of the first `max`
-    /// distinct hosts, `_other` otherwise.
-    pub fn label(&self, host: &str) -> Arc<str> {
-        if host.len() > MAX_HOST_LEN {
-            return self.other.clone();
-        }
-        // A poisoned lock only means another thread panicked mid-insert; the set is still valid.
-        if let Some(known) = self
-            .seen
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(host)
-        {
-            return known.clone();
-        }
-        if self.full.load(Ordering::Relaxed) {
-            return self.other.clone();
-        }
-        let mut seen = self.seen.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = seen.get(host) {
-            return known.clone();
-        }
-        if seen.len() >= self.max {
-            self.full.store(true, Ordering::Relaxed);
-            return self.other.clone();
-        }
-        let label: Arc<str> = Arc::from(host);
-        seen.insert(label.clone());
-        label
-    }
-}
-
-impl Default for DestinationCap {
-    fn default() -> Self {
-        Self::new(DEFAULT_DESTINATION_CAP)
-    }
-}
-
 /// Every portcullis metric, registered once under the `portcullis_` prefix.
 #[derive(Debug)]
 pub struct Metrics {
@@ -204,100 +136,112 @@ impl Collector for LogLinesDropped {
 impl Metrics {
     /// Registers every metric; `destination_cap` bounds the `destination` label.
     pub fn new(destination_cap: usize) -> Self {
-        let mut registry = Registry::with_prefix("portcullis");
-        let requests = Family::default();
-        let tunnel_bytes = Family::default();
-        let active_connections: Family<ListenerLabels, Gauge> = Family::default();
-        let upstream_connect: HistogramFamily<_> = Family::new_with_constructor(latency_histogram);
-        let dns_lookup: HistogramFamily<_> = Family::new_with_constructor(latency_histogram);
-        let policy_reloads: Family<ReloadLabels, Counter> = Family::default();
-        let policy_generation = Gauge::default();
-        let policy_rules = Family::default();
-        let audit = AuditCounters::default();
+        let mut metrics = Self {
+            registry: Registry::with_prefix("portcullis"),
+            destinations: DestinationCap::new(destination_cap),
+            requests: Family::default(),
+            tunnel_bytes: Family::default(),
+            active_connections: Family::default(),
+            upstream_connect: Family::new_with_constructor(latency_histogram),
+            dns_lookup: Family::new_with_constructor(latency_histogram),
+            policy_reloads: Family::default(),
+            policy_generation: Gauge::default(),
+            policy_rules: Family::default(),
+            audit: AuditCounters::default(),
+        };
+        // In this order on `/metrics`.
+        metrics.register_traffic();
+        metrics.register_policy();
+        metrics.register_audit();
+        metrics.zero_known_labels();
+        metrics
+    }
 
-        // Counters get their `_total` suffix from the encoder.
+    /// What the data path counts. Counters get their `_total` suffix from the encoder.
+    fn register_traffic(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "requests",
             "Decided connections and requests",
-            requests.clone(),
+            self.requests.clone(),
         );
         registry.register(
             "tunnel_bytes",
             "Bytes relayed through tunnels and forwarded requests",
-            tunnel_bytes.clone(),
+            self.tunnel_bytes.clone(),
         );
         registry.register(
             "active_connections",
             "Client connections currently open",
-            active_connections.clone(),
+            self.active_connections.clone(),
         );
         registry.register_with_unit(
             "upstream_connect",
             "Time to establish the upstream TCP connection",
             Unit::Seconds,
-            upstream_connect.clone(),
+            self.upstream_connect.clone(),
         );
         registry.register_with_unit(
             "dns_lookup",
             "Time to resolve a destination name",
             Unit::Seconds,
-            dns_lookup.clone(),
+            self.dns_lookup.clone(),
         );
+    }
+
+    /// The policy in force and its reloads.
+    fn register_policy(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "policy_reloads",
             "Policy reload attempts",
-            policy_reloads.clone(),
+            self.policy_reloads.clone(),
         );
         registry.register(
             "policy_generation",
             "Generation of the policy in force",
-            policy_generation.clone(),
+            self.policy_generation.clone(),
         );
         registry.register(
             "policy_rules",
             "Allow rules in force per client",
-            policy_rules.clone(),
+            self.policy_rules.clone(),
         );
+    }
 
+    /// The audit log's losses and backlog.
+    fn register_audit(&mut self) {
+        let registry = &mut self.registry;
         registry.register(
             "audit_records_dropped",
             "Audit records lost: queue full, write errors, or abandoned at exit",
-            audit.dropped.clone(),
+            self.audit.dropped.clone(),
         );
         registry.register(
             "audit_queue_records",
             "Audit records waiting for the writer",
-            audit.queued.clone(),
+            self.audit.queued.clone(),
         );
+    }
 
-        // Known label sets start at zero so rate() and absent() work before the first event.
+    /// Known label sets start at zero so rate() and absent() work before the first event.
+    fn zero_known_labels(&self) {
         for result in [
             ReloadResult::Ok,
             ReloadResult::Error,
             ReloadResult::Unchanged,
         ] {
-            drop(policy_reloads.get_or_create(&ReloadLabels { result }));
+            drop(self.policy_reloads.get_or_create(&ReloadLabels { result }));
         }
         for listener in [
             Listener::Explicit,
             Listener::TransparentTls,
             Listener::TransparentHttp,
         ] {
-            drop(active_connections.get_or_create(&ListenerLabels { listener }));
-        }
-
-        Self {
-            registry,
-            destinations: DestinationCap::new(destination_cap),
-            requests,
-            tunnel_bytes,
-            active_connections,
-            upstream_connect,
-            dns_lookup,
-            policy_reloads,
-            policy_generation,
-            policy_rules,
-            audit,
+            drop(
+                self.active_connections
+                    .get_or_create(&ListenerLabels { listener }),
+            );
         }
     }
 
@@ -318,14 +262,14 @@ impl Metrics {
         self.destinations.label(host)
     }
 
-    /// Counts one decided connection or request. `reason` is a `Reason::as_str()`;
-    /// `destination` is the normalised host (or the raw one for `bad_request`), capped here.
+    /// Counts one decided connection or request. `destination` is the
+    /// normalised host (or [`INVALID_DESTINATION`] for `bad_request`), capped here.
     pub fn request(
         &self,
         listener: Listener,
         client: &str,
-        decision: Decision,
-        reason: &'static str,
+        decision: Verdict,
+        reason: Reason,
         destination: &str,
     ) {
         let labels = RequestLabels {
@@ -434,6 +378,8 @@ impl Drop for ActiveGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn metric_lines(text: &str) -> Vec<&str> {
@@ -446,22 +392,22 @@ mod tests {
         m.request(
             Listener::Explicit,
             "payments",
-            Decision::Allow,
-            "allowed",
+            Verdict::Allow,
+            Reason::Allowed,
             "api.stripe.com",
         );
         m.request(
             Listener::Explicit,
             "payments",
-            Decision::Allow,
-            "allowed",
+            Verdict::Allow,
+            Reason::Allowed,
             "api.stripe.com",
         );
         m.request(
             Listener::TransparentTls,
             "default",
-            Decision::Deny,
-            "not_allowed",
+            Verdict::Deny,
+            Reason::NotAllowed,
             "evil\"host",
         );
         m.tunnel_bytes("payments", "api.stripe.com", 100, 2048);
@@ -534,16 +480,16 @@ mod tests {
             m.request(
                 Listener::Explicit,
                 "c",
-                Decision::Deny,
-                "not_allowed",
+                Verdict::Deny,
+                Reason::NotAllowed,
                 &host,
             );
         }
         m.request(
             Listener::Explicit,
             "c",
-            Decision::Deny,
-            "bad_request",
+            Verdict::Deny,
+            Reason::BadRequest,
             &"x".repeat(10_000),
         );
         let text = m.encode();
@@ -557,34 +503,5 @@ mod tests {
         assert!(destinations.contains(OTHER_DESTINATION));
         assert!(destinations.contains("h0.attacker.example"));
         assert!(!destinations.contains("h1000.attacker.example"));
-    }
-
-    #[test]
-    fn cap_keeps_first_hosts_and_is_thread_safe() {
-        let cap = Arc::new(DestinationCap::new(50));
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let cap = Arc::clone(&cap);
-                std::thread::spawn(move || {
-                    (0..200)
-                        .map(|i| cap.label(&format!("{}.example", (i * 7 + t) % 120)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut named = HashSet::new();
-        for thread in threads {
-            let labels = thread.join().expect("worker thread");
-            named.extend(labels.into_iter().filter(|l| &**l != OTHER_DESTINATION));
-        }
-        assert_eq!(named.len(), 50);
-        // Once admitted, a host keeps its own label.
-        for host in &named {
-            assert_eq!(cap.label(host), *host);
-        }
-        assert_eq!(
-            &*DestinationCap::new(0).label("a.example"),
-            OTHER_DESTINATION
-        );
     }
 }

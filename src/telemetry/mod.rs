@@ -1,11 +1,35 @@
 //! Telemetry on the side of the data path: Prometheus metrics and the JSON-lines audit log.
 //!
-//! The label vocabulary shared by both (which listener, what was decided) lives here so a
-//! metric label and an audit field can never spell the same thing two ways.
+//! The label vocabulary shared by both (which listener; how the core's verdicts and reasons
+//! are spelt) lives here so a metric label and an audit field can never spell the same thing two ways.
 
 pub mod audit;
+pub mod destination;
 pub mod diag;
+pub mod exchange;
 pub mod metrics;
+
+use std::sync::Arc;
+
+use audit::AuditLog;
+use exchange::Finished;
+use metrics::Metrics;
+
+use crate::policy::{Reason, Verdict};
+
+/// Where every exchange is reported: the metrics registry and the audit log.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditLog>,
+}
+
+impl Telemetry {
+    /// Counts a finished exchange and writes its audit record.
+    pub fn record(&self, finished: Finished) {
+        finished.record(&self.metrics, &self.audit);
+    }
+}
 
 /// Declares a closed set of label values with one spelling, used by metrics and the audit log.
 macro_rules! label_enum {
@@ -61,17 +85,35 @@ label_enum! {
     }
 }
 
-label_enum! {
-    /// What the policy decided for one connection or request.
-    Decision {
-        /// Allowed by a rule.
-        Allow => "allow",
-        /// Denied (no rule, a deny rule, or a guard such as `blocked_ip`).
-        Deny => "deny",
-        /// Would have been denied, but the policy (or client) is in `report` mode.
-        Report => "report",
-    }
+/// Lets a type of the pure core (which depends on no telemetry crate) be a
+/// metric label value and an audit field, spelt by its `as_str()`.
+macro_rules! label_value {
+    ($($name:ty),+) => {$(
+        impl ::prometheus_client::encoding::EncodeLabelValue for $name {
+            fn encode(
+                &self,
+                encoder: &mut ::prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> ::std::fmt::Result {
+                ::std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+    )+};
 }
+
+// The `decision` and `reason` of metrics and audit records.
+label_value!(Verdict, Reason);
+
+/// The `client` of a source no `clients` entry lists, when the policy has `clients`.
+pub const UNKNOWN_CLIENT: &str = "_unknown";
+
+/// The `client` when the policy has no `clients`: the pseudo-client of the top-level rules.
+pub const DEFAULT_CLIENT: &str = crate::policy::diff::EVERYONE;
 
 label_enum! {
     /// Outcome of a policy reload.
@@ -92,7 +134,14 @@ mod tests {
     #[test]
     fn label_values_match_the_spec_spelling() {
         assert_eq!(Listener::TransparentTls.as_str(), "transparent_tls");
-        assert_eq!(Decision::Report.to_string(), "report");
+        assert_eq!(
+            serde_json::to_string(&Verdict::Report).ok().as_deref(),
+            Some("\"report\"")
+        );
+        assert_eq!(
+            serde_json::to_string(&Reason::BlockedIp).ok().as_deref(),
+            Some("\"blocked_ip\"")
+        );
         assert_eq!(
             serde_json::to_string(&Listener::Explicit).ok().as_deref(),
             Some("\"explicit\"")

@@ -59,7 +59,7 @@ impl Counters {
 
 /// The client side of a tunnel: its socket, and bytes already read from it
 /// (what hyper buffered after the CONNECT head).
-pub struct Client {
+pub struct ClientSide {
     pub stream: TcpStream,
     pub prefix: Bytes,
 }
@@ -82,7 +82,7 @@ pub struct Inspect {
 /// bytes already flow (server-first protocols); a refused client gets a TLS
 /// `access_denied` alert and the tunnel ends.
 pub async fn pump(
-    client: Client,
+    client: ClientSide,
     upstream: TcpStream,
     idle: Duration,
     abort: &CancellationToken,
@@ -101,13 +101,13 @@ pub async fn pump(
 }
 
 async fn relay(
-    client: Client,
+    client: ClientSide,
     mut upstream: TcpStream,
     counters: &Counters,
     inspect: Option<Inspect>,
     touch: &impl Fn(),
 ) -> End {
-    let Client {
+    let ClientSide {
         stream: mut client,
         prefix,
     } = client;

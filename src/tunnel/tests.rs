@@ -18,8 +18,8 @@ async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
     (pair().await, pair().await)
 }
 
-fn client(stream: TcpStream, prefix: &'static [u8]) -> Client {
-    Client {
+fn client(stream: TcpStream, prefix: &'static [u8]) -> ClientSide {
+    ClientSide {
         stream,
         prefix: Bytes::from_static(prefix),
     }

@@ -69,6 +69,10 @@ async fn report_mode_traffic_becomes_an_enforced_allowlist() {
     tunnel_through(&observed, &format!("127.0.0.1:{port}")).await;
     // Malformed requests are refused in every mode and never suggested.
     connect_refused(observed.addr(), "0x7f.1:443", 400, "bad_request").await;
+    // Written before the 400 goes out, but the audit writer batches: wait for it too.
+    observed
+        .wait_audit(|r| r["reason"] == "bad_request", AUDIT_WAIT)
+        .await;
     for host in SEEN.iter().copied().chain(["127.0.0.1"]) {
         observed
             .wait_audit(

@@ -14,11 +14,12 @@ use tokio::sync::Mutex;
 
 use super::forward::{Pooled, forward};
 use super::{Body, Exchange, connect, error_response};
+use crate::limits::MAX_HEAD_BYTES;
 use crate::policy::host::split_host_port;
 use crate::policy::{Host, Reason};
-use crate::state::{ConnSlot, MAX_HEAD_BYTES, Shared, Snapshot};
-use crate::telemetry::Listener;
+use crate::state::{ConnSlot, PolicyStore, Shared, Snapshot};
 use crate::telemetry::audit::Event;
+use crate::telemetry::{Listener, Telemetry};
 
 /// State of one client connection.
 pub(super) struct Conn {
@@ -87,12 +88,12 @@ async fn serve(
         .with_upgrades();
     tokio::pin!(http);
     tokio::select! {
-        res = http.as_mut() => conn_end(&shared, listener, peer, res),
-        () = shared.draining.cancelled() => {
+        res = http.as_mut() => conn_end(&shared.telemetry, &shared.policy, listener, peer, res),
+        () = shared.lifecycle.draining.cancelled() => {
             http.as_mut().graceful_shutdown();
             tokio::select! {
-                res = http => conn_end(&shared, listener, peer, res),
-                () = shared.abort.cancelled() => {}
+                res = http => conn_end(&shared.telemetry, &shared.policy, listener, peer, res),
+                () = shared.lifecycle.abort.cancelled() => {}
             }
         }
     }
@@ -101,7 +102,13 @@ async fn serve(
 /// Logs how a client connection ended. A request head the HTTP parser
 /// refused never reached [`handle`]: it is audited and counted here as
 /// `bad_request`, with the status the parser answered.
-fn conn_end(shared: &Shared, listener: Listener, peer: SocketAddr, res: Result<(), hyper::Error>) {
+fn conn_end(
+    telemetry: &Telemetry,
+    policy: &PolicyStore,
+    listener: Listener,
+    peer: SocketAddr,
+    res: Result<(), hyper::Error>,
+) {
     let Err(e) = res else { return };
     tracing::debug!(%peer, error = %e, "client connection ended with an error");
     if !e.is_parse() {
@@ -117,9 +124,9 @@ fn conn_end(shared: &Shared, listener: Listener, peer: SocketAddr, res: Result<(
         Some(400)
     };
     let mut ex = Exchange::new(listener, Event::Request, peer);
-    ex.bad_request(&shared.policy.load());
-    ex.status = status;
-    ex.finish(shared);
+    ex.bad_request(&policy.load());
+    ex.refused(Reason::BadRequest, status);
+    ex.finish(telemetry);
 }
 
 async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
@@ -130,24 +137,23 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         Event::Request
     };
     let mut ex = Exchange::new(conn.listener, event, conn.peer);
-    ex.method = Some(req.method().as_str().to_string());
+    ex.requested(req.method().as_str());
     match (conn.listener, req.method()) {
         (Listener::Explicit, &Method::CONNECT) => connect::connect(conn, snap, ex, req).await,
         // A redirected client speaks to the origin: CONNECT makes no sense there.
         (_, &Method::CONNECT) => {
             ex.bad_request(&snap);
-            refuse(&conn.shared, ex, Reason::BadRequest)
+            refusal(&conn.shared.telemetry, ex, Reason::BadRequest)
         }
         _ => forward(conn, snap, ex, req).await,
     }
 }
 
-/// Ends the exchange with an error response.
-pub(super) fn refuse(shared: &Shared, mut ex: Exchange, reason: Reason) -> Response<Body> {
-    ex.reason = reason;
+/// Ends the exchange with an error response, returned to send.
+pub(super) fn refusal(telemetry: &Telemetry, mut ex: Exchange, reason: Reason) -> Response<Body> {
     let resp = error_response(reason);
-    ex.status = Some(resp.status().as_u16());
-    ex.finish(shared);
+    ex.refused(reason, Some(resp.status().as_u16()));
+    ex.finish(telemetry);
     resp
 }
 
@@ -163,7 +169,7 @@ pub(super) fn decide_target(
         Some((Host::parse(h).ok()?, p.or(default_port)?))
     });
     let Some((host, port)) = parsed else {
-        if ex.host.is_none() {
+        if ex.host().is_none() {
             ex.target_raw(authority, None);
         }
         ex.bad_request(snap);

@@ -1,0 +1,235 @@
+//! Starting: load the policy, bind the listeners, build the shared parts, start serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::Signal;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::RunError;
+use super::config::Config;
+use super::workers::{spawn_accept_loops, start_workers};
+use crate::cli::RunArgs;
+use crate::dial::Dialer;
+use crate::state::{Shared, Snapshot};
+use crate::telemetry::audit::{AuditLog, AuditRecord, ReloadDetails};
+use crate::telemetry::diag::DiagStats;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::{Listener, ReloadResult, Telemetry};
+use crate::{admin, policy_file, reload, resolve, telemetry};
+
+/// A proxy serving: what the drain has to stop, in order.
+pub(super) struct Running {
+    pub shared: Arc<Shared>,
+    /// The accept loops.
+    pub accepting: TaskTracker,
+    /// Ends the worker threads' event loops once the drain is over.
+    pub stop_workers: CancellationToken,
+    /// Each resolves when its worker thread has let go of `shared`.
+    pub workers: Vec<oneshot::Receiver<()>>,
+    /// The admin listener, the reloader and the audit loss reporter.
+    pub tasks: [JoinHandle<()>; 3],
+    pub drain_timeout: Duration,
+}
+
+/// Loads the policy, binds every listener and starts serving; nothing is
+/// served when any step fails.
+pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Running, RunError> {
+    let (compiled, sha256) =
+        policy_file::load_policy_with_hash(&args.policy).map_err(|problems| RunError::Policy {
+            path: args.policy.clone(),
+            problems,
+        })?;
+    // Installed before anything is served: SIGHUP's default action is to exit.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(RunError::Signal)?;
+    for w in &compiled.warnings() {
+        tracing::warn!(policy = %args.policy.display(), "{w}");
+    }
+    let metrics = Arc::new(Metrics::new(args.max_destination_labels).with_diagnostics(diagnostics));
+    metrics.set_policy(1, &compiled.policy.rule_counts());
+    let audit = Arc::new(AuditLog::open(
+        std::path::Path::new(&args.audit_log),
+        telemetry::audit::DEFAULT_CAPACITY,
+        metrics.audit_counters(),
+    )?);
+    let resolver = resolve::Resolver::new(&args.nameservers)?.with_metrics(metrics.clone());
+
+    let bound = Bound::bind(&args).await?;
+    let own_addrs = bound.announce();
+    let config = Config::from_args(&args, bound.data_count());
+    let resolver = resolver.with_max_lookups(config.dns_lookups);
+    let rules = compiled.policy.rule_count();
+    let snapshot = Snapshot {
+        policy: compiled.policy,
+        generation: 1,
+        sha256: sha256.clone(),
+    };
+    let dialer = Dialer::new(
+        resolver,
+        own_addrs,
+        config.limits.connect_timeout,
+        metrics.clone(),
+    );
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        dialer,
+        Telemetry { metrics, audit },
+        config.limits,
+        args.revalidate_on_reload,
+    ));
+    shared.telemetry.audit.write(&AuditRecord::policy_reload(
+        Some(1),
+        ReloadDetails {
+            result: ReloadResult::Ok,
+            path: Some(args.policy.display().to_string()),
+            sha256: Some(sha256),
+            rules: Some(rules),
+            error: None,
+            changes: None,
+        },
+    ));
+    serve(shared, bound, config.workers, &args, hup).await
+}
+
+/// Starts the admin listener, the workers' accept loops, the reloader and
+/// the loss reporter, then declares the proxy ready.
+async fn serve(
+    shared: Arc<Shared>,
+    bound: Bound,
+    workers: usize,
+    args: &RunArgs,
+    hup: Signal,
+) -> Result<Running, RunError> {
+    let (admin, data_listeners) = bound.split();
+    let admin_task = tokio::spawn(admin::serve(
+        shared.telemetry.metrics.clone(),
+        shared.lifecycle.clone(),
+        shared.limits.header_timeout,
+        admin,
+    ));
+    let accepting = TaskTracker::new();
+    let stop_workers = CancellationToken::new();
+    let workers = match start_workers(workers, &shared, &accepting, &stop_workers, &data_listeners)
+    {
+        Ok(workers) => workers,
+        Err(e) => {
+            // Threads already started stop accepting and end.
+            shared.lifecycle.draining.cancel();
+            stop_workers.cancel();
+            return Err(e);
+        }
+    };
+    spawn_accept_loops(&shared, &accepting, data_listeners);
+    let reloader = reload::Reloader::start(shared.clone(), args.policy.clone(), hup).await;
+    let reloader = tokio::spawn(reloader.run());
+    let loss_reporter = tokio::spawn(report_audit_losses(shared.telemetry.audit.clone()));
+    shared.lifecycle.set_ready(true);
+    tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
+    Ok(Running {
+        shared,
+        accepting,
+        stop_workers,
+        workers,
+        tasks: [admin_task, reloader, loss_reporter],
+        drain_timeout: args.drain_timeout,
+    })
+}
+
+/// Every listener the arguments ask for, bound.
+struct Bound {
+    explicit: TcpListener,
+    admin: TcpListener,
+    transparent_tls: Option<TcpListener>,
+    transparent_http: Option<TcpListener>,
+}
+
+impl Bound {
+    async fn bind(args: &RunArgs) -> Result<Bound, RunError> {
+        let explicit = bind("explicit", args.listen).await?;
+        let admin = bind("admin", args.admin).await?;
+        let transparent_tls = match args.transparent_tls {
+            Some(addr) => Some(bind("transparent_tls", addr).await?),
+            None => None,
+        };
+        let transparent_http = match args.transparent_http {
+            Some(addr) => Some(bind("transparent_http", addr).await?),
+            None => None,
+        };
+        Ok(Bound {
+            explicit,
+            admin,
+            transparent_tls,
+            transparent_http,
+        })
+    }
+
+    /// Logs each listener's address; returns them all, never to be dialed.
+    fn announce(&self) -> Vec<SocketAddr> {
+        let bound: Vec<(&str, &TcpListener)> = [
+            Some(("explicit", &self.explicit)),
+            Some(("admin", &self.admin)),
+            self.transparent_tls
+                .as_ref()
+                .map(|l| ("transparent_tls", l)),
+            self.transparent_http
+                .as_ref()
+                .map(|l| ("transparent_http", l)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let own_addrs = bound
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok())
+            .collect();
+        for (what, l) in &bound {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(listener = *what, addr = %addr, "listening");
+            }
+        }
+        own_addrs
+    }
+
+    /// Data listeners: each costs descriptors on every worker.
+    fn data_count(&self) -> usize {
+        1 + usize::from(self.transparent_tls.is_some())
+            + usize::from(self.transparent_http.is_some())
+    }
+
+    /// The admin listener, and the data listeners with their kinds.
+    fn split(self) -> (TcpListener, Vec<(Listener, TcpListener)>) {
+        let data = [
+            Some((Listener::Explicit, self.explicit)),
+            self.transparent_tls.map(|l| (Listener::TransparentTls, l)),
+            self.transparent_http
+                .map(|l| (Listener::TransparentHttp, l)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (self.admin, data)
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+/// Warns once a second with the audit records lost in that second, so a warning states
+/// the true count (a warning per loss, rate-limited, would report only the first).
+async fn report_audit_losses(audit: Arc<AuditLog>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        audit.report_losses();
+    }
+}

@@ -1,0 +1,101 @@
+//! A finished exchange as telemetry sees it: the one metrics count and the one audit record.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::audit::{AuditLog, AuditRecord, Event};
+use super::metrics::{INVALID_DESTINATION, Metrics};
+use super::{DEFAULT_CLIENT, Listener, UNKNOWN_CLIENT};
+use crate::policy::{Reason, Verdict};
+
+/// Everything an exchange recorded, once it is over.
+#[derive(Debug)]
+pub struct Finished {
+    pub listener: Listener,
+    pub event: Event,
+    pub client_addr: SocketAddr,
+    /// The `clients` entry the source matched, when the policy named one.
+    pub client: Option<Arc<str>>,
+    /// Whether the deciding policy has a `clients` section: an unmatched
+    /// source is then `_unknown`, not `default`.
+    pub has_clients: bool,
+    pub method: Option<String>,
+    /// The destination as normalised, or as received when it did not parse.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub sni: Option<String>,
+    /// The verdict as audited (a later refusal is a deny).
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub rule: Option<Arc<str>>,
+    pub upstream: Option<SocketAddr>,
+    pub status: Option<u16>,
+    pub egress: u64,
+    pub ingress: u64,
+    pub duration: Duration,
+    pub generation: Option<u64>,
+}
+
+impl Finished {
+    /// Counts the exchange, then writes its audit record.
+    pub fn record(self, metrics: &Metrics, audit: &AuditLog) {
+        self.count(metrics);
+        audit.write(&AuditRecord::from(self));
+    }
+
+    /// The `client` label: the matched entry, else `_unknown` or `default`.
+    fn client_label(&self) -> &str {
+        match self.client.as_deref() {
+            Some(name) => name,
+            None if self.has_clients => UNKNOWN_CLIENT,
+            None => DEFAULT_CLIENT,
+        }
+    }
+
+    /// The `destination` label: a malformed request's host is not a destination.
+    fn destination(&self) -> &str {
+        match (&self.host, self.reason) {
+            (_, Reason::BadRequest) | (None, _) => INVALID_DESTINATION,
+            (Some(h), _) => h.as_str(),
+        }
+    }
+
+    fn count(&self, metrics: &Metrics) {
+        let client = self.client_label().to_string();
+        let destination = self.destination();
+        metrics.request(
+            self.listener,
+            &client,
+            self.verdict,
+            self.reason,
+            destination,
+        );
+        if self.egress > 0 || self.ingress > 0 {
+            metrics.tunnel_bytes(&client, destination, self.egress, self.ingress);
+        }
+    }
+}
+
+impl From<Finished> for AuditRecord {
+    fn from(f: Finished) -> Self {
+        let mut rec = AuditRecord::new(f.event);
+        rec.listener = Some(f.listener);
+        rec.client = f.client.as_deref().map(str::to_string);
+        rec.client_addr = Some(f.client_addr);
+        rec.method = f.method;
+        rec.host = f.host;
+        rec.port = f.port;
+        rec.sni = f.sni;
+        rec.decision = Some(f.verdict);
+        rec.reason = Some(f.reason);
+        rec.rule = f.rule.as_deref().map(str::to_string);
+        rec.upstream_addr = f.upstream;
+        rec.status = f.status;
+        rec.bytes_egress = Some(f.egress);
+        rec.bytes_ingress = Some(f.ingress);
+        rec.duration_ms = Some(f.duration.as_millis() as u64);
+        rec.policy_generation = f.generation;
+        rec
+    }
+}
