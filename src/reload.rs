@@ -89,7 +89,7 @@ impl Reloader {
                     events.as_ref().and_then(Events::due).map(Work::Watch)
                 }
                 Some(()) = self.hup.recv() => Some(Work::Signal),
-                () = shared.draining.cancelled() => return,
+                () = shared.lifecycle.draining.cancelled() => return,
             };
             let Some(work) = work else { continue };
             // Before the read, so that no change after it goes unseen.
@@ -101,7 +101,7 @@ impl Reloader {
                 Work::Watch(Due::Recheck) => recheck(shared, path, &mut gone).await,
                 Work::Signal => {
                     // Before the reload's own record, so that record already goes to the new file.
-                    shared.audit.reopen();
+                    shared.telemetry.audit.reopen();
                     reload(shared, path, Trigger::Signal, &mut gone).await
                 }
             }
@@ -218,8 +218,8 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
         sha256: sha.clone(),
     });
     shared.policy.store(next.clone());
-    shared.metrics.policy_reload(ReloadResult::Ok);
-    shared.metrics.set_policy(generation, &rules);
+    shared.telemetry.metrics.policy_reload(ReloadResult::Ok);
+    shared.telemetry.metrics.set_policy(generation, &rules);
     tracing::info!(generation, sha256 = %sha, compile_ms, changed_clients = changes.len(), ?trigger, "policy reloaded");
     let details = ReloadDetails {
         result: ReloadResult::Ok,
@@ -230,9 +230,10 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
         changes: serde_json::to_value(&changes).ok(),
     };
     shared
+        .telemetry
         .audit
         .write(&AuditRecord::policy_reload(Some(generation), details));
-    if let Some(open) = &shared.open_tunnels {
+    if let Some(open) = &shared.policy.open_tunnels {
         let revoked = open.revalidate(&next.policy);
         if revoked > 0 {
             tracing::info!(generation, revoked, "closed tunnels the new policy denies");
@@ -241,7 +242,10 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
 }
 
 fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: Trigger) {
-    shared.metrics.policy_reload(ReloadResult::Unchanged);
+    shared
+        .telemetry
+        .metrics
+        .policy_reload(ReloadResult::Unchanged);
     tracing::info!(generation = current.generation, sha256 = %current.sha256, ?trigger, "policy unchanged");
     let details = ReloadDetails {
         result: ReloadResult::Unchanged,
@@ -251,7 +255,7 @@ fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: T
         error: None,
         changes: None,
     };
-    shared.audit.write(&AuditRecord::policy_reload(
+    shared.telemetry.audit.write(&AuditRecord::policy_reload(
         Some(current.generation),
         details,
     ));
@@ -264,7 +268,7 @@ fn reload_failed(
     sha256: Option<String>,
     error: String,
 ) {
-    shared.metrics.policy_reload(ReloadResult::Error);
+    shared.telemetry.metrics.policy_reload(ReloadResult::Error);
     let details = ReloadDetails {
         result: ReloadResult::Error,
         path: Some(path.display().to_string()),
@@ -273,7 +277,7 @@ fn reload_failed(
         error: Some(error),
         changes: None,
     };
-    shared.audit.write(&AuditRecord::policy_reload(
+    shared.telemetry.audit.write(&AuditRecord::policy_reload(
         Some(current.generation),
         details,
     ));

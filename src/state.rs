@@ -17,7 +17,6 @@ use crate::dial::Dialer;
 use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::reload::OpenTunnels;
-use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::{ActiveGuard, Metrics};
 use crate::telemetry::{Listener, Telemetry};
 
@@ -39,13 +38,6 @@ pub struct Shared {
     pub policy: PolicyStore,
     pub telemetry: Telemetry,
     pub limits: Limits,
-    /// The same handles as `telemetry.metrics`, `telemetry.audit`,
-    /// `lifecycle.draining` and `policy.open_tunnels`, under the names
-    /// `reload` reads them by.
-    pub metrics: Arc<Metrics>,
-    pub audit: Arc<AuditLog>,
-    pub draining: CancellationToken,
-    pub open_tunnels: Option<Arc<OpenTunnels>>,
 }
 
 impl Shared {
@@ -64,10 +56,6 @@ impl Shared {
                 limits.max_connections_per_client,
                 telemetry.metrics.clone(),
             ),
-            metrics: telemetry.metrics.clone(),
-            audit: telemetry.audit.clone(),
-            draining: lifecycle.draining.clone(),
-            open_tunnels: policy.open_tunnels.clone(),
             lifecycle,
             dialer,
             policy,

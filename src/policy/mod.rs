@@ -280,7 +280,10 @@ impl Policy {
     /// Number of allow rules that apply to each client (`policy_rules` metric).
     /// The pseudo-client `default` counts the top-level rules.
     pub fn rule_counts(&self) -> Vec<(String, usize)> {
-        let mut out = vec![("default".to_string(), self.allow.len() + self.deny.len())];
+        let mut out = vec![(
+            diff::EVERYONE.to_string(),
+            self.allow.len() + self.deny.len(),
+        )];
         for c in self.clients.iter().flatten() {
             out.push((
                 c.name.to_string(),
