@@ -1,0 +1,335 @@
+use super::writer::{STALL, WRITE_BUF};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::*;
+use std::sync::atomic::AtomicUsize;
+
+const SPEC_KEYS: [&str; 18] = [
+    "ts",
+    "event",
+    "listener",
+    "client",
+    "client_addr",
+    "method",
+    "host",
+    "port",
+    "sni",
+    "decision",
+    "reason",
+    "rule",
+    "upstream_addr",
+    "status",
+    "bytes_egress",
+    "bytes_ingress",
+    "duration_ms",
+    "policy_generation",
+];
+
+fn temp_path(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "portcullis-audit-{}-{n}-{name}",
+        std::process::id()
+    ))
+}
+
+fn read_lines(path: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path).expect("read audit file");
+    text.lines()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(serde_json::Value::Object(map)) => map,
+            other => panic!("not a JSON object: {line:?} -> {other:?}"),
+        })
+        .collect()
+}
+
+fn parse_ts(ts: &str) -> SystemTime {
+    let parsed = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{ts:?} is not RFC 3339: {e}"));
+    let nanos = u64::try_from(parsed.unix_timestamp_nanos()).expect("after 1970");
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+#[test]
+fn timestamps_are_rfc3339_utc_millis() {
+    for (secs, millis, want) in [
+        (0, 0, "1970-01-01T00:00:00.000Z"),
+        (951_782_400, 5, "2000-02-29T00:00:00.005Z"),
+        (1_795_970_879, 123, "2026-11-29T16:47:59.123Z"),
+        (4_102_444_799, 999, "2099-12-31T23:59:59.999Z"),
+    ] {
+        let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis);
+        assert_eq!(Timestamp(t).to_string(), want);
+    }
+    // Cross-check against an independent parser over ~400 years of dates.
+    let mut secs: u64 = 17;
+    while secs < 13_000_000_000 {
+        let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(secs % 1000);
+        let text = Timestamp(t).to_string();
+        assert_eq!(text.len(), 24, "{text}");
+        assert_eq!(parse_ts(&text), t, "{text}");
+        secs += 86_400 * 37 + 3_607;
+    }
+    let before_epoch = UNIX_EPOCH - Duration::from_secs(5);
+    assert_eq!(
+        Timestamp(before_epoch).to_string(),
+        "1970-01-01T00:00:00.000Z"
+    );
+}
+
+#[test]
+fn every_spec_key_is_present_and_absent_values_are_null() {
+    let path = temp_path("keys.jsonl");
+    let log = AuditLog::file(&path).expect("open audit file");
+
+    let mut conn = AuditRecord::new(Event::Connection);
+    conn.listener = Some(Listener::Explicit);
+    conn.client = Some("payments".into());
+    conn.client_addr = Some(SocketAddr::from(([127, 0, 0, 1], 40_000)));
+    conn.method = Some("CONNECT".into());
+    conn.host = Some("api.stripe.com".into());
+    conn.port = Some(443);
+    conn.sni = Some("api.stripe.com".into());
+    conn.decision = Some(Verdict::Allow);
+    conn.reason = Some(Reason::Allowed);
+    conn.rule = Some("api.stripe.com".into());
+    conn.upstream_addr = Some("[::1]:443".parse().expect("addr"));
+    conn.status = Some(200);
+    conn.bytes_egress = Some(10);
+    conn.bytes_ingress = Some(20);
+    conn.duration_ms = Some(1234);
+    conn.policy_generation = Some(3);
+    log.write(&conn);
+
+    let mut denied = AuditRecord::new(Event::Request);
+    denied.decision = Some(Verdict::Deny);
+    denied.reason = Some(Reason::NotAllowed);
+    log.write(&denied);
+
+    log.write(&AuditRecord::policy_reload(
+        Some(4),
+        ReloadDetails {
+            result: ReloadResult::Ok,
+            path: Some("config/portcullis.yaml".into()),
+            sha256: None,
+            rules: Some(12),
+            error: None,
+            changes: Some(serde_json::json!({"added": ["a.example"]})),
+        },
+    ));
+    let started = conn.ts.0;
+    log.close_within(Instant::now() + Duration::from_secs(10));
+
+    let records = read_lines(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(records.len(), 3);
+    for record in &records {
+        for key in SPEC_KEYS {
+            assert!(record.contains_key(key), "{key} missing from {record:?}");
+        }
+        let ts = record["ts"].as_str().expect("ts is a string");
+        assert_eq!(ts.len(), 24, "{ts}");
+        assert!(ts.ends_with('Z'));
+        let drift = parse_ts(ts)
+            .duration_since(started)
+            .unwrap_or_else(|e| e.duration());
+        assert!(drift < Duration::from_secs(60), "{ts}");
+    }
+
+    let conn = &records[0];
+    assert_eq!(conn.len(), SPEC_KEYS.len(), "no extra keys: {conn:?}");
+    assert_eq!(conn["event"], "connection");
+    assert_eq!(conn["listener"], "explicit");
+    assert_eq!(conn["client_addr"], "127.0.0.1:40000");
+    assert_eq!(conn["upstream_addr"], "[::1]:443");
+    assert_eq!(conn["port"], 443);
+    assert_eq!(conn["decision"], "allow");
+    assert_eq!(conn["duration_ms"], 1234);
+
+    let denied = &records[1];
+    assert_eq!(denied.len(), SPEC_KEYS.len());
+    assert_eq!(denied["event"], "request");
+    assert_eq!(denied["reason"], "not_allowed");
+    for key in SPEC_KEYS
+        .iter()
+        .filter(|k| !["ts", "event", "decision", "reason"].contains(k))
+    {
+        assert!(denied[*key].is_null(), "{key} should be null");
+    }
+
+    let reload = &records[2];
+    assert_eq!(reload["event"], "policy_reload");
+    assert_eq!(reload["policy_generation"], 4);
+    assert_eq!(reload["result"], "ok");
+    assert_eq!(reload["rules"], 12);
+    assert!(reload["sha256"].is_null());
+    assert!(reload["error"].is_null());
+    assert_eq!(reload["changes"]["added"][0], "a.example");
+}
+
+#[test]
+fn appends_and_drop_flushes() {
+    let path = temp_path("append.jsonl");
+    for generation in 1..=2 {
+        let log = AuditLog::file(&path).expect("open audit file");
+        let mut rec = AuditRecord::new(Event::Request);
+        rec.policy_generation = Some(generation);
+        log.write(&rec);
+        drop(log);
+    }
+    let records = read_lines(&path);
+    let _ = std::fs::remove_file(&path);
+    let generations: Vec<_> = records
+        .iter()
+        .map(|r| r["policy_generation"].clone())
+        .collect();
+    assert_eq!(generations, [1, 2]);
+}
+
+/// A sink that holds the writer thread inside its first write until released.
+struct Gated {
+    entered: Option<mpsc::Sender<()>>,
+    gate: Option<mpsc::Receiver<()>>,
+    out: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Write for Gated {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let (Some(entered), Some(gate)) = (self.entered.take(), self.gate.take()) {
+            let _ = entered.send(());
+            let _ = gate.recv();
+        }
+        self.out.lock().expect("sink lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_queue_drops_instead_of_blocking() {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, gate) = mpsc::channel();
+    let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Gated {
+        entered: Some(entered_tx),
+        gate: Some(gate),
+        out: Arc::clone(&out),
+    };
+    let log = AuditLog::from_writer(sink, 2).expect("start writer");
+    // A BufWriter passes a line bigger than its buffer straight to the sink.
+    let mut big = AuditRecord::new(Event::Request);
+    big.rule = Some("x".repeat(WRITE_BUF + 1024));
+    log.write(&big);
+    entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("writer thread reached the sink");
+
+    let started = Instant::now();
+    for _ in 0..10 {
+        log.write(&AuditRecord::new(Event::Request));
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "write blocked");
+    assert_eq!(log.dropped(), 8, "two queued, the rest dropped");
+
+    release.send(()).expect("release the sink");
+    log.close_within(Instant::now() + Duration::from_secs(10));
+    let written = out
+        .lock()
+        .expect("sink lock")
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count();
+    assert_eq!(written, 3);
+}
+
+#[test]
+fn close_gives_up_on_a_stuck_sink_and_counts_what_it_abandoned() {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, gate) = mpsc::channel();
+    let sink = Gated {
+        entered: Some(entered_tx),
+        gate: Some(gate),
+        out: Arc::default(),
+    };
+    let log = AuditLog::from_writer(sink, 8).expect("start writer");
+    log.write(&AuditRecord::new(Event::Request));
+    entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("writer thread reached the sink");
+    for _ in 0..3 {
+        log.write(&AuditRecord::new(Event::Request));
+    }
+    assert_eq!(log.queued(), 4, "one in the stuck write, three queued");
+
+    let started = Instant::now();
+    let report = log.close_within(started + Duration::from_secs(60));
+    assert!(
+        started.elapsed() < STALL + Duration::from_secs(2),
+        "close waited {:?} on a stuck sink",
+        started.elapsed()
+    );
+    assert_eq!(
+        report,
+        CloseReport {
+            abandoned: 4,
+            lost_total: 4
+        }
+    );
+    drop(release);
+}
+
+#[test]
+fn a_renamed_or_deleted_file_is_reopened_at_its_path() {
+    let path = temp_path("rotate.jsonl");
+    let rotated = temp_path("rotate.jsonl.1");
+    let log = AuditLog::file(&path).expect("open audit file");
+    let record = |generation| {
+        let mut rec = AuditRecord::new(Event::Request);
+        rec.policy_generation = Some(generation);
+        rec
+    };
+    let generations = |p: &Path| -> Vec<u64> {
+        read_lines(p)
+            .iter()
+            .filter_map(|r| r["policy_generation"].as_u64())
+            .collect()
+    };
+    let wait_for = |p: &Path, want: &[u64]| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(p).is_err() || generations(p) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{} never held {want:?}",
+                p.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    log.write(&record(1));
+    wait_for(&path, &[1]);
+    std::fs::rename(&path, &rotated).expect("rename");
+    log.reopen();
+    log.write(&record(2));
+    wait_for(&path, &[2]);
+    std::fs::remove_file(&path).expect("delete");
+    // Found by the writer's own check, without a signal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut next = 3;
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "not recreated");
+        log.write(&record(next));
+        next += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(log);
+    assert_eq!(generations(&rotated), [1]);
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&rotated);
+}
