@@ -1,0 +1,126 @@
+use std::collections::HashSet;
+
+use super::*;
+
+fn metric_lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[test]
+fn encodes_the_spec_names_and_labels() {
+    let m = Metrics::new(10);
+    m.request(
+        Listener::Explicit,
+        "payments",
+        Verdict::Allow,
+        Reason::Allowed,
+        "api.stripe.com",
+    );
+    m.request(
+        Listener::Explicit,
+        "payments",
+        Verdict::Allow,
+        Reason::Allowed,
+        "api.stripe.com",
+    );
+    m.request(
+        Listener::TransparentTls,
+        "default",
+        Verdict::Deny,
+        Reason::NotAllowed,
+        "evil\"host",
+    );
+    m.tunnel_bytes("payments", "api.stripe.com", 100, 2048);
+    m.upstream_connect("api.stripe.com", Duration::from_millis(3));
+    m.dns_lookup(DnsResult::NxDomain, Duration::from_millis(2));
+    m.policy_reload(ReloadResult::Ok);
+    m.policy_reload(ReloadResult::Error);
+    m.set_policy(7, &[("payments".into(), 3), ("default".into(), 5)]);
+    let guard = m.connection_opened(Listener::TransparentHttp);
+
+    let text = m.encode();
+    let lines = metric_lines(&text);
+    for expected in [
+        r#"portcullis_requests_total{listener="explicit",client="payments",decision="allow",reason="allowed",destination="api.stripe.com"} 2"#,
+        r#"portcullis_requests_total{listener="transparent_tls",client="default",decision="deny",reason="not_allowed",destination="evil\"host"} 1"#,
+        r#"portcullis_tunnel_bytes_total{client="payments",destination="api.stripe.com",direction="egress"} 100"#,
+        r#"portcullis_tunnel_bytes_total{client="payments",destination="api.stripe.com",direction="ingress"} 2048"#,
+        r#"portcullis_active_connections{listener="transparent_http"} 1"#,
+        r#"portcullis_upstream_connect_seconds_count{destination="api.stripe.com"} 1"#,
+        r#"portcullis_upstream_connect_seconds_bucket{le="0.005",destination="api.stripe.com"} 1"#,
+        r#"portcullis_dns_lookup_seconds_count{result="nxdomain"} 1"#,
+        r#"portcullis_policy_reloads_total{result="ok"} 1"#,
+        r#"portcullis_policy_reloads_total{result="error"} 1"#,
+        "portcullis_policy_generation 7",
+        r#"portcullis_policy_rules{client="payments"} 3"#,
+        r#"portcullis_policy_rules{client="default"} 5"#,
+        "# TYPE portcullis_upstream_connect_seconds histogram",
+        "portcullis_audit_records_dropped_total 0",
+        "portcullis_audit_queue_records 0",
+        "# EOF",
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+
+    drop(guard);
+    m.set_policy(8, &[("default".into(), 4)]);
+    let text = m.encode();
+    let lines = metric_lines(&text);
+    assert!(lines.contains(&r#"portcullis_active_connections{listener="transparent_http"} 0"#));
+    assert!(lines.contains(&r#"portcullis_policy_rules{client="default"} 4"#));
+    assert!(!text.contains(r#"portcullis_policy_rules{client="payments"}"#));
+    assert!(lines.contains(&"portcullis_policy_generation 8"));
+}
+
+#[test]
+fn log_and_audit_losses_are_exported() {
+    let diagnostics = super::super::diag::Diagnostics::stderr().expect("stderr writer");
+    let m = Metrics::new(10).with_diagnostics(diagnostics.stats());
+    let audit = m.audit_counters();
+    audit.dropped.inc_by(3);
+    audit.queued.set(7);
+    let text = m.encode();
+    let lines = metric_lines(&text);
+    for expected in [
+        "# TYPE portcullis_log_lines_dropped counter",
+        "portcullis_log_lines_dropped_total 0",
+        "portcullis_audit_records_dropped_total 3",
+        "# TYPE portcullis_audit_queue_records gauge",
+        "portcullis_audit_queue_records 7",
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+}
+
+#[test]
+fn destination_cardinality_stays_bounded() {
+    let m = Metrics::new(1000);
+    for i in 0..5000 {
+        let host = format!("h{i}.attacker.example");
+        m.request(
+            Listener::Explicit,
+            "c",
+            Verdict::Deny,
+            Reason::NotAllowed,
+            &host,
+        );
+    }
+    m.request(
+        Listener::Explicit,
+        "c",
+        Verdict::Deny,
+        Reason::BadRequest,
+        &"x".repeat(10_000),
+    );
+    let text = m.encode();
+    let destinations: HashSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("portcullis_requests_total{"))
+        .filter_map(|l| l.split("destination=\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(destinations.len() <= 1001, "{} values", destinations.len());
+    assert!(destinations.contains(OTHER_DESTINATION));
+    assert!(destinations.contains("h0.attacker.example"));
+    assert!(!destinations.contains("h1000.attacker.example"));
+}
