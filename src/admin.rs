@@ -21,7 +21,7 @@ use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
 
 /// Serves admin requests until the process exits (it stays up while draining,
 /// so orchestrators can watch `/readyz` turn 503).
-pub async fn serve(
+pub(crate) async fn serve(
     metrics: Arc<Metrics>,
     lifecycle: Lifecycle,
     header_timeout: Duration,

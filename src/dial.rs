@@ -13,13 +13,13 @@ use crate::telemetry::diag::RateLimit;
 use crate::telemetry::metrics::Metrics;
 
 /// A connected upstream.
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub stream: TcpStream,
     pub addr: SocketAddr,
 }
 
 /// Turns allowed destinations into connected upstream sockets.
-pub struct Dialer {
+pub(crate) struct Dialer {
     resolver: Resolver,
     /// The proxy's own listening addresses, never dialed.
     own_addrs: Vec<SocketAddr>,
@@ -30,7 +30,7 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    pub fn new(
+    pub(crate) fn new(
         resolver: Resolver,
         own_addrs: Vec<SocketAddr>,
         connect_timeout: Duration,
@@ -47,7 +47,12 @@ impl Dialer {
     /// Resolves `host` itself (never trusting an address from the client), drops
     /// every answer `guard` or the proxy's own addresses rule out, and tries
     /// the rest in order within `--connect-timeout`.
-    pub async fn dial(&self, guard: &IpGuard, host: &Host, port: u16) -> Result<Upstream, Reason> {
+    pub(crate) async fn dial(
+        &self,
+        guard: &IpGuard,
+        host: &Host,
+        port: u16,
+    ) -> Result<Upstream, Reason> {
         let answers = match host {
             Host::Ip(ip) => Answers {
                 addrs: vec![*ip],
@@ -81,7 +86,7 @@ impl Dialer {
     }
 
     /// Whether dialing `addr` would reach one of the proxy's own listeners (see [`is_own`]).
-    pub fn is_own_addr(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn is_own_addr(&self, addr: SocketAddr) -> bool {
         is_own(&self.own_addrs, addr, is_local)
     }
 }
@@ -132,7 +137,11 @@ fn unusable_reason(usable: &Filtered, failed: Option<&str>) -> Reason {
 /// and port only; a wildcard listener (`0.0.0.0`, `::`) at its port on every
 /// address `is_local` reports (of either family: a `::` listener takes IPv4
 /// too, and over-refusing a local port costs nothing).
-pub fn is_own(own: &[SocketAddr], addr: SocketAddr, is_local: impl Fn(IpAddr) -> bool) -> bool {
+pub(crate) fn is_own(
+    own: &[SocketAddr],
+    addr: SocketAddr,
+    is_local: impl Fn(IpAddr) -> bool,
+) -> bool {
     let dest = match canonical(addr.ip()) {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -150,7 +159,7 @@ pub fn is_own(own: &[SocketAddr], addr: SocketAddr, is_local: impl Fn(IpAddr) ->
 /// start-up; it runs only for a destination at a wildcard listener's port.
 /// Any error but "address not available" counts as local: when unsure, the
 /// address is not dialed.
-pub fn is_local(ip: IpAddr) -> bool {
+pub(crate) fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback() || bindable(ip)
 }
 

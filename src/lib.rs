@@ -27,24 +27,30 @@
 //!   [`policy_file`]: reading and hashing policy files.
 
 #![forbid(unsafe_code)]
+// Set here, not in Cargo.toml's [lints]: those apply to the test and bench
+// harness crates too, whose shared fixtures are `pub` on purpose.
+#![warn(unreachable_pub)]
+// The module map above is for contributors: its links to internal modules
+// resolve with `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
 pub mod cmd;
-pub mod dial;
-pub mod limits;
-pub mod listener;
+pub(crate) mod dial;
+pub(crate) mod limits;
+pub(crate) mod listener;
 pub mod policy;
 pub mod policy_file;
-pub mod reload;
-pub mod resolve;
+pub(crate) mod reload;
+pub(crate) mod resolve;
 pub mod schema;
-pub mod server;
+pub(crate) mod server;
 #[cfg(all(feature = "splice", target_os = "linux"))]
 mod splice;
-pub mod state;
+pub(crate) mod state;
 pub mod telemetry;
 pub mod tls_peek;
-pub mod tunnel;
+pub(crate) mod tunnel;
 
 pub use server::{RunError, run};

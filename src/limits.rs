@@ -7,7 +7,7 @@ use crate::resolve;
 
 /// Timeouts and limits from the command line, as `run` applies them.
 #[derive(Clone, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub header_timeout: Duration,
@@ -17,29 +17,29 @@ pub struct Limits {
 }
 
 /// Largest request head (request line and headers) the explicit listener reads.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Admin connections open at once. Counted in the open-files budget; when
 /// all are taken, the one idle longest is closed for a newcomer, so that a
 /// new `/healthz` or `/metrics` caller is always served.
-pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Idle keep-alive upstream connections one client connection keeps.
-pub const UPSTREAMS_PER_CONNECTION: usize = 4;
+pub(crate) const UPSTREAMS_PER_CONNECTION: usize = 4;
 
 /// How long answering `503 overloaded` (and reading what the client sent) may take.
-pub const OVERLOADED_ANSWER: Duration = Duration::from_secs(2);
+pub(crate) const OVERLOADED_ANSWER: Duration = Duration::from_secs(2);
 
 /// Pause after a failed accept (still out of descriptors, or a transient
 /// error), and the admin listener's, instead of spinning.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Out of descriptors: how long an accept loop waits for the waiting client
 /// once it gave up its reserve descriptor, and again before taking it back.
-pub const RESERVE_WAIT: Duration = Duration::from_millis(10);
+pub(crate) const RESERVE_WAIT: Duration = Duration::from_millis(10);
 
 /// How far past `--drain-timeout` the process may run after SIGTERM (SPEC 10).
-pub const EXIT_MARGIN: Duration = Duration::from_secs(5);
+pub(crate) const EXIT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Kept out of the audit flush's share of [`EXIT_MARGIN`]: the last log lines and exit.
 pub(crate) const LAST_WORDS: Duration = Duration::from_millis(1500);
@@ -49,7 +49,7 @@ pub(crate) const LAST_WORDS: Duration = Duration::from_millis(1500);
 pub(crate) const CUT_GRACE: Duration = Duration::from_secs(2);
 
 /// `--workers`: 0 means one per available CPU.
-pub fn workers(asked: usize) -> usize {
+pub(crate) fn workers(asked: usize) -> usize {
     match asked {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
@@ -73,7 +73,7 @@ fn fds_per_worker(listeners: usize) -> usize {
 
 /// How the open-files limit is shared out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FdBudget {
+pub(crate) struct FdBudget {
     /// The effective `--max-connections`.
     pub max_connections: usize,
     /// DNS lookups in flight at once.
@@ -81,7 +81,7 @@ pub struct FdBudget {
 }
 
 /// The soft open-files limit of this process, where the platform says.
-pub fn open_files_limit() -> Option<usize> {
+pub(crate) fn open_files_limit() -> Option<usize> {
     let text = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = text.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse::<usize>().ok()
@@ -94,7 +94,7 @@ pub fn open_files_limit() -> Option<usize> {
 /// rest, a sixteenth goes to pending DNS lookups ([`resolve::FDS_PER_LOOKUP`]
 /// each): they last milliseconds, connections last minutes. Each client
 /// connection may then hold two descriptors (client and upstream).
-pub fn fd_budget(
+pub(crate) fn fd_budget(
     soft: Option<usize>,
     max_connections: usize,
     workers: usize,

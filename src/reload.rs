@@ -39,7 +39,7 @@ enum Trigger {
 }
 
 /// The reload loop, its watch in place.
-pub struct Reloader {
+pub(crate) struct Reloader {
     shared: Arc<Shared>,
     path: PathBuf,
     hup: Signal,
@@ -48,7 +48,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Starts watching `path`; changes made once this returns are seen.
-    pub async fn start(shared: Arc<Shared>, path: PathBuf, hup: Signal) -> Reloader {
+    pub(crate) async fn start(shared: Arc<Shared>, path: PathBuf, hup: Signal) -> Reloader {
         let watch = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || PolicyWatch::new(&path)).await
@@ -73,7 +73,7 @@ impl Reloader {
     }
 
     /// Reloads on file changes and on SIGHUP until the proxy drains.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let (shared, path) = (&self.shared, self.path.as_path());
         let events = self.watch.as_ref().map(|w| lock(w).events());
         // Reported once per disappearance (SIGHUP reports it again).
@@ -285,7 +285,7 @@ fn reload_failed(
 
 /// Open tunnels, so that `--revalidate-on-reload` can re-decide them.
 #[derive(Default)]
-pub struct OpenTunnels {
+pub(crate) struct OpenTunnels {
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, OpenTunnel>>,
 }
@@ -298,7 +298,7 @@ struct OpenTunnel {
 }
 
 /// Unregisters its tunnel when dropped.
-pub struct Registration<'a> {
+pub(crate) struct Registration<'a> {
     set: &'a OpenTunnels,
     id: u64,
 }
@@ -315,7 +315,7 @@ impl Drop for Registration<'_> {
 
 impl OpenTunnels {
     /// Tracks a tunnel; `cancel` is cancelled if a reload revokes it.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         client: IpAddr,
         host: Host,
@@ -337,7 +337,7 @@ impl OpenTunnels {
     }
 
     /// Cancels every tunnel `policy` no longer permits; returns how many.
-    pub fn revalidate(&self, policy: &Policy) -> usize {
+    pub(crate) fn revalidate(&self, policy: &Policy) -> usize {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let mut revoked = 0;
         for t in open.values() {

@@ -61,7 +61,7 @@ impl Pipe {
 
 /// Relays until EOF (then shuts the write side down), like the copying
 /// loop in `tunnel.rs`. Errors other than "would block" end the relay.
-pub async fn one_way(
+pub(crate) async fn one_way(
     r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
     count: &AtomicU64,

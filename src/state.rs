@@ -22,7 +22,7 @@ use crate::telemetry::{Listener, Telemetry};
 
 /// A compiled policy and the generation number it was loaded as.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub policy: Policy,
     pub generation: u64,
     /// SHA-256 of the file it was compiled from.
@@ -30,7 +30,7 @@ pub struct Snapshot {
 }
 
 /// Every part, for the tasks that own a connection. Functions take the part they use.
-pub struct Shared {
+pub(crate) struct Shared {
     pub admission: Admission,
     pub lifecycle: Lifecycle,
     pub dialer: Dialer,
@@ -41,7 +41,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
+    pub(crate) fn new(
         snapshot: Snapshot,
         dialer: Dialer,
         telemetry: Telemetry,
@@ -66,14 +66,14 @@ impl Shared {
 }
 
 /// The policy in force, swapped whole by a reload, and the tunnels a reload may revoke.
-pub struct PolicyStore {
+pub(crate) struct PolicyStore {
     current: ArcSwap<Snapshot>,
     /// Present with `--revalidate-on-reload`.
     pub open_tunnels: Option<Arc<OpenTunnels>>,
 }
 
 impl PolicyStore {
-    pub fn new(snapshot: Snapshot, revalidate_on_reload: bool) -> PolicyStore {
+    pub(crate) fn new(snapshot: Snapshot, revalidate_on_reload: bool) -> PolicyStore {
         PolicyStore {
             current: ArcSwap::from_pointee(snapshot),
             open_tunnels: revalidate_on_reload.then(Arc::default),
@@ -81,24 +81,24 @@ impl PolicyStore {
     }
 
     /// The snapshot in force, for a look that ends before the next await.
-    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+    pub(crate) fn load(&self) -> Guard<Arc<Snapshot>> {
         self.current.load()
     }
 
     /// The snapshot in force, kept by a connection to its end.
-    pub fn load_full(&self) -> Arc<Snapshot> {
+    pub(crate) fn load_full(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
     /// Puts `next` in force for every later decision.
-    pub fn store(&self, next: Arc<Snapshot>) {
+    pub(crate) fn store(&self, next: Arc<Snapshot>) {
         self.current.store(next);
     }
 }
 
 /// Start, drain and abort: which tasks are running, and whether to stop them.
 #[derive(Clone, Default)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     /// Every connection, request and tunnel task, so that a drain can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled on SIGTERM: stop accepting, finish in-flight requests.
@@ -109,19 +109,19 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
     /// Policy loaded, listeners bound, and not draining.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.draining.is_cancelled()
     }
 }
 
 /// Who gets a connection slot: `--max-connections` in all, and
 /// `--max-connections-per-client` per source address.
-pub struct Admission {
+pub(crate) struct Admission {
     permits: Arc<Semaphore>,
     per_source: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// 0 for no limit.
@@ -131,7 +131,7 @@ pub struct Admission {
 }
 
 /// Held for as long as a client connection (and any tunnel it became) is open.
-pub struct ConnSlot {
+pub(crate) struct ConnSlot {
     _permit: OwnedSemaphorePermit,
     _active: ActiveGuard,
     _source: Option<SourceSlot>,
@@ -156,7 +156,11 @@ impl Drop for SourceSlot {
 }
 
 impl Admission {
-    pub fn new(max_connections: usize, per_client: usize, metrics: Arc<Metrics>) -> Admission {
+    pub(crate) fn new(
+        max_connections: usize,
+        per_client: usize,
+        metrics: Arc<Metrics>,
+    ) -> Admission {
         Admission {
             permits: Arc::new(Semaphore::new(max_connections)),
             per_source: Arc::default(),
@@ -167,7 +171,7 @@ impl Admission {
 
     /// A connection slot, or `None` when `--max-connections` are open, or
     /// `source` already holds `--max-connections-per-client`.
-    pub fn try_slot(&self, listener: Listener, source: IpAddr) -> Option<ConnSlot> {
+    pub(crate) fn try_slot(&self, listener: Listener, source: IpAddr) -> Option<ConnSlot> {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
         let per_client = self.per_client;
         let source = if per_client == 0 {

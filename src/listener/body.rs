@@ -12,13 +12,13 @@ use super::Exchange;
 use crate::telemetry::Telemetry;
 
 /// Counts the data bytes that pass through into `count`.
-pub struct Counting<B> {
+pub(crate) struct Counting<B> {
     inner: B,
     count: Arc<AtomicU64>,
 }
 
 impl<B> Counting<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(inner: B, count: Arc<AtomicU64>) -> Self {
         Counting { inner, count }
     }
 }
@@ -53,13 +53,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
 /// failed (framing the HTTP parser refused, such as a bad chunk size or
 /// extension, or a client gone mid-body), so that the exchange is put down
 /// to the client, not to the upstream.
-pub struct Watched<B> {
+pub(crate) struct Watched<B> {
     inner: B,
     broken: Arc<AtomicBool>,
 }
 
 impl<B> Watched<B> {
-    pub fn new(inner: B, broken: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: B, broken: Arc<AtomicBool>) -> Self {
         Watched { inner, broken }
     }
 }
@@ -90,7 +90,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
 
 /// A relayed response body: counts ingress bytes, and when it is dropped
 /// (fully sent, or the client went away) writes the exchange's audit record.
-pub struct Finishing<B> {
+pub(crate) struct Finishing<B> {
     inner: Counting<B>,
     ingress: Arc<AtomicU64>,
     egress: Arc<AtomicU64>,
@@ -98,7 +98,12 @@ pub struct Finishing<B> {
 }
 
 impl<B> Finishing<B> {
-    pub fn new(inner: B, egress: Arc<AtomicU64>, exchange: Exchange, telemetry: Telemetry) -> Self {
+    pub(crate) fn new(
+        inner: B,
+        egress: Arc<AtomicU64>,
+        exchange: Exchange,
+        telemetry: Telemetry,
+    ) -> Self {
         let ingress = Arc::new(AtomicU64::new(0));
         Finishing {
             inner: Counting::new(inner, ingress.clone()),

@@ -14,7 +14,7 @@ use crate::tunnel::Counters;
 /// Dropping one unfinished loses its record: [`Exchange::finish`] consumes it.
 #[must_use = "an exchange writes its audit record only when finished"]
 #[derive(Debug)]
-pub struct Exchange {
+pub(crate) struct Exchange {
     started: Instant,
     listener: Listener,
     event: Event,
@@ -36,7 +36,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn new(listener: Listener, event: Event, client_addr: SocketAddr) -> Exchange {
+    pub(crate) fn new(listener: Listener, event: Event, client_addr: SocketAddr) -> Exchange {
         Exchange {
             started: Instant::now(),
             listener,
@@ -58,12 +58,12 @@ impl Exchange {
     }
 
     /// Records the request method.
-    pub fn requested(&mut self, method: &str) {
+    pub(crate) fn requested(&mut self, method: &str) {
         self.method = Some(method.to_string());
     }
 
     /// Records the destination as received, before it is known to be valid.
-    pub fn target_raw(&mut self, host: &str, port: Option<u16>) {
+    pub(crate) fn target_raw(&mut self, host: &str, port: Option<u16>) {
         const MAX: usize = 512;
         let mut end = host.len().min(MAX);
         while !host.is_char_boundary(end) {
@@ -74,22 +74,22 @@ impl Exchange {
     }
 
     /// The destination recorded so far (normalised once decided).
-    pub fn host(&self) -> Option<&str> {
+    pub(crate) fn host(&self) -> Option<&str> {
         self.host.as_deref()
     }
 
     /// Records the destination port where nothing else names it (the transparent TLS listener).
-    pub fn at_port(&mut self, port: u16) {
+    pub(crate) fn at_port(&mut self, port: u16) {
         self.port = Some(port);
     }
 
     /// Records the server name the client's ClientHello named.
-    pub fn saw_sni(&mut self, sni: Option<String>) {
+    pub(crate) fn saw_sni(&mut self, sni: Option<String>) {
         self.sni = sni;
     }
 
     /// Decides `host:port` on `snap` and records the outcome.
-    pub fn decide(&mut self, snap: &Snapshot, host: &Host, port: u16) -> &Decision {
+    pub(crate) fn decide(&mut self, snap: &Snapshot, host: &Host, port: u16) -> &Decision {
         self.host = Some(host.to_string());
         self.port = Some(port);
         self.generation = Some(snap.generation);
@@ -100,7 +100,7 @@ impl Exchange {
     }
 
     /// Records a request too malformed to decide.
-    pub fn bad_request(&mut self, snap: &Snapshot) {
+    pub(crate) fn bad_request(&mut self, snap: &Snapshot) {
         self.generation = Some(snap.generation);
         self.has_clients = snap.policy.clients.is_some();
         self.decision = Some(snap.policy.bad_request(self.client_addr.ip()));
@@ -108,24 +108,24 @@ impl Exchange {
     }
 
     /// Records the upstream the exchange was dialed to.
-    pub fn dialed(&mut self, upstream: SocketAddr) {
+    pub(crate) fn dialed(&mut self, upstream: SocketAddr) {
         self.upstream = Some(upstream);
     }
 
     /// Records the status the client was answered with.
-    pub fn responded(&mut self, status: u16) {
+    pub(crate) fn responded(&mut self, status: u16) {
         self.status = Some(status);
     }
 
     /// Ends the exchange on `reason`, with the status sent (`None`: no HTTP answer).
-    pub fn refused(&mut self, reason: Reason, status: Option<u16>) {
+    pub(crate) fn refused(&mut self, reason: Reason, status: Option<u16>) {
         self.reason = reason;
         self.status = status;
     }
 
     /// Records what a tunnel relayed, and `cut`, the reason it was cut
     /// short for (a refused handshake, a revoked destination), if any.
-    pub fn tunnel_ended(&mut self, cut: Option<Reason>, counters: &Counters) {
+    pub(crate) fn tunnel_ended(&mut self, cut: Option<Reason>, counters: &Counters) {
         if let Some(reason) = cut {
             self.reason = reason;
         }
@@ -133,7 +133,7 @@ impl Exchange {
     }
 
     /// Records the bytes relayed each way.
-    pub fn relayed(&mut self, egress: u64, ingress: u64) {
+    pub(crate) fn relayed(&mut self, egress: u64, ingress: u64) {
         self.egress = egress;
         self.ingress = ingress;
     }
@@ -159,7 +159,7 @@ impl Exchange {
     }
 
     /// Writes the audit record and counts the exchange.
-    pub fn finish(self, telemetry: &Telemetry) {
+    pub(crate) fn finish(self, telemetry: &Telemetry) {
         let verdict = self.verdict();
         let (client, rule) = match self.decision {
             Some(d) => (d.client, d.rule),

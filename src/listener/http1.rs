@@ -35,7 +35,7 @@ pub(super) struct Conn {
 }
 
 /// Serves an explicit-proxy client connection.
-pub async fn serve_explicit(
+pub(crate) async fn serve_explicit(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -45,7 +45,7 @@ pub async fn serve_explicit(
 }
 
 /// Serves a client connection redirected to the transparent HTTP listener.
-pub async fn serve_transparent(
+pub(crate) async fn serve_transparent(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,

@@ -4,14 +4,14 @@
 //! CONNECT to `connect` and other requests to `forward`; [`tls`] is the
 //! transparent TLS listener; [`Exchange`] is what each of them records.
 
-pub mod body;
+pub(crate) mod body;
 mod connect;
 mod exchange;
 mod forward;
-pub mod http1;
-pub mod tls;
+pub(crate) mod http1;
+pub(crate) mod tls;
 
-pub use exchange::Exchange;
+pub(crate) use exchange::Exchange;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,19 +33,19 @@ use crate::telemetry::diag::RateLimit;
 use crate::telemetry::{Listener, Telemetry};
 
 /// Response bodies the proxy sends: its own short texts or a relayed origin body.
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// The header that names why the proxy refused.
-pub const REASON_HEADER: &str = "x-portcullis-reason";
+pub(crate) const REASON_HEADER: &str = "x-portcullis-reason";
 
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
 /// SPEC 3's error response: status, `X-Portcullis-Reason`, a one-line body, `Connection: close`.
-pub fn error_response(reason: Reason) -> Response<Body> {
+pub(crate) fn error_response(reason: Reason) -> Response<Body> {
     let status = http_status(reason).unwrap_or(StatusCode::FORBIDDEN);
     let mut resp = Response::new(full(error_body(reason)));
     *resp.status_mut() = status;
@@ -86,7 +86,7 @@ fn error_body(reason: Reason) -> String {
 /// The destination an iptables/nftables REDIRECT rule rewrote, when the
 /// connection was redirected (`SO_ORIGINAL_DST` reports the listener's own
 /// address when it was not).
-pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+pub(crate) fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let sock = socket2::SockRef::from(stream);
     let local = stream.local_addr().ok()?;
     let dst = match local {
@@ -99,7 +99,7 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
 
 /// Accepts until draining, handing each connection (with its slot) to `serve`.
 /// Beyond `--max-connections`, `refuse_overloaded` answers instead.
-pub async fn accept_loop<F, Fut>(
+pub(crate) async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
     kind: Listener,
@@ -248,7 +248,7 @@ pub(crate) fn is_loopback(ip: std::net::IpAddr) -> bool {
 }
 
 /// EMFILE / ENFILE: the process or the system is out of file descriptors.
-pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+pub(crate) fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24))
 }
 

@@ -21,7 +21,12 @@ use crate::tunnel::{self, Counters, End, Inspect};
 
 /// Serves one redirected connection: read the ClientHello, decide on its
 /// SNI, dial, replay the hello and relay.
-pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slot: ConnSlot) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnSlot,
+) {
     let snap = shared.policy.load_full();
     let mut ex = Exchange::new(Listener::TransparentTls, Event::Connection, peer);
     let port = original_dst(&stream).map_or(443, |d| d.port());

@@ -23,12 +23,12 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const TRIES: usize = 2;
 
 /// Lookups in flight at once unless [`Resolver::with_max_lookups`] says otherwise.
-pub const DEFAULT_MAX_LOOKUPS: usize = 256;
+pub(crate) const DEFAULT_MAX_LOOKUPS: usize = 256;
 
 /// Descriptors one lookup may hold while it is pending: A and AAAA go side by
 /// side, and each may ask two nameservers at once (hickory's default
 /// concurrency) over UDP, or over TCP after a truncated answer.
-pub const FDS_PER_LOOKUP: usize = 4;
+pub(crate) const FDS_PER_LOOKUP: usize = 4;
 
 /// How long a lookup waits for a free slot before it fails as `dns_error`:
 /// as long as a lookup may take, so a slot frees up unless the resolver is
@@ -47,7 +47,7 @@ pub enum ResolveInitError {
 /// Why a name gave no address. Every variant is the `dns_error` reason for the client
 /// except `InvalidName`, which callers should have refused earlier as `bad_request`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DnsError {
+pub(crate) enum DnsError {
     #[error("{0:?} is not a valid DNS name")]
     InvalidName(String),
     #[error("the name does not exist (NXDOMAIN)")]
@@ -62,7 +62,7 @@ pub enum DnsError {
 
 impl DnsError {
     /// The `dns_lookup_seconds{result}` label for this failure.
-    pub fn metric_result(&self) -> DnsResult {
+    pub(crate) fn metric_result(&self) -> DnsResult {
         match self {
             Self::NxDomain => DnsResult::NxDomain,
             Self::NoAddresses => DnsResult::NoAddresses,
@@ -73,7 +73,7 @@ impl DnsError {
 
 /// What a name resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answers {
+pub(crate) struct Answers {
     /// IPv4 first, then IPv6, without duplicates; never empty.
     pub addrs: Vec<IpAddr>,
     /// Why the other family's lookup failed, when one did (SERVFAIL, a
@@ -95,7 +95,7 @@ impl Answers {
 
 /// Answers split by the IP guard.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Filtered {
+pub(crate) struct Filtered {
     /// Addresses the proxy may dial, in resolver order.
     pub dialable: Vec<IpAddr>,
     /// Addresses the guard refused.
@@ -104,13 +104,13 @@ pub struct Filtered {
 
 impl Filtered {
     /// True when there were answers and the guard refused every one (`blocked_ip`).
-    pub fn all_blocked(&self) -> bool {
+    pub(crate) fn all_blocked(&self) -> bool {
         self.dialable.is_empty() && !self.blocked.is_empty()
     }
 }
 
 /// Splits `addrs` into dialable and blocked, keeping their order.
-pub fn filter(
+pub(crate) fn filter(
     addrs: impl IntoIterator<Item = IpAddr>,
     is_dialable: impl Fn(IpAddr) -> bool,
 ) -> Filtered {
@@ -128,7 +128,7 @@ pub fn filter(
 /// A caching stub resolver. Cheap to clone; clones share the cache and the
 /// bound on lookups in flight.
 #[derive(Debug, Clone)]
-pub struct Resolver {
+pub(crate) struct Resolver {
     inner: TokioResolver,
     metrics: Option<Arc<Metrics>>,
     /// One permit per lookup in flight: pending lookups hold descriptors,
@@ -140,7 +140,7 @@ pub struct Resolver {
 impl Resolver {
     /// Uses `nameservers` (UDP, TCP when a reply is truncated), or the system configuration
     /// when the slice is empty. `/etc/hosts` is never consulted: destinations come from DNS.
-    pub fn new(nameservers: &[SocketAddr]) -> Result<Self, ResolveInitError> {
+    pub(crate) fn new(nameservers: &[SocketAddr]) -> Result<Self, ResolveInitError> {
         let mut builder = if nameservers.is_empty() {
             TokioResolver::builder_tokio().map_err(ResolveInitError::SystemConfig)?
         } else {
@@ -174,13 +174,13 @@ impl Resolver {
 
     /// Lets at most `max` lookups (at least one) be in flight at once; a lookup that
     /// finds none free waits up to its own duration, then fails as [`DnsError::Busy`].
-    pub fn with_max_lookups(mut self, max: usize) -> Self {
+    pub(crate) fn with_max_lookups(mut self, max: usize) -> Self {
         self.slots = Arc::new(Semaphore::new(max.max(1)));
         self
     }
 
     /// Records every lookup's duration and outcome in `dns_lookup_seconds`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }
@@ -191,7 +191,7 @@ impl Resolver {
     /// IPv4 comes first because many container networks (Fargate and Docker defaults) have
     /// no IPv6 egress: a dialer walking the list in order reaches a working address first
     /// and still falls back to IPv6 where IPv4 fails.
-    pub async fn lookup(&self, host: &str) -> Result<Answers, DnsError> {
+    pub(crate) async fn lookup(&self, host: &str) -> Result<Answers, DnsError> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(Answers::literal(ip));
         }

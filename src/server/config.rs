@@ -15,7 +15,7 @@ pub(super) struct Config {
 
 impl Config {
     /// `data_listeners`: how many data listeners are bound (each costs descriptors per worker).
-    pub fn from_args(args: &RunArgs, data_listeners: usize) -> Config {
+    pub(super) fn from_args(args: &RunArgs, data_listeners: usize) -> Config {
         let workers = limits::workers(args.workers);
         let budget = fd_budget(
             open_files_limit(),

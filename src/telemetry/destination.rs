@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// Default number of distinct `destination` label values before `_other`.
-pub const DEFAULT_DESTINATION_CAP: usize = 1000;
+pub(crate) const DEFAULT_DESTINATION_CAP: usize = 1000;
 
 /// The `destination` label value once the cap is reached.
-pub const OTHER_DESTINATION: &str = "_other";
+pub(crate) const OTHER_DESTINATION: &str = "_other";
 
 /// The `destination` label value of a request too malformed to name one.
-pub const INVALID_DESTINATION: &str = "_invalid";
+pub(crate) const INVALID_DESTINATION: &str = "_invalid";
 
 /// Longest host kept as a label value: a valid DNS name is at most 253 bytes, so anything
 /// longer is junk from a client and must not be stored.
@@ -21,7 +21,7 @@ const MAX_HOST_LEN: usize = 253;
 /// every later one is `_other`. Hosts are attacker-chosen, so memory is bounded too
 /// (at most `max` names of at most 253 bytes each).
 #[derive(Debug)]
-pub struct DestinationCap {
+pub(crate) struct DestinationCap {
     max: usize,
     seen: RwLock<HashSet<Arc<str>>>,
     /// Set once `seen` is full, so unseen hosts skip the write lock from then on.
@@ -31,7 +31,7 @@ pub struct DestinationCap {
 
 impl DestinationCap {
     /// A cap of `max` distinct destinations (`0` labels everything `_other`).
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
             seen: RwLock::new(HashSet::new()),
@@ -42,7 +42,7 @@ impl DestinationCap {
 
     /// The label value for `host`: itself if it is (or now becomes) one of the first `max`
     /// distinct hosts, `_other` otherwise.
-    pub fn label(&self, host: &str) -> Arc<str> {
+    pub(crate) fn label(&self, host: &str) -> Arc<str> {
         if host.len() > MAX_HOST_LEN {
             return self.other.clone();
         }

@@ -3,11 +3,11 @@
 //! The label vocabulary shared by both (which listener; how the core's verdicts and reasons
 //! are spelt) lives here so a metric label and an audit field can never spell the same thing two ways.
 
-pub mod audit;
-pub mod destination;
+pub(crate) mod audit;
+pub(crate) mod destination;
 pub mod diag;
-pub mod exchange;
-pub mod metrics;
+pub(crate) mod exchange;
+pub(crate) mod metrics;
 
 use std::sync::Arc;
 
@@ -36,10 +36,12 @@ macro_rules! label_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[allow(unreachable_pub)] // public where the module declaring it is
         pub enum $name {
             $($(#[$vmeta])* $variant),+
         }
 
+        #[allow(unreachable_pub)]
         impl $name {
             /// The value as it appears in metric labels and audit records.
             pub const fn as_str(self) -> &'static str {

@@ -23,7 +23,7 @@ pub(super) struct Open {
 }
 
 impl Open {
-    pub const BOTH: Open = Open {
+    pub(super) const BOTH: Open = Open {
         client: true,
         upstream: true,
     };

@@ -25,7 +25,7 @@ const BUF: usize = 16 * 1024;
 
 /// Why a tunnel ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// Both sides closed (or one reset).
     Closed,
     /// No bytes either way for the idle timeout.
@@ -38,7 +38,7 @@ pub enum End {
 
 /// Bytes relayed: client -> upstream (`egress`) and back (`ingress`).
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub egress: AtomicU64,
     pub ingress: AtomicU64,
     /// Milliseconds since the tunnel started, at the last byte either way.
@@ -48,24 +48,24 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn egress(&self) -> u64 {
+    pub(crate) fn egress(&self) -> u64 {
         self.egress.load(Ordering::Relaxed)
     }
 
-    pub fn ingress(&self) -> u64 {
+    pub(crate) fn ingress(&self) -> u64 {
         self.ingress.load(Ordering::Relaxed)
     }
 }
 
 /// The client side of a tunnel: its socket, and bytes already read from it
 /// (what hyper buffered after the CONNECT head).
-pub struct ClientSide {
+pub(crate) struct ClientSide {
     pub stream: TcpStream,
     pub prefix: Bytes,
 }
 
 /// How the client's handshake is inspected.
-pub struct Inspect {
+pub(crate) struct Inspect {
     /// The inspector, possibly already holding the first ClientHello.
     pub flight: ClientFlight,
     /// How long a started ClientHello may take to arrive whole.
@@ -81,7 +81,7 @@ pub struct Inspect {
 /// forwarded until the TLS handshake is settled (SPEC 9), while upstream
 /// bytes already flow (server-first protocols); a refused client gets a TLS
 /// `access_denied` alert and the tunnel ends.
-pub async fn pump(
+pub(crate) async fn pump(
     client: ClientSide,
     upstream: TcpStream,
     idle: Duration,

@@ -10,7 +10,7 @@ use crate::policy::Policy;
 
 /// First line of the file, as in `config/portcullis.yaml`: editors validate
 /// against the schema kept beside the policy.
-pub const SCHEMA_COMMENT: &str = "# yaml-language-server: $schema=./portcullis.schema.json";
+pub(super) const SCHEMA_COMMENT: &str = "# yaml-language-server: $schema=./portcullis.schema.json";
 
 /// How many names a collapsed wildcard's comment lists before "and N more".
 const NAMES_LISTED: usize = 8;

@@ -12,7 +12,7 @@ use super::{Listener, ReloadResult, label_enum};
 use crate::policy::{Reason, Verdict};
 
 /// Records queued between the data path and the writer thread before new ones are dropped.
-pub const DEFAULT_CAPACITY: usize = 16 * 1024;
+pub(crate) const DEFAULT_CAPACITY: usize = 16 * 1024;
 
 label_enum! {
     /// What an audit record describes.
@@ -148,7 +148,7 @@ pub enum AuditError {
 
 mod writer;
 
-pub use writer::{AuditCounters, AuditLog, CloseReport};
+pub(crate) use writer::{AuditCounters, AuditLog};
 
 #[cfg(test)]
 mod tests;

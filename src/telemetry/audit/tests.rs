@@ -1,3 +1,4 @@
+use super::writer::CloseReport;
 use super::writer::{STALL, WRITE_BUF};
 use std::io::Write;
 use std::path::Path;

@@ -17,12 +17,10 @@ use super::diag::DiagStats;
 use super::{Listener, ReloadResult, label_enum};
 use crate::policy::{Reason, Verdict};
 
-pub use super::destination::{
-    DEFAULT_DESTINATION_CAP, DestinationCap, INVALID_DESTINATION, OTHER_DESTINATION,
-};
+pub(crate) use super::destination::{DEFAULT_DESTINATION_CAP, DestinationCap, INVALID_DESTINATION};
 
 /// `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets in seconds, 1 ms to 10 s, shared by the DNS and connect histograms.
 const LATENCY_BUCKETS: [f64; 13] = [

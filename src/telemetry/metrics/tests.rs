@@ -1,3 +1,4 @@
+use crate::telemetry::destination::OTHER_DESTINATION;
 use std::collections::HashSet;
 
 use super::*;
