@@ -47,6 +47,26 @@ async fn reloads(proxy: &Proxy, result: &str) -> Option<f64> {
 }
 
 /// Waits for `generation` and returns how long it took.
+/// Waits until `policy_reloads_total{result}` is `count`, then for an audit
+/// record of a reload with that result; returns the record.
+async fn wait_reload(proxy: &Proxy, result: &str, count: f64) -> serde_json::Value {
+    let labels = [("result", result)];
+    proxy
+        .wait_metric(
+            "portcullis_policy_reloads_total",
+            &labels,
+            |n| n == count,
+            WAIT,
+        )
+        .await;
+    proxy
+        .wait_audit(
+            |r| r["event"] == "policy_reload" && r["result"] == result,
+            WAIT,
+        )
+        .await
+}
+
 async fn generation_within(proxy: &Proxy, generation: f64, within: Duration) -> Duration {
     let started = Instant::now();
     proxy
@@ -270,20 +290,7 @@ async fn a_deleted_policy_fails_the_reload_keeps_the_last_good_one_and_is_loaded
     let port = echo.addr().port();
 
     std::fs::remove_file(dir.file()).unwrap();
-    proxy
-        .wait_metric(
-            "portcullis_policy_reloads_total",
-            &[("result", "error")],
-            |n| n == 1.0,
-            WAIT,
-        )
-        .await;
-    let rec = proxy
-        .wait_audit(
-            |r| r["event"] == "policy_reload" && r["result"] == "error",
-            WAIT,
-        )
-        .await;
+    let rec = wait_reload(&proxy, "error", 1.0).await;
     assert_eq!(rec["policy_generation"], 1, "{rec}");
     let error = rec["error"].as_str().unwrap_or_default();
     assert!(error.contains("No such file"), "{rec}");
@@ -321,20 +328,7 @@ async fn sighup_takes_the_file_as_it_is_and_the_close_after_is_unchanged() {
     wait_generation(&proxy, 2.0).await;
     assert_eq!(connect_status(&proxy, &format!("b.test:{port}")).await, 200);
     drop(file);
-    proxy
-        .wait_metric(
-            "portcullis_policy_reloads_total",
-            &[("result", "unchanged")],
-            |n| n == 1.0,
-            WAIT,
-        )
-        .await;
-    let rec = proxy
-        .wait_audit(
-            |r| r["event"] == "policy_reload" && r["result"] == "unchanged",
-            WAIT,
-        )
-        .await;
+    let rec = wait_reload(&proxy, "unchanged", 1.0).await;
     assert_eq!(rec["policy_generation"], 2, "{rec}");
     assert_eq!(generation(&proxy).await, Some(2.0));
 }
