@@ -11,15 +11,32 @@ use http_body::{Body, Frame, SizeHint};
 use super::Exchange;
 use crate::telemetry::Telemetry;
 
-/// Counts the data bytes that pass through into `count`.
+/// Counts the data bytes that pass through into `count`. A watched body
+/// (a client's request body on its way upstream) also notes in `broken`
+/// when it failed (framing the HTTP parser refused, such as a bad chunk size
+/// or extension, or a client gone mid-body), so that the exchange is put
+/// down to the client, not to the upstream.
 pub(crate) struct Counting<B> {
     inner: B,
     count: Arc<AtomicU64>,
+    broken: Option<Arc<AtomicBool>>,
 }
 
 impl<B> Counting<B> {
     pub(crate) fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Counting { inner, count }
+        Counting {
+            inner,
+            count,
+            broken: None,
+        }
+    }
+
+    pub(crate) fn watched(inner: B, count: Arc<AtomicU64>, broken: Arc<AtomicBool>) -> Self {
+        Counting {
+            inner,
+            count,
+            broken: Some(broken),
+        }
     }
 }
 
@@ -32,49 +49,18 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A client's request body on its way upstream: notes in `broken` when it
-/// failed (framing the HTTP parser refused, such as a bad chunk size or
-/// extension, or a client gone mid-body), so that the exchange is put down
-/// to the client, not to the upstream.
-pub(crate) struct Watched<B> {
-    inner: B,
-    broken: Arc<AtomicBool>,
-}
-
-impl<B> Watched<B> {
-    pub(crate) fn new(inner: B, broken: Arc<AtomicBool>) -> Self {
-        Watched { inner, broken }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Watched<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.broken.store(true, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(broken) = &self.broken {
+                    broken.store(true, Ordering::Relaxed);
+                }
+            }
+            _ => {}
         }
         polled
     }

@@ -13,7 +13,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
-use super::body::{Counting, Finishing, Watched};
+use super::body::{Counting, Finishing};
 use super::http1::{Conn, decide_target, refusal};
 use super::{Body, Exchange};
 use crate::dial::Upstream;
@@ -23,7 +23,7 @@ use crate::policy::{Host, Reason};
 use crate::state::{Lifecycle, Snapshot};
 use crate::telemetry::Listener;
 
-type UpstreamBody = Watched<Counting<Incoming>>;
+type UpstreamBody = Counting<Incoming>;
 
 /// An upstream HTTP/1 connection kept for the next request to the same `host:port`.
 pub(super) struct Pooled {
@@ -83,7 +83,7 @@ pub(super) async fn forward(
     }
     parts.uri = origin_form(&uri);
     let broken = Arc::new(AtomicBool::new(false));
-    let body = Watched::new(Counting::new(body, egress.clone()), broken.clone());
+    let body = Counting::watched(body, egress.clone(), broken.clone());
     let upstream_req = Request::from_parts(parts, body);
     // An upstream that accepts but never answers gets --idle-timeout, as a tunnel would.
     let sent = tokio::time::timeout(
