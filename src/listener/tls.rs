@@ -100,6 +100,12 @@ async fn read_hello(
             tracing::debug!(%peer, reason = v.reason.as_str(), cause = v.cause, "ClientHello refused on the transparent TLS listener");
             return FirstFlight::Refused(v.reason);
         }
+        // A ClientHello that started and did not finish in time is a TLS
+        // stream breaking its rules, as inside a CONNECT tunnel.
+        Err(_) if flight.is_tls() == Some(true) => {
+            tracing::debug!(%peer, "ClientHello timeout on the transparent TLS listener");
+            return FirstFlight::Refused(Reason::TlsViolation);
+        }
         Ok(Err(_)) | Err(_) => None,
     };
     let Some(hello) = hello else {

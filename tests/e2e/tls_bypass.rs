@@ -380,3 +380,28 @@ async fn the_transparent_listener_checks_every_hello_and_refuses_early_records()
         assert_eq!(rec["reason"], reason, "{what}");
     }
 }
+
+/// A ClientHello that starts and stalls on the transparent listener is
+/// refused with an alert at `--header-timeout`, as inside a CONNECT tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_hello_on_the_transparent_listener_is_a_violation() {
+    let dns = TestDns::start().await;
+    let args = ["--transparent-tls", "127.0.0.1:0", "--header-timeout", "1s"];
+    let proxy = Proxy::start(
+        &loopback_policy(&["origin.test:443"], ""),
+        dns.addr(),
+        &args,
+    )
+    .await;
+    let listener = proxy.listening_addr("transparent_tls").unwrap();
+    let hello = records(&tls13_hello(Some("origin.test"), None), 16384);
+    let mut conn = TcpStream::connect(listener).await.unwrap();
+    conn.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    assert_eq!(expect_closed(&mut conn, WAIT).await, ACCESS_DENIED_ALERT);
+    proxy
+        .wait_audit(
+            |r| r["listener"] == "transparent_tls" && r["reason"] == "tls_violation",
+            WAIT,
+        )
+        .await;
+}
