@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::policy::{Host, Policy, diff};
 use crate::policy_file::{render, sha256_hex};
 use crate::state::{Shared, Snapshot};
-use crate::telemetry::ReloadResult;
 use crate::telemetry::audit::{AuditRecord, ReloadDetails};
+use crate::telemetry::{ReloadResult, Telemetry};
 use watch::{Due, Events, PolicyWatch};
 
 /// Editors and ConfigMap swaps touch several names at once: let a burst of
@@ -210,8 +210,6 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
     };
     let changes = diff::diff(&current.policy, &compiled.policy);
     let generation = current.generation + 1;
-    let rules = compiled.policy.rule_counts();
-    let rule_count = compiled.policy.rule_count();
     let next = Arc::new(Snapshot {
         policy: compiled.policy,
         generation,
@@ -219,26 +217,44 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
     });
     shared.policy.store(next.clone());
     shared.telemetry.metrics.policy_reload(ReloadResult::Ok);
-    shared.telemetry.metrics.set_policy(generation, &rules);
     tracing::info!(generation, sha256 = %sha, compile_ms, changed_clients = changes.len(), ?trigger, "policy reloaded");
-    let details = ReloadDetails {
-        result: ReloadResult::Ok,
-        path: Some(path.display().to_string()),
-        sha256: Some(sha),
-        rules: Some(rule_count),
-        error: None,
-        changes: serde_json::to_value(&changes).ok(),
-    };
-    shared
-        .telemetry
-        .audit
-        .write(&AuditRecord::policy_reload(Some(generation), details));
+    announce(
+        &shared.telemetry,
+        path,
+        &next,
+        serde_json::to_value(&changes).ok(),
+    );
     if let Some(open) = &shared.policy.open_tunnels {
         let revoked = open.revalidate(&next.policy);
         if revoked > 0 {
             tracing::info!(generation, revoked, "closed tunnels the new policy denies");
         }
     }
+}
+
+/// Announces a policy that went live, at start and at every reload: the
+/// generation and rule gauges, and the `policy_reload` audit record.
+pub(crate) fn announce(
+    telemetry: &Telemetry,
+    path: &Path,
+    snap: &Snapshot,
+    changes: Option<serde_json::Value>,
+) {
+    let generation = snap.generation;
+    telemetry
+        .metrics
+        .set_policy(generation, &snap.policy.rule_counts());
+    let details = ReloadDetails {
+        result: ReloadResult::Ok,
+        path: Some(path.display().to_string()),
+        sha256: Some(snap.sha256.clone()),
+        rules: Some(snap.policy.rule_count()),
+        error: None,
+        changes,
+    };
+    telemetry
+        .audit
+        .write(&AuditRecord::policy_reload(Some(generation), details));
 }
 
 fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: Trigger) {

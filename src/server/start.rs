@@ -17,10 +17,10 @@ use super::workers::{spawn_accept_loops, start_workers};
 use crate::cli::RunArgs;
 use crate::dial::Dialer;
 use crate::state::{Shared, Snapshot};
-use crate::telemetry::audit::{AuditLog, AuditRecord, ReloadDetails};
+use crate::telemetry::audit::AuditLog;
 use crate::telemetry::diag::DiagStats;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::{Listener, ReloadResult, Telemetry};
+use crate::telemetry::{Listener, Telemetry};
 use crate::{admin, policy_file, reload, resolve, telemetry};
 
 /// A proxy serving: what the drain has to stop, in order.
@@ -52,7 +52,6 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
         tracing::warn!(policy = %args.policy.display(), "{w}");
     }
     let metrics = Arc::new(Metrics::new(args.max_destination_labels).with_diagnostics(diagnostics));
-    metrics.set_policy(1, &compiled.policy.rule_counts());
     let audit = Arc::new(AuditLog::open(
         std::path::Path::new(&args.audit_log),
         telemetry::audit::DEFAULT_CAPACITY,
@@ -64,7 +63,6 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let own_addrs = bound.announce();
     let config = Config::from_args(&args, bound.data_count());
     let resolver = resolver.with_max_lookups(config.dns_lookups);
-    let rules = compiled.policy.rule_count();
     let snapshot = Snapshot {
         policy: compiled.policy,
         generation: 1,
@@ -83,17 +81,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
         config.limits,
         args.revalidate_on_reload,
     ));
-    shared.telemetry.audit.write(&AuditRecord::policy_reload(
-        Some(1),
-        ReloadDetails {
-            result: ReloadResult::Ok,
-            path: Some(args.policy.display().to_string()),
-            sha256: Some(sha256),
-            rules: Some(rules),
-            error: None,
-            changes: None,
-        },
-    ));
+    reload::announce(&shared.telemetry, &args.policy, &shared.policy.load(), None);
     serve(shared, bound, config.workers, &args, hup).await
 }
 
