@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The policy the proxy loads when `--policy` is not given.
 pub const DEFAULT_POLICY: &str = "config/portcullis.yaml";
 
+/// The `portcullis` command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "portcullis",
@@ -16,10 +17,12 @@ pub const DEFAULT_POLICY: &str = "config/portcullis.yaml";
     about = "Egress forward proxy that allows only listed hostnames"
 )]
 pub struct Cli {
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy.
@@ -38,6 +41,7 @@ pub enum Command {
     Suggest(SuggestArgs),
 }
 
+/// `portcullis suggest` arguments.
 #[derive(Debug, Args)]
 pub struct SuggestArgs {
     /// Audit log to read (JSON lines, plain or gzip); repeat for several; `-` (the default) is stdin.
@@ -57,6 +61,7 @@ pub struct SuggestArgs {
     pub collapse: crate::cmd::suggest::Collapse,
 }
 
+/// `portcullis health` arguments.
 #[derive(Debug, Args)]
 pub struct HealthArgs {
     /// Admin listener of the proxy to ask (an unspecified IP such as 0.0.0.0 means loopback).
@@ -67,25 +72,32 @@ pub struct HealthArgs {
     pub timeout: Duration,
 }
 
+/// `portcullis schema` takes no arguments.
 #[derive(Debug, Args)]
 pub struct SchemaArgs {}
 
+/// `portcullis diff` arguments.
 #[derive(Debug, Args)]
 pub struct DiffArgs {
     /// The policy before the change (e.g. the base branch's file).
     pub old: PathBuf,
     /// The policy after the change.
     pub new: PathBuf,
+    /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
 }
 
+/// How `check` and `diff` print their results: `text` (human-readable lines) or `json` (one document).
+// No `///` on the values: clap would list them as possible-value help and reflow all of `--help`.
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Text,
     Json,
 }
 
+/// `portcullis run` arguments.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Policy file (YAML, version 1); reloaded when it changes.
@@ -161,21 +173,27 @@ pub struct RunArgs {
     pub max_destination_labels: usize,
 }
 
+/// Diagnostic log line format: `json` (one object per line) or `text` (human-readable lines).
+// No `///` on the values: clap would list them as possible-value help and reflow all of `--help`.
+#[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Json,
     Text,
 }
 
+/// `portcullis check` arguments.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Policy files to validate.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
 }
 
+/// `portcullis explain` arguments.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// Policy file to evaluate.

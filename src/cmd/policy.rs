@@ -10,12 +10,17 @@ use crate::policy_file::{load_policy, render};
 
 /// Exit codes shared by the subcommands.
 pub mod exit {
+    /// Success: valid policy, or allowed.
     pub const OK: i32 = 0;
+    /// A policy file does not load, or a check failed.
     pub const INVALID: i32 = 1;
+    /// Bad arguments or an unreadable input.
     pub const USAGE: i32 = 2;
+    /// `explain`: the policy denies the destination.
     pub const DENY: i32 = 3;
 }
 
+/// `portcullis check`: prints each file's problems; returns the exit code.
 pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
     let mut problems = Vec::new();
     let mut files = Vec::new();
@@ -74,6 +79,7 @@ pub fn split_target(target: &str) -> Result<(&str, u16), String> {
         .map_err(|e| format!("`{target}`: {e}"))
 }
 
+/// `portcullis explain`: prints the decision, client, rule and target; returns the exit code.
 pub fn explain(
     args: &ExplainArgs,
     out: &mut impl Write,

@@ -18,28 +18,38 @@ pub const VERSION: i64 = 1;
 /// Ports a destination allows when it names none and `default_ports` is absent.
 pub const DEFAULT_PORTS: &[u16] = &[443];
 
+/// How serious a [`Diagnostic`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// The policy does not load.
     Error,
+    /// The policy loads, but probably does not say what was meant.
     Warning,
 }
 
 /// One problem found in a policy file, at a 1-based line and column.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
+    /// Error or warning.
     pub severity: Severity,
+    /// 1-based line (0 when unknown).
     pub line: u64,
+    /// 1-based column (0 when unknown).
     pub column: u64,
+    /// What is wrong.
     pub message: String,
+    /// What to write instead, when there is an obvious fix.
     pub hint: Option<String>,
 }
 
 impl Diagnostic {
+    /// An error at `at`.
     pub fn error(at: Location, message: impl Into<String>, hint: Option<String>) -> Self {
         Diagnostic::new(Severity::Error, at, message, hint)
     }
 
+    /// A warning at `at`.
     pub fn warning(at: Location, message: impl Into<String>, hint: Option<String>) -> Self {
         Diagnostic::new(Severity::Warning, at, message, hint)
     }
@@ -83,6 +93,7 @@ impl fmt::Display for Diagnostic {
 /// and start-up want them, a hot reload does not wait for them.
 #[derive(Debug)]
 pub struct Compiled {
+    /// The compiled policy.
     pub policy: Policy,
 }
 
@@ -93,6 +104,7 @@ impl Compiled {
     }
 }
 
+/// Parses and compiles a policy file's text, collecting every error (sorted by position).
 pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
     if text.trim().is_empty() {
         return Err(vec![Diagnostic::error(

@@ -35,14 +35,20 @@ impl fmt::Display for Pattern {
 /// One client's changes, as canonical `pattern:ports` destinations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ClientChanges {
+    /// The `clients` entry name, or `default` for the top-level lists.
     pub client: String,
+    /// Destinations newly allowed.
     pub allow_added: Vec<String>,
+    /// Destinations no longer allowed.
     pub allow_removed: Vec<String>,
+    /// Destinations newly denied.
     pub deny_added: Vec<String>,
+    /// Destinations no longer denied.
     pub deny_removed: Vec<String>,
 }
 
 impl ClientChanges {
+    /// Whether nothing changed for this client.
     pub fn is_empty(&self) -> bool {
         self.allow_added.is_empty()
             && self.allow_removed.is_empty()
@@ -100,6 +106,7 @@ fn effective(p: &Policy, client: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     (allow, canonical(&p.deny))
 }
 
+/// The canonical `pattern:ports` text of a destination.
 pub fn destination(pattern: &Pattern, ports: &Ports) -> String {
     format!("{pattern}:{ports}")
 }

@@ -18,29 +18,40 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// canonical literal: a dotted quad or a bracketed IPv6 address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Host {
+    /// A normalised host name.
     Name(Box<str>),
+    /// A literal IP address.
     Ip(IpAddr),
 }
 
 /// Why a host string is not a destination we will look at.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {
+    /// The host is empty.
     #[error("empty host name")]
     Empty,
+    /// A label is empty (e.g. `a..b`).
     #[error("host name has an empty label")]
     EmptyLabel,
+    /// A label over 63 characters.
     #[error("host name label longer than 63 characters")]
     LabelTooLong,
+    /// A name over 253 characters.
     #[error("host name longer than 253 characters")]
     NameTooLong,
+    /// A character no host name label may hold.
     #[error("host name contains a character outside letters, digits, '-' and '_'")]
     BadCharacter,
+    /// Unicode that IDNA (UTS 46) rejects.
     #[error("host name is not valid IDNA (UTS 46)")]
     Idna,
+    /// An IPv4 address in a form other than the dotted quad (octal, hex, short).
     #[error("IPv4 address not in canonical dotted-quad form")]
     NonCanonicalIpv4,
+    /// An unparsable or zoned IPv6 literal.
     #[error("bad IPv6 literal (write it as [2001:db8::1], without a zone)")]
     BadIpv6,
+    /// A port that is not 1-65535 in plain decimal.
     #[error("bad port (1-65535, decimal, no leading zero or sign)")]
     BadPort,
 }

@@ -52,6 +52,7 @@ pub fn default_blocked() -> Vec<IpNet> {
 }
 
 impl IpGuard {
+    /// A guard that refuses `blocked` except where `allowed` carves out.
     pub fn new(blocked: Vec<IpNet>, allowed: Vec<IpNet>) -> IpGuard {
         IpGuard { blocked, allowed }
     }
@@ -71,10 +72,12 @@ impl IpGuard {
         covers(&self.allowed) || !covers(&self.blocked)
     }
 
+    /// The ranges never dialed.
     pub fn blocked(&self) -> &[IpNet] {
         &self.blocked
     }
 
+    /// The ranges carved out of `blocked`.
     pub fn allowed(&self) -> &[IpNet] {
         &self.allowed
     }

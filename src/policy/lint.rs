@@ -48,6 +48,7 @@ pub const SHARED_TENANT_DOMAINS: &[(&str, &str)] = &[
     ("trycloudflare.com", "anyone's Cloudflare quick tunnels"),
 ];
 
+/// The policy's warnings: duplicates, shadowed rules, and wildcards broader than they look.
 pub fn lint(policy: &Policy) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let top = &policy.allow;
@@ -136,7 +137,9 @@ pub enum Breadth {
     /// `tail` is, or is below, a domain from [`SHARED_TENANT_DOMAINS`]: the
     /// matching entry (the most specific one) and who owns names there.
     SharedTenant {
+        /// The matching entry of [`SHARED_TENANT_DOMAINS`].
         domain: &'static str,
+        /// Who owns names there.
         what: &'static str,
     },
     /// `tail` is itself a public suffix (Public Suffix List, private section included).

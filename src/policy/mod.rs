@@ -22,13 +22,16 @@ use ruleset::{Rule, RuleSet, Target};
 /// What happens to the traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verdict {
+    /// Let through.
     Allow,
+    /// Refused.
     Deny,
     /// Let through, but enforce would have denied it (`mode: report`).
     Report,
 }
 
 impl Verdict {
+    /// The lowercase name used in metrics labels and the audit log.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Allow => "allow",
@@ -47,24 +50,38 @@ impl Verdict {
 /// status code, the metric label and the audit `reason` (SPEC section 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
+    /// Let through: a rule allowed it.
     Allowed,
+    /// No rule allows the destination.
     NotAllowed,
+    /// The source address is in no `clients` entry.
     ClientNotAllowed,
+    /// Every address the destination resolves to is blocked by the `ip_guard`.
     BlockedIp,
+    /// The request or its destination is malformed.
     BadRequest,
+    /// The destination name did not resolve.
     DnsError,
+    /// Dialing the destination failed.
     ConnectError,
+    /// Dialing the destination took longer than `--connect-timeout`.
     ConnectTimeout,
+    /// A connection limit was reached.
     Overloaded,
+    /// The ClientHello's SNI differs from the CONNECT host.
     SniMismatch,
+    /// The ClientHello carries encrypted_client_hello and the policy denies ECH.
     EchRefused,
+    /// The ClientHello carries no server name.
     NoSni,
+    /// A reload removed the destination of an open tunnel (`--revalidate-on-reload`).
     PolicyRevoked,
     /// A TLS stream that breaks the handshake rules the proxy checks (SPEC 9).
     TlsViolation,
 }
 
 impl Reason {
+    /// Every reason, in declaration order.
     pub const ALL: [Reason; 14] = [
         Reason::Allowed,
         Reason::NotAllowed,
@@ -82,6 +99,7 @@ impl Reason {
         Reason::TlsViolation,
     ];
 
+    /// The snake_case label used in metrics and the audit `reason`.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Allowed => "allowed",
@@ -125,12 +143,15 @@ impl Reason {
 /// `enforce` denies; `report` lets traffic through and records what enforce would deny.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Mode {
+    /// Deny what no rule allows.
     #[default]
     Enforce,
+    /// Let everything through; record what enforce would deny.
     Report,
 }
 
 impl Mode {
+    /// The name as written in the policy file.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
@@ -142,7 +163,9 @@ impl Mode {
 /// How ClientHellos inside CONNECT tunnels are checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlsPolicy {
+    /// A ClientHello's SNI must equal the CONNECT host.
     pub sni_must_match: bool,
+    /// Whether ClientHellos carrying encrypted_client_hello may pass.
     pub ech_allowed: bool,
 }
 
@@ -158,6 +181,7 @@ impl Default for TlsPolicy {
 /// The outcome of one decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
+    /// What happens to the traffic.
     pub verdict: Verdict,
     /// For `Report`, the reason enforce mode would have denied with.
     pub reason: Reason,
@@ -170,21 +194,30 @@ pub struct Decision {
 /// A `clients` entry.
 #[derive(Debug)]
 pub struct Client {
+    /// Unique name: the `client` label in metrics and the audit log.
     pub name: Arc<str>,
+    /// Source ranges this entry covers.
     pub sources: Vec<IpNet>,
+    /// This client's mode (the top-level one unless overridden).
     pub mode: Mode,
+    /// Destinations this client may reach on top of the top-level `allow`.
     pub allow: RuleSet,
 }
 
 /// A compiled, immutable policy. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Policy {
+    /// The top-level mode.
     pub mode: Mode,
+    /// Destinations every client may reach.
     pub allow: RuleSet,
+    /// Destinations nobody reaches, whatever allows them.
     pub deny: RuleSet,
     /// `None` when the file has no `clients` section: every source is welcome.
     pub clients: Option<Vec<Client>>,
+    /// Addresses never dialed.
     pub guard: IpGuard,
+    /// ClientHello checks inside CONNECT tunnels.
     pub tls: TlsPolicy,
 }
 

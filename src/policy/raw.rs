@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
+/// A YAML string with its location, for diagnostics.
 pub type Text = Spanned<String>;
 
 // The `schemars` attributes describe the YAML a person writes (`Spanned` is
@@ -17,6 +18,7 @@ pub type Text = Spanned<String>;
     title = "portcullis policy",
     description = "portcullis egress policy, version 1: every destination not allowed here is denied."
 )]
+/// The whole policy file.
 pub struct RawPolicy {
     /// Policy format version: always `1`.
     #[schemars(with = "crate::schema::Version")]
@@ -41,14 +43,18 @@ pub struct RawPolicy {
     pub tls: Option<RawTls>,
 }
 
+/// How traffic no rule allows is treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(rename = "Mode")]
 pub enum RawMode {
+    /// Deny what no rule allows.
     Enforce,
+    /// Allow everything, but log and count what enforce would deny.
     Report,
 }
 
+/// A client: its source addresses and the destinations it may reach.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Client")]
@@ -67,6 +73,7 @@ pub struct RawClient {
     pub allow: Option<Vec<Text>>,
 }
 
+/// Addresses never dialed, even when an allowed name resolves to them.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "IpGuard")]
@@ -79,6 +86,7 @@ pub struct RawIpGuard {
     pub allowed: Option<Vec<Text>>,
 }
 
+/// Checks on TLS ClientHellos inside CONNECT tunnels.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Tls")]
@@ -89,11 +97,14 @@ pub struct RawTls {
     pub ech: Option<RawEch>,
 }
 
+/// What to do with ClientHellos that carry encrypted_client_hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[schemars(rename = "Ech")]
 pub enum RawEch {
+    /// Refuse them (the default).
     Deny,
+    /// Let them through.
     Allow,
 }
 

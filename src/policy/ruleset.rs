@@ -13,13 +13,18 @@ use super::pattern::{Pattern, Ports};
 pub struct Rule {
     /// The destination exactly as written in the file.
     pub text: Arc<str>,
+    /// What it matches.
     pub pattern: Pattern,
+    /// The ports it allows.
     pub ports: Ports,
+    /// 1-based line in the file.
     pub line: u64,
+    /// 1-based column in the file.
     pub column: u64,
 }
 
 impl Rule {
+    /// Whether the rule covers `host` on `port` (the unindexed check).
     pub fn matches(&self, host: &Host, port: u16) -> bool {
         self.ports.contains(port) && self.pattern.matches(host)
     }
@@ -28,12 +33,15 @@ impl Rule {
 /// A host prepared once per decision: the globset form is built lazily and
 /// shared by every rule set consulted.
 pub struct Target<'a> {
+    /// The destination host.
     pub host: &'a Host,
+    /// The destination port.
     pub port: u16,
     glob_form: std::cell::OnceCell<Option<String>>,
 }
 
 impl<'a> Target<'a> {
+    /// Prepares `host:port` for lookups; nothing is built until a glob needs it.
     pub fn new(host: &'a Host, port: u16) -> Self {
         Target {
             host,
@@ -73,6 +81,7 @@ impl Default for RuleSet {
 }
 
 impl RuleSet {
+    /// Indexes `rules`, keeping their order.
     pub fn new(rules: Vec<Rule>) -> RuleSet {
         let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut suffix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
@@ -116,14 +125,17 @@ impl RuleSet {
         }
     }
 
+    /// The rules, in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
 
+    /// How many rules.
     pub fn len(&self) -> usize {
         self.rules.len()
     }
 
+    /// Whether there are no rules.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

@@ -17,23 +17,34 @@ use crate::{resolve, telemetry};
 /// the proxy never starts open.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The policy file failed to load or compile.
     #[error("the policy {path} does not load")]
     Policy {
+        /// The policy file.
         path: PathBuf,
+        /// Everything wrong with it.
         problems: Vec<Diagnostic>,
     },
+    /// A listener could not bind.
     #[error("cannot bind the {what} listener on {addr}: {source}")]
     Bind {
+        /// Which listener (`explicit`, `admin`, `transparent_tls`, `transparent_http`).
         what: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// The bind error.
         source: std::io::Error,
     },
+    /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] telemetry::audit::AuditError),
+    /// The DNS resolver could not be set up.
     #[error(transparent)]
     Resolver(#[from] resolve::ResolveInitError),
+    /// The SIGHUP handler could not be installed.
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(std::io::Error),
+    /// The worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),
 }

@@ -20,7 +20,9 @@ use crate::policy::{Reason, Verdict};
 /// Where every exchange is reported: the metrics registry and the audit log.
 #[derive(Clone)]
 pub struct Telemetry {
+    /// The Prometheus registry.
     pub metrics: Arc<Metrics>,
+    /// The audit log writer.
     pub audit: Arc<AuditLog>,
 }
 

@@ -50,6 +50,7 @@ pub struct ClientFlight {
 }
 
 impl ClientFlight {
+    /// A flight checked against `expect`; `ech_allowed` lets encrypted_client_hello through.
     pub fn new(expect: Expect, ech_allowed: bool) -> ClientFlight {
         ClientFlight {
             buf: Vec::new(),

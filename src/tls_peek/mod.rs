@@ -50,7 +50,9 @@ fn starts_tls(first: u8, second: u8) -> bool {
 /// the diagnostic log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Violation {
+    /// What the audit log and metrics record.
     pub reason: Reason,
+    /// A short cause for the diagnostic log.
     pub cause: &'static str,
 }
 

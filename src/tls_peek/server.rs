@@ -47,6 +47,7 @@ impl Default for ServerWatch {
 }
 
 impl ServerWatch {
+    /// A watch at the stream's first byte.
     pub fn new() -> ServerWatch {
         ServerWatch {
             tail: Vec::new(),
@@ -57,6 +58,7 @@ impl ServerWatch {
         }
     }
 
+    /// Where the server's side of the handshake has got to.
     pub fn state(&self) -> ServerState {
         self.state
     }

@@ -16,8 +16,11 @@ pub const COLLAPSE_MIN_NAMES: usize = 3;
 /// RFC 3339 UTC strings, which order as text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Seen {
+    /// How many records.
     pub count: u64,
+    /// The earliest timestamp.
     pub first: Option<String>,
+    /// The latest timestamp.
     pub last: Option<String>,
 }
 
@@ -103,14 +106,18 @@ impl std::fmt::Display for Dest {
 /// One rule to suggest: a destination, the ports it was reached on, and its history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Suggestion {
+    /// What the rule matches.
     pub dest: Dest,
+    /// The ports it was reached on.
     pub ports: BTreeSet<u16>,
+    /// How often and when.
     pub seen: Seen,
     /// For a wildcard, the names seen that it replaces.
     pub names: BTreeSet<String>,
 }
 
 impl Suggestion {
+    /// A suggestion for `dest` with nothing seen yet.
     pub fn new(dest: Dest) -> Suggestion {
         Suggestion {
             dest,

@@ -46,6 +46,7 @@ pub enum Collapse {
 /// What to print.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// How names are merged into wildcards.
     pub collapse: Collapse,
     /// Destinations seen fewer times are left out.
     pub min_count: u64,
@@ -70,7 +71,12 @@ pub enum Group {
     Everyone,
     /// A `clients` entry; `rank` is its position in `--policy` (0 without
     /// one, so that clients sort by name).
-    Client { rank: usize, name: String },
+    Client {
+        /// Position in `--policy`.
+        rank: usize,
+        /// The entry's name.
+        name: String,
+    },
     /// Sources that no `clients` entry listed (`client_not_allowed`).
     Unlisted,
 }
@@ -144,6 +150,7 @@ impl<'p> Suggester<'p> {
         }
     }
 
+    /// Counts of the records read so far.
     pub fn tally(&self) -> &Tally {
         &self.tally
     }

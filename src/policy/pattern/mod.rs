@@ -12,11 +12,14 @@ use super::ip_guard::parse_net;
 /// Which ports a destination covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ports {
+    /// Every port (`:*`).
     Any,
+    /// These inclusive ranges.
     Ranges(Vec<RangeInclusive<u16>>),
 }
 
 impl Ports {
+    /// Whether `port` is covered.
     pub fn contains(&self, port: u16) -> bool {
         match self {
             Ports::Any => true,
@@ -66,7 +69,12 @@ pub enum Pattern {
     Suffix(Box<str>),
     /// Labels with `*` inside them; `*` never crosses a dot. With
     /// `any_depth`, a leading `*.` allows one or more further labels in front.
-    Glob { any_depth: bool, labels: Box<str> },
+    Glob {
+        /// Whether the pattern started with `*.`.
+        any_depth: bool,
+        /// The normalised labels, without that leading `*.`.
+        labels: Box<str>,
+    },
     /// An IP range, for clients that dial literal addresses.
     Net(IpNet),
 }
@@ -133,7 +141,9 @@ fn label_matches(pat: &[u8], label: &[u8]) -> bool {
 /// A problem with one destination string, with a hint on what to write instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PatternError {
+    /// What is wrong.
     pub message: String,
+    /// What to write instead, when there is an obvious fix.
     pub hint: Option<String>,
 }
 
