@@ -27,11 +27,6 @@
 //!   [`policy_file`]: reading and hashing policy files.
 
 #![forbid(unsafe_code)]
-// `unreachable_pub` and `missing_docs` are set here, not in Cargo.toml's
-// [lints]: those apply to the test and bench harness crates too, whose shared
-// fixtures are `pub` (and undocumented) on purpose.
-#![warn(unreachable_pub)]
-#![warn(missing_docs)]
 // The module map above is for contributors: its links to internal modules
 // resolve with `cargo doc --document-private-items`.
 #![allow(rustdoc::private_intra_doc_links)]

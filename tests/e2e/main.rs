@@ -1,5 +1,9 @@
 //! End-to-end tests: the real `portcullis` binary, driven the way users drive it.
 
+// Cargo.toml's [lints] turn `unreachable_pub` on for every target; this harness's
+// shared fixtures are `pub` for its own modules on purpose.
+#![allow(unreachable_pub)]
+
 mod cli_check;
 mod cli_diff;
 mod cli_explain;
