@@ -59,20 +59,7 @@ macro_rules! label_enum {
             }
         }
 
-        impl ::prometheus_client::encoding::EncodeLabelValue for $name {
-            fn encode(
-                &self,
-                encoder: &mut ::prometheus_client::encoding::LabelValueEncoder<'_>,
-            ) -> ::std::fmt::Result {
-                ::std::fmt::Write::write_str(encoder, self.as_str())
-            }
-        }
-
-        impl ::serde::Serialize for $name {
-            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.as_str())
-            }
-        }
+        $crate::telemetry::label_value!($name);
     };
 }
 pub(crate) use label_enum;
@@ -111,6 +98,8 @@ macro_rules! label_value {
 }
 
 // The `decision` and `reason` of metrics and audit records.
+pub(crate) use label_value;
+
 label_value!(Verdict, Reason);
 
 /// The `client` of a source no `clients` entry lists, when the policy has `clients`.
