@@ -383,6 +383,10 @@ async fn the_transparent_listener_checks_every_hello_and_refuses_early_records()
 
 /// A ClientHello that starts and stalls on the transparent listener is
 /// refused with an alert at `--header-timeout`, as inside a CONNECT tunnel.
+/// The client is slow to start (0.6 s, the scenario, not a wait for the
+/// proxy), so the connection's header timeout ends before the timeout that
+/// began with the hello's first byte: that path used to close silently as
+/// `bad_request`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_hello_on_the_transparent_listener_is_a_violation() {
     let dns = TestDns::start().await;
@@ -396,6 +400,7 @@ async fn a_stalled_hello_on_the_transparent_listener_is_a_violation() {
     let listener = proxy.listening_addr("transparent_tls").unwrap();
     let hello = records(&tls13_hello(Some("origin.test"), None), 16384);
     let mut conn = TcpStream::connect(listener).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
     conn.write_all(&hello[..hello.len() / 2]).await.unwrap();
     assert_eq!(expect_closed(&mut conn, WAIT).await, ACCESS_DENIED_ALERT);
     proxy
