@@ -236,7 +236,8 @@ fn ecs_sidecar_task_definition() {
     let listen = env(proxy, "PORTCULLIS_LISTEN").expect("PORTCULLIS_LISTEN");
     let listen: SocketAddr = listen.parse().unwrap();
     assert!(listen.ip().is_loopback(), "{listen}");
-    assert_eq!(proxy["logConfiguration"]["logDriver"], "awslogs");
+    // Through the FireLens log router (tests/deploy_pci checks its routing).
+    assert_eq!(proxy["logConfiguration"]["logDriver"], "awsfirelens");
 
     // The policy arrives through a shared volume, written by the sync container.
     let policy = env(proxy, "PORTCULLIS_POLICY").expect("PORTCULLIS_POLICY");
@@ -275,11 +276,13 @@ fn ecs_sidecar_task_definition() {
         "the app must start after the proxy is healthy"
     );
     for c in task["containerDefinitions"].as_array().unwrap() {
-        assert_eq!(
-            c["logConfiguration"]["logDriver"], "awslogs",
-            "{}",
-            c["name"]
-        );
+        if c["name"] != "portcullis" {
+            assert_eq!(
+                c["logConfiguration"]["logDriver"], "awslogs",
+                "{}",
+                c["name"]
+            );
+        }
     }
 }
 
