@@ -131,8 +131,9 @@ fn log_groups_keep_a_year_and_are_encrypted_with_the_kms_key_when_given() {
 
 // ------------------------------------------------------------ FireLens ---
 
-/// The environment of the container named `name`, CloudFormation values (a
-/// `{"Ref": ...}`) as their JSON text.
+/// A container's environment, from the list under `key_env` (CloudFormation
+/// and ECS JSON spell the keys differently); an intrinsic such as
+/// `{"Ref": ...}` is kept as its JSON text.
 fn environment(
     container: &Value,
     key_env: &str,
