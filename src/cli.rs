@@ -1,6 +1,7 @@
 //! Command-line interface: every `run` flag also reads its `PORTCULLIS_*` environment variable.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -153,6 +154,24 @@ pub struct RunArgs {
     /// SIGHUP and when its path no longer names it (logrotate `create`, a delete).
     #[arg(long, env = "PORTCULLIS_AUDIT_LOG", default_value = "-")]
     pub audit_log: String,
+    /// When the audit queue is full: `refuse` answers new exchanges `503
+    /// audit_unavailable` until it has room, so that nothing admitted goes
+    /// unlogged; `drop` keeps serving and counts the records it loses.
+    #[arg(
+        long,
+        env = "PORTCULLIS_AUDIT_OVERFLOW",
+        value_enum,
+        default_value = "refuse"
+    )]
+    pub audit_overflow: AuditOverflow,
+    /// Audit records that may wait for the writer before `--audit-overflow` applies.
+    #[arg(
+        long,
+        env = "PORTCULLIS_AUDIT_QUEUE_RECORDS",
+        default_value = "16384",
+        value_name = "N"
+    )]
+    pub audit_queue_records: NonZeroUsize,
     /// Diagnostic log format (always on stderr).
     #[arg(
         long,
@@ -180,6 +199,17 @@ pub struct RunArgs {
 pub enum LogFormat {
     Json,
     Text,
+}
+
+/// What the audit log does when its queue is full (`--audit-overflow`):
+/// `refuse` new exchanges (fail closed), or `drop` records (counted).
+// No `///` on the values: clap would list them as possible-value help and reflow all of `--help`.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum AuditOverflow {
+    #[default]
+    Refuse,
+    Drop,
 }
 
 /// `portcullis check` arguments.

@@ -33,6 +33,8 @@ pub(crate) struct Exchange {
     status: Option<u16>,
     egress: u64,
     ingress: u64,
+    /// Admitted by the audit log: its record is owed, never dropped for want of room.
+    admitted: bool,
 }
 
 impl Exchange {
@@ -54,7 +56,16 @@ impl Exchange {
             status: None,
             egress: 0,
             ingress: 0,
+            admitted: false,
         }
+    }
+
+    /// Whether the audit log has room for one more exchange; `false`: refuse
+    /// it as `audit_unavailable`. Once admitted, the record is always written
+    /// (`--audit-overflow refuse`); one never admitted is best effort.
+    pub(crate) fn admit(&mut self, telemetry: &Telemetry) -> bool {
+        self.admitted = telemetry.audit.admit();
+        self.admitted
     }
 
     /// Records the request method.
@@ -184,6 +195,7 @@ impl Exchange {
             ingress: self.ingress,
             duration: self.started.elapsed(),
             generation: self.generation,
+            admitted: self.admitted,
         };
         telemetry.record(finished);
     }

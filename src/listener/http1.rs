@@ -138,6 +138,9 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     };
     let mut ex = Exchange::new(conn.listener, event, conn.peer);
     ex.requested(req.method().as_str());
+    if !ex.admit(&conn.shared.telemetry) {
+        return refusal(&conn.shared.telemetry, ex, Reason::AuditUnavailable);
+    }
     match (conn.listener, req.method()) {
         (Listener::Explicit, &Method::CONNECT) => connect::connect(conn, snap, ex, req).await,
         // A redirected client speaks to the origin: CONNECT makes no sense there.

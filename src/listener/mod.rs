@@ -70,7 +70,7 @@ fn http_status(reason: Reason) -> Option<StatusCode> {
         Reason::BadRequest => Some(StatusCode::BAD_REQUEST),
         Reason::DnsError | Reason::ConnectError => Some(StatusCode::BAD_GATEWAY),
         Reason::ConnectTimeout => Some(StatusCode::GATEWAY_TIMEOUT),
-        Reason::Overloaded => Some(StatusCode::SERVICE_UNAVAILABLE),
+        Reason::Overloaded | Reason::AuditUnavailable => Some(StatusCode::SERVICE_UNAVAILABLE),
         Reason::SniMismatch
         | Reason::EchRefused
         | Reason::NoSni

@@ -53,6 +53,11 @@ pub(crate) async fn serve(
         }
     };
     ex.saw_sni(Some(host.to_string()));
+    if !ex.admit(&shared.telemetry) {
+        ex.at_port(port);
+        let (reason, alert) = (Reason::AuditUnavailable, INTERNAL_ERROR);
+        return refuse_with_alert(&shared.telemetry, ex, stream, reason, alert).await;
+    }
     let decision = ex.decide(&snap, &host, port);
     if !decision.verdict.permits() {
         let reason = decision.reason;

@@ -78,11 +78,13 @@ pub enum Reason {
     PolicyRevoked,
     /// A TLS stream that breaks the handshake rules the proxy checks (SPEC 9).
     TlsViolation,
+    /// The audit log cannot take the exchange's record (`--audit-overflow refuse`).
+    AuditUnavailable,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Allowed,
         Reason::NotAllowed,
         Reason::ClientNotAllowed,
@@ -97,6 +99,7 @@ impl Reason {
         Reason::NoSni,
         Reason::PolicyRevoked,
         Reason::TlsViolation,
+        Reason::AuditUnavailable,
     ];
 
     /// The snake_case label used in metrics and the audit `reason`.
@@ -116,6 +119,7 @@ impl Reason {
             Reason::NoSni => "no_sni",
             Reason::PolicyRevoked => "policy_revoked",
             Reason::TlsViolation => "tls_violation",
+            Reason::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -136,6 +140,9 @@ impl Reason {
             Reason::NoSni => "TLS ClientHello carries no server name",
             Reason::PolicyRevoked => "destination removed from the policy",
             Reason::TlsViolation => "TLS handshake broke the rules the proxy checks",
+            Reason::AuditUnavailable => {
+                "the audit log cannot keep up; the proxy refuses what it cannot record, retry shortly"
+            }
         }
     }
 }

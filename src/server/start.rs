@@ -17,11 +17,11 @@ use super::workers::{spawn_accept_loops, start_workers};
 use crate::cli::RunArgs;
 use crate::dial::Dialer;
 use crate::state::{Shared, Snapshot};
-use crate::telemetry::audit::AuditLog;
+use crate::telemetry::audit::{AuditLog, QueueLimit};
 use crate::telemetry::diag::DiagStats;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::{Listener, Telemetry};
-use crate::{admin, policy_file, reload, resolve, telemetry};
+use crate::{admin, policy_file, reload, resolve};
 
 /// A proxy serving: what the drain has to stop, in order.
 pub(super) struct Running {
@@ -54,7 +54,10 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let metrics = Arc::new(Metrics::new(args.max_destination_labels).with_diagnostics(diagnostics));
     let audit = Arc::new(AuditLog::open(
         std::path::Path::new(&args.audit_log),
-        telemetry::audit::DEFAULT_CAPACITY,
+        QueueLimit {
+            capacity: args.audit_queue_records.get(),
+            overflow: args.audit_overflow,
+        },
         metrics.audit_counters(),
     )?);
     let resolver = resolve::Resolver::new(&args.nameservers)?.with_metrics(metrics.clone());

@@ -35,13 +35,22 @@ pub struct Finished {
     pub ingress: u64,
     pub duration: Duration,
     pub generation: Option<u64>,
+    /// Admitted by the audit log: the record is owed (see [`AuditLog::write`]).
+    pub admitted: bool,
 }
 
 impl Finished {
-    /// Counts the exchange, then writes its audit record.
+    /// Counts the exchange, then writes its audit record (best effort when
+    /// the exchange was never admitted).
     pub fn record(self, metrics: &Metrics, audit: &AuditLog) {
         self.count(metrics);
-        audit.write(&AuditRecord::from(self));
+        let admitted = self.admitted;
+        let record = AuditRecord::from(self);
+        if admitted {
+            audit.write(&record);
+        } else {
+            audit.offer(&record);
+        }
     }
 
     /// The `client` label: the matched entry, else `_unknown` or `default`.

@@ -1,6 +1,8 @@
 //! Log sinks that stall or move (SPEC 10): a stderr or stdout nobody reads never stalls the
 //! data path or `/healthz`, losses are counted, SIGTERM ends in bounded time, and the audit
-//! file follows logrotate's rename and a delete.
+//! file follows logrotate's rename and a delete. [`overflow`]: what a full audit queue does.
+
+mod overflow;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -16,14 +18,21 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::support::client::{connect_refused, http_get};
+use crate::support::client::{
+    LOCAL, connect_refused, echo_roundtrip, finish, http_get, open_tunnel,
+};
 use crate::support::dns::TestDns;
 use crate::support::log_line::listening_addr;
 use crate::support::metrics::metric_sum;
+use crate::support::origin::TcpEcho;
 use crate::support::proxy::{POLL, STARTUP, loopback_policy};
 use crate::support::{AbortOnDrop, TempPolicy, bin, root};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// The names the test policy allows: `allowed.test` (resolving to 127.0.0.1) on any port,
+/// and the names under `nx.test` (which do not exist).
+const ALLOWED: [&str; 2] = ["allowed.test:*", "*.nx.test"];
 
 /// Where the child's stdout (the audit log with `--audit-log -`) and stderr go.
 #[derive(Clone, Copy, PartialEq)]
@@ -48,12 +57,23 @@ struct Spawned {
     _dns: TestDns,
 }
 
+/// How the exchanges a test sent were answered.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// `403 not_allowed`: admitted, so each must have its audit record.
+    forbidden: usize,
+    /// `503 audit_unavailable`: refused for want of room in the audit queue.
+    unavailable: usize,
+}
+
 impl Spawned {
-    /// Starts the proxy on 127.0.0.1:0 denying everything (`not_allowed` needs no DNS);
-    /// `audit` is a path or `-` (then stdout is a pipe the test never reads).
+    /// Starts the proxy on 127.0.0.1:0 allowing only [`ALLOWED`] (`not_allowed` needs no DNS);
+    /// `audit` is a path or `-` (then stdout is a pipe the test does not read until
+    /// [`Spawned::read_audit`]).
     async fn start(audit: &str, stderr: Sink, env: &[(&str, &str)], args: &[&str]) -> Spawned {
         let dns = TestDns::start().await;
-        let policy = TempPolicy::new(&loopback_policy(&["allowed.test", "*.nx.test"], ""));
+        dns.set_a("allowed.test", &[LOCAL], 60);
+        let policy = TempPolicy::new(&loopback_policy(&ALLOWED, ""));
         let mut cmd = Command::new(bin());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("PORTCULLIS_") {
@@ -151,11 +171,49 @@ impl Spawned {
 
     /// The sum of the samples `name` on `/metrics`, `None` when the proxy does not export it.
     async fn metric(&self, name: &str) -> Option<f64> {
+        self.metric_with(name, &[]).await
+    }
+
+    /// [`Spawned::metric`] over the samples with every label of `labels`.
+    async fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let (status, text) = http_get(self.admin, "/metrics")
             .await
             .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
         assert_eq!(status, 200, "GET /metrics");
-        metric_sum(&text, name, &[])
+        metric_sum(&text, name, labels)
+    }
+
+    /// The address of `listener` (`transparent_tls`, ...) from its `listening` line.
+    async fn listening(&self, listener: &str) -> SocketAddr {
+        let mut addr = None;
+        until(self, WAIT, &format!("a {listener} listening line"), || {
+            addr = (self.stderr.lock().unwrap_or_else(PoisonError::into_inner))
+                .iter()
+                .find_map(|l| listening_addr(l, listener));
+            let found = addr.is_some();
+            async move { found }
+        })
+        .await;
+        addr.expect("found")
+    }
+
+    /// Starts reading the audit log from stdout (`--audit-log -`), unread until now;
+    /// the lines read so far are in the returned list.
+    fn read_audit(&mut self) -> (Arc<Mutex<Vec<Value>>>, AbortOnDrop) {
+        let stdout = self.stdout.take().expect("stdout not read yet");
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let task = AbortOnDrop(tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let record = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {line}"));
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(record);
+            }
+        }));
+        (records, task)
     }
 
     async fn healthz(&self) {
@@ -330,16 +388,21 @@ async fn a_stalled_stderr_never_stalls_the_proxy_and_lost_lines_are_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_audit_stdout_drops_counts_and_warns_the_true_count() {
-    let proxy = Spawned::start("-", Sink::Read, &[], &[]).await;
-    // Nobody reads stdout: the pipe fills, then the writer's queue; then records are dropped.
+async fn a_stalled_audit_stdout_in_drop_mode_serves_counts_and_warns_the_true_count() {
+    let echo = TcpEcho::start().await;
+    let args = ["--audit-overflow", "drop", "--audit-queue-records", "500"];
+    let proxy = Spawned::start("-", Sink::Read, &[], &args).await;
+    // Nobody reads stdout: the pipe fills, then the writer's queue (for good, not a burst
+    // the writer is about to take); then records are dropped.
     let mut sent = 0;
     let dropped = loop {
-        proxy.refusals("stdout", sent..sent + 1000, 8).await;
-        sent += 1000;
+        proxy.refusals("stdout", sent..sent + 200, 8).await;
+        sent += 200;
         proxy.healthz().await;
+        let full =
+            (proxy.metric("portcullis_audit_queue_records").await).is_some_and(|q| q >= 500.0);
         match proxy.metric("portcullis_audit_records_dropped_total").await {
-            Some(n) if n > 0.0 => break n,
+            Some(n) if n > 0.0 && full => break n,
             _ => assert!(
                 sent < 40_000,
                 "{sent} refusals and portcullis_audit_records_dropped_total is still 0 or absent"
@@ -380,6 +443,17 @@ async fn a_stalled_audit_stdout_drops_counts_and_warns_the_true_count() {
     )
     .await;
     connect_refused(proxy.addr, "one-more.test:443", 403, "not_allowed").await;
+    // Allowed traffic keeps flowing; nothing was refused for want of room.
+    let mut tunnel = open_tunnel(proxy.addr, &format!("allowed.test:{}", echo.addr().port())).await;
+    echo_roundtrip(&mut tunnel, b"still serving").await;
+    finish(&mut tunnel).await;
+    let refused = proxy
+        .metric_with(
+            "portcullis_requests_total",
+            &[("reason", "audit_unavailable")],
+        )
+        .await;
+    assert_eq!(refused.unwrap_or(0.0), 0.0);
     proxy.healthz().await;
 }
 
@@ -493,7 +567,7 @@ async fn a_rotated_audit_file_is_reopened_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_audit_file_is_recreated() {
+async fn a_deleted_audit_file_is_recreated_and_loses_nothing() {
     let audit = AuditPath::new("delete");
     let proxy = Spawned::start(audit.str(), Sink::Read, &[], &[]).await;
     proxy.refusals("before", 0..5, 1).await;
@@ -504,24 +578,27 @@ async fn a_deleted_audit_file_is_recreated() {
     })
     .await;
     std::fs::remove_file(&audit.0).expect("delete");
-    let mut sent = 0;
-    let deadline = Instant::now() + WAIT;
-    while !audit.0.exists() || hosts(&audit.0).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} not recreated ({sent} refusals since the delete)\n{}",
-            audit.str(),
-            proxy.stderr_text()
-        );
-        proxy.refusals("after", sent..sent + 10, 2).await;
-        sent += 10;
-        sleep(POLL).await;
-    }
-    let mut found = hosts(&audit.0);
-    found.sort();
-    found.dedup();
-    assert!(
-        found.iter().all(|h| h.starts_with("after-")),
-        "only records after the delete: {found:?}"
-    );
+    // At once, and then no more: the records must not go to the deleted file, waiting
+    // for a later write to notice the delete.
+    proxy.refusals("after", 0..10, 2).await;
+    let expected: HashSet<String> = (0..10).map(|i| format!("after-{i}.test")).collect();
+    until(
+        &proxy,
+        WAIT,
+        "every record since the delete at the path",
+        || {
+            let found = hosts(&path);
+            let ok = found.len() == expected.len()
+                && found.iter().cloned().collect::<HashSet<_>>() == expected;
+            async move { ok }
+        },
+    )
+    .await;
+    // And later ones after them.
+    proxy.refusals("later", 0..10, 2).await;
+    until(&proxy, WAIT, "later records at the path", || {
+        let n = hosts(&path).len();
+        async move { n == 20 }
+    })
+    .await;
 }

@@ -11,7 +11,7 @@ use serde::{Serialize, Serializer};
 use super::{Listener, ReloadResult, label_enum};
 use crate::policy::{Reason, Verdict};
 
-/// Records queued between the data path and the writer thread before new ones are dropped.
+/// Records queued between the data path and the writer thread before `--audit-overflow` applies.
 pub(crate) const DEFAULT_CAPACITY: usize = 16 * 1024;
 
 label_enum! {
@@ -148,7 +148,7 @@ pub enum AuditError {
 
 mod writer;
 
-pub(crate) use writer::{AuditCounters, AuditLog};
+pub(crate) use writer::{AuditCounters, AuditLog, QueueLimit};
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
-use super::writer::CloseReport;
-use super::writer::{STALL, WRITE_BUF};
+use super::writer::{CloseReport, STALL, WRITE_BUF};
+use crate::cli::AuditOverflow;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -213,41 +213,239 @@ impl Write for Gated {
     }
 }
 
-#[test]
-fn a_full_queue_drops_instead_of_blocking() {
+fn limit(capacity: usize, overflow: AuditOverflow) -> QueueLimit {
+    QueueLimit { capacity, overflow }
+}
+
+/// Holds the writer thread in its first write; returns the log and the key to let it go.
+fn stuck_log(
+    out: Arc<std::sync::Mutex<Vec<u8>>>,
+    limit: QueueLimit,
+) -> (AuditLog, mpsc::Sender<()>) {
     let (entered_tx, entered) = mpsc::channel();
     let (release, gate) = mpsc::channel();
-    let out = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = Gated {
         entered: Some(entered_tx),
         gate: Some(gate),
-        out: Arc::clone(&out),
+        out,
     };
-    let log = AuditLog::from_writer(sink, 2).expect("start writer");
-    // A BufWriter passes a line bigger than its buffer straight to the sink.
+    let log = AuditLog::from_writer(sink, limit).expect("start writer");
+    // A line bigger than a batch is written on its own, so the writer holds nothing else.
     let mut big = AuditRecord::new(Event::Request);
     big.rule = Some("x".repeat(WRITE_BUF + 1024));
     log.write(&big);
     entered
         .recv_timeout(Duration::from_secs(10))
         .expect("writer thread reached the sink");
+    (log, release)
+}
 
-    let started = Instant::now();
-    for _ in 0..10 {
-        log.write(&AuditRecord::new(Event::Request));
+fn lines_of(out: &std::sync::Mutex<Vec<u8>>) -> Vec<serde_json::Value> {
+    let out = out.lock().expect("sink lock");
+    (out.split(|b| *b == b'\n'))
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("every line is a whole JSON record"))
+        .collect()
+}
+
+fn generation(g: u64) -> AuditRecord {
+    let mut rec = AuditRecord::new(Event::Request);
+    rec.policy_generation = Some(g);
+    rec
+}
+
+fn generations_in(records: &[serde_json::Value]) -> Vec<u64> {
+    (records.iter())
+        .filter_map(|r| r["policy_generation"].as_u64())
+        .collect()
+}
+
+/// Runs `calls` on another thread while the writer is stuck; fails if they have not
+/// returned within 10 s (they waited for the writer).
+fn without_waiting(log: AuditLog, calls: impl FnOnce(&AuditLog) + Send + 'static) -> AuditLog {
+    let log = Arc::new(log);
+    let (done, returned) = mpsc::channel();
+    let caller = Arc::clone(&log);
+    std::thread::spawn(move || {
+        calls(&caller);
+        drop(caller);
+        let _ = done.send(());
+    });
+    returned
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a write waited for the stuck writer");
+    Arc::try_unwrap(log).expect("the caller thread let go of the log")
+}
+
+/// Polls `cond` every 10 ms; fails with `what` after 10 s.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(started.elapsed() < Duration::from_secs(1), "write blocked");
-    assert_eq!(log.dropped(), 8, "two queued, the rest dropped");
+}
+
+#[test]
+fn a_full_queue_drops_instead_of_blocking() {
+    let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (log, release) = stuck_log(out.clone(), limit(2, AuditOverflow::Drop));
+    let log = without_waiting(log, |log| {
+        for g in 0..10 {
+            assert!(log.admit(), "drop mode admits whatever the queue holds");
+            log.write(&generation(g));
+        }
+    });
+    // The stuck record and the first one queued fill the two places.
+    assert_eq!(log.dropped(), 9, "one queued, the rest dropped");
 
     release.send(()).expect("release the sink");
     log.close_within(Instant::now() + Duration::from_secs(10));
-    let written = out
-        .lock()
-        .expect("sink lock")
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count();
-    assert_eq!(written, 3);
+    assert_eq!(generations_in(&lines_of(&out)), [0]);
+}
+
+#[test]
+fn refuse_mode_refuses_new_exchanges_and_never_drops_an_admitted_one() {
+    let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (log, release) = stuck_log(out.clone(), limit(4, AuditOverflow::Refuse));
+    // Three exchanges admitted while there is room; the queue is then full.
+    for _ in 0..3 {
+        assert!(log.admit());
+    }
+    for g in 0..3 {
+        log.write(&generation(g));
+    }
+    assert_eq!(log.queued(), 4);
+    assert!(!log.admit(), "a full queue admits nothing new");
+    // Records owed before the queue filled go in anyway, past the capacity, without waiting.
+    let log = without_waiting(log, |log| {
+        for g in 3..10 {
+            log.write(&generation(g));
+        }
+    });
+    assert_eq!(log.queued(), 11);
+    // A refused exchange's own record is best effort: no room, counted as dropped.
+    log.offer(&generation(100));
+    assert_eq!((log.dropped(), log.queued()), (1, 11));
+
+    release.send(()).expect("release the sink");
+    wait_until("the queue written out", || log.queued() == 0);
+    assert!(log.admit(), "room again");
+    log.offer(&generation(200));
+    log.close_within(Instant::now() + Duration::from_secs(10));
+    assert_eq!(
+        generations_in(&lines_of(&out)),
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 200],
+        "every owed record, in order, once"
+    );
+}
+
+/// A sink whose writes fail (ENOSPC) while `failing`, after taking `partial`
+/// bytes of the first failing write when set.
+#[derive(Clone, Default)]
+struct Flaky {
+    state: Arc<std::sync::Mutex<FlakyState>>,
+}
+
+#[derive(Default)]
+struct FlakyState {
+    failing: bool,
+    partial: Option<usize>,
+    failures: usize,
+    out: Vec<u8>,
+}
+
+impl Flaky {
+    fn set_failing(&self, failing: bool, partial: Option<usize>) {
+        let mut state = self.state.lock().expect("sink lock");
+        (state.failing, state.partial) = (failing, partial);
+    }
+
+    fn failures(&self) -> usize {
+        self.state.lock().expect("sink lock").failures
+    }
+
+    fn records(&self) -> Vec<serde_json::Value> {
+        let out = std::sync::Mutex::new(self.state.lock().expect("sink lock").out.clone());
+        lines_of(&out)
+    }
+}
+
+impl Write for Flaky {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut state = self.state.lock().expect("sink lock");
+        if !state.failing {
+            state.out.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        if let Some(n) = state.partial.take() {
+            let n = n.min(buf.len());
+            state.out.extend_from_slice(&buf[..n]);
+            return Ok(n);
+        }
+        state.failures += 1;
+        Err(io::Error::from_raw_os_error(28)) // ENOSPC
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn refuse_mode_keeps_records_a_failing_sink_refused_and_retries() {
+    let sink = Flaky::default();
+    sink.set_failing(true, Some(30));
+    let log = AuditLog::from_writer(sink.clone(), limit(3, AuditOverflow::Refuse)).expect("start");
+    for g in 0..3 {
+        assert!(log.admit());
+        log.write(&generation(g));
+    }
+    // Part of the first record went out, then the disk filled: nothing is dropped,
+    // the queue stays full and new exchanges are refused.
+    wait_until("a few failed attempts", || sink.failures() >= 2);
+    assert_eq!((log.dropped(), log.queued()), (0, 3));
+    assert!(
+        !log.admit(),
+        "a sink that fails fills the queue: fail closed"
+    );
+
+    sink.set_failing(false, None);
+    wait_until("the queue written out", || log.queued() == 0);
+    assert!(log.admit());
+    assert_eq!(log.dropped(), 0);
+    assert_eq!(
+        generations_in(&sink.records()),
+        [0, 1, 2],
+        "each record once, the cut one completed"
+    );
+    drop(log);
+}
+
+#[test]
+fn drop_mode_counts_what_a_failing_sink_refused_and_moves_on() {
+    let sink = Flaky::default();
+    let log = AuditLog::from_writer(sink.clone(), limit(3, AuditOverflow::Drop)).expect("start");
+    log.write(&generation(0));
+    wait_until("the first record written", || log.queued() == 0);
+    // The next write takes half a record and fails; the batch after it fails outright.
+    sink.set_failing(true, Some(30));
+    for g in 1..4 {
+        log.write(&generation(g));
+    }
+    wait_until("every failed record counted", || log.dropped() == 2);
+    assert!(log.admit(), "drop mode keeps admitting");
+    wait_until("the cut record retried", || sink.failures() >= 3);
+    assert_eq!(
+        log.dropped(),
+        2,
+        "the cut record is kept to complete its line"
+    );
+    sink.set_failing(false, None);
+    wait_until("the queue empty", || log.queued() == 0);
+    log.write(&generation(4));
+    log.close_within(Instant::now() + Duration::from_secs(10));
+    // The cut record is completed, so every line parses; the two not started are lost.
+    assert_eq!(generations_in(&sink.records()), [0, 1, 4]);
 }
 
 #[test]
@@ -259,7 +457,7 @@ fn close_gives_up_on_a_stuck_sink_and_counts_what_it_abandoned() {
         gate: Some(gate),
         out: Arc::default(),
     };
-    let log = AuditLog::from_writer(sink, 8).expect("start writer");
+    let log = AuditLog::from_writer(sink, limit(8, AuditOverflow::Refuse)).expect("start writer");
     log.write(&AuditRecord::new(Event::Request));
     entered
         .recv_timeout(Duration::from_secs(10))
@@ -333,4 +531,52 @@ fn a_renamed_or_deleted_file_is_reopened_at_its_path() {
     assert_eq!(generations(&rotated), [1]);
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&rotated);
+}
+
+#[test]
+fn records_written_right_after_a_delete_land_at_the_path() {
+    let path = temp_path("deleted.jsonl");
+    let log = AuditLog::file(&path).expect("open audit file");
+    log.write(&generation(1));
+    wait_until("the first record written", || log.queued() == 0);
+    std::fs::remove_file(&path).expect("delete");
+    // At once, well before the idle check: the writer must see the delete before it writes.
+    for g in 2..6 {
+        log.write(&generation(g));
+    }
+    log.close_within(Instant::now() + Duration::from_secs(10));
+    assert_eq!(generations_in(&read_json(&path)), [2, 3, 4, 5]);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn close_gives_up_on_a_sink_that_keeps_failing() {
+    let sink = Flaky::default();
+    sink.set_failing(true, None);
+    let log = AuditLog::from_writer(sink.clone(), limit(8, AuditOverflow::Refuse)).expect("start");
+    for g in 0..3 {
+        log.write(&generation(g));
+    }
+    wait_until("a failed attempt", || sink.failures() >= 1);
+    let started = Instant::now();
+    let report = log.close_within(started + Duration::from_secs(60));
+    assert!(
+        started.elapsed() < STALL + Duration::from_secs(2),
+        "close waited {:?} on a failing sink",
+        started.elapsed()
+    );
+    assert_eq!(
+        report,
+        CloseReport {
+            abandoned: 3,
+            lost_total: 3
+        }
+    );
+}
+
+fn read_json(path: &Path) -> Vec<serde_json::Value> {
+    read_lines(path)
+        .into_iter()
+        .map(serde_json::Value::Object)
+        .collect()
 }

@@ -1,14 +1,14 @@
-//! The audit log's writer thread: a bounded queue, batched writes, losses
-//! counted, the file followed across rotation, a bounded close.
+//! The audit log's queue: records counted against a capacity, the exchanges
+//! admitted while there is room, what happens to a record that finds the
+//! queue full (`--audit-overflow`), and a bounded close. The thread that
+//! writes the queue out is [`sink`].
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,24 +17,58 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::super::diag::RateLimit;
 use super::{AuditError, AuditRecord, DEFAULT_CAPACITY};
+use crate::cli::AuditOverflow;
 
-/// The audit log's counters, made up front by the metrics registry (SPEC 12).
+mod sink;
+
+#[cfg(test)]
+pub(super) use sink::WRITE_BUF;
+use sink::{Sink, open_append};
+
+/// The audit log's counters, made up front by the metrics registry.
 #[derive(Clone, Debug, Default)]
 pub struct AuditCounters {
-    /// Records lost: queue full, serialisation or write errors, abandoned at exit.
+    /// Records lost: queue full (`drop`, or a record nobody was admitted for),
+    /// serialisation or write errors (`drop`), abandoned at exit.
     pub dropped: Counter,
-    /// Records accepted and not yet written out by the writer thread.
+    /// Records accepted and not yet written out by the writer thread: the
+    /// queue's length, which [`AuditLog::admit`] compares with the capacity.
     pub queued: Gauge,
+}
+
+/// How many records may wait for the writer, and what happens when that many do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimit {
+    /// `--audit-queue-records` (at least 1).
+    pub capacity: usize,
+    /// `--audit-overflow`.
+    pub overflow: AuditOverflow,
+}
+
+impl Default for QueueLimit {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_CAPACITY,
+            overflow: AuditOverflow::Refuse,
+        }
+    }
 }
 
 /// State shared by callers and the writer thread.
 #[derive(Debug)]
 struct WriterState {
     counters: AuditCounters,
+    capacity: i64,
+    overflow: AuditOverflow,
     /// `dropped` as of the last warning, so each warning states what it adds.
     reported: AtomicU64,
+    /// Exchanges [`AuditLog::admit`] refused, and how many of them were reported.
+    refused: AtomicU64,
+    refused_reported: AtomicU64,
     /// Set on SIGHUP: reopen the file at the path before the next write.
     reopen: AtomicBool,
+    /// Set when a close gives up on the writer: a writer retrying a failed write stops.
+    closing: AtomicBool,
     /// Rate limit of the writer thread's own warnings (write and reopen failures).
     writer_warning: RateLimit,
 }
@@ -42,6 +76,11 @@ struct WriterState {
 impl WriterState {
     fn lost(&self, n: u64) {
         self.counters.dropped.inc_by(n);
+    }
+
+    /// Takes `n` records off the queue (written, or given up on).
+    fn dequeued(&self, n: u64) {
+        (self.counters.queued).dec_by(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
@@ -54,70 +93,16 @@ pub struct CloseReport {
     pub lost_total: u64,
 }
 
-/// Where the writer thread writes, and how it finds the file again after a rotation.
-enum Sink {
-    /// Standard output, or any writer: nothing to reopen.
-    Stream(Box<dyn Write + Send>),
-    Path {
-        path: PathBuf,
-        file: File,
-    },
-}
-
-impl Sink {
-    fn out(&mut self) -> &mut dyn Write {
-        match self {
-            Sink::Stream(out) => out,
-            Sink::Path { file, .. } => file,
-        }
-    }
-
-    /// Reopens the path when `forced` (SIGHUP) or when it no longer names the open file
-    /// (renamed by logrotate, deleted). Runs on the writer thread only.
-    fn follow(&mut self, forced: bool, shared: &WriterState) {
-        let Sink::Path { path, file } = self else {
-            return;
-        };
-        let why = match (std::fs::metadata(&*path), file.metadata()) {
-            _ if forced => "sighup",
-            (Err(e), _) if e.kind() == io::ErrorKind::NotFound => "deleted",
-            (Ok(named), Ok(open)) if (named.dev(), named.ino()) != (open.dev(), open.ino()) => {
-                "replaced"
-            }
-            // The same file, or nothing to compare: keep writing where we are.
-            _ => return,
-        };
-        match open_append(path) {
-            Ok(new) => {
-                *file = new;
-                tracing::info!(path = %path.display(), why, "audit log reopened");
-            }
-            Err(e) => {
-                if let Some(suppressed) = shared.writer_warning.allow() {
-                    tracing::warn!(%e, suppressed, "cannot reopen the audit log; still writing to the old file");
-                }
-            }
-        }
-    }
-}
-
-fn open_append(path: &Path) -> Result<File, AuditError> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|source| AuditError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-/// A JSON-lines sink whose `write` never blocks: lines go through a bounded queue to a
-/// dedicated thread. [`AuditLog::close_within`] writes out what it can by a deadline;
-/// dropping it does the same with a short grace (`DROP_GRACE`).
+/// A JSON-lines sink whose `write` never blocks: lines go through a queue to a
+/// dedicated thread. The queue holds at most `capacity` records, except that
+/// under `--audit-overflow refuse` the record of an exchange admitted while
+/// there was room is always queued: memory stays bounded because nothing new
+/// is admitted while the queue is full (at most the capacity plus the
+/// exchanges open at that moment). [`AuditLog::close_within`] writes out what
+/// it can by a deadline; dropping it does the same with a short grace (`DROP_GRACE`).
 #[derive(Debug)]
 pub struct AuditLog {
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<Sender<Vec<u8>>>,
     writer: Option<JoinHandle<()>>,
     shared: Arc<WriterState>,
 }
@@ -128,15 +113,12 @@ const DROP_GRACE: Duration = Duration::from_secs(2);
 /// At exit, a writer that has not written a record for this long is given up on.
 pub(super) const STALL: Duration = Duration::from_secs(1);
 
-/// How often the writer thread checks that the path still names the open file.
-const FOLLOW_EVERY: Duration = Duration::from_millis(500);
-
 impl AuditLog {
     /// `-` is standard output; anything else a file opened for append (and reopened
-    /// when rotated), with at most `capacity` records queued.
+    /// when rotated or deleted).
     pub fn open(
         target: &Path,
-        capacity: usize,
+        limit: QueueLimit,
         counters: AuditCounters,
     ) -> Result<Self, AuditError> {
         let sink = if target == Path::new("-") {
@@ -148,45 +130,54 @@ impl AuditLog {
                     path: target.to_path_buf(),
                     source,
                 })?;
-            Sink::Stream(Box::new(File::from(fd)))
+            Sink::Stream(Box::new(std::fs::File::from(fd)))
         } else {
             Sink::Path {
                 path: target.to_path_buf(),
                 file: open_append(target)?,
             }
         };
-        Self::start(sink, capacity, counters)
+        Self::start(sink, limit, counters)
     }
 
     /// Audit lines appended to `path`, created if missing.
     pub fn file(path: impl AsRef<Path>) -> Result<Self, AuditError> {
-        Self::open(path.as_ref(), DEFAULT_CAPACITY, AuditCounters::default())
-    }
-
-    /// Audit lines to any writer, with at most `capacity` lines queued (at least 1).
-    pub fn from_writer(
-        writer: impl Write + Send + 'static,
-        capacity: usize,
-    ) -> Result<Self, AuditError> {
-        Self::start(
-            Sink::Stream(Box::new(writer)),
-            capacity,
+        Self::open(
+            path.as_ref(),
+            QueueLimit::default(),
             AuditCounters::default(),
         )
     }
 
-    fn start(sink: Sink, capacity: usize, counters: AuditCounters) -> Result<Self, AuditError> {
-        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+    /// Audit lines to any writer.
+    pub fn from_writer(
+        writer: impl Write + Send + 'static,
+        limit: QueueLimit,
+    ) -> Result<Self, AuditError> {
+        Self::start(
+            Sink::Stream(Box::new(writer)),
+            limit,
+            AuditCounters::default(),
+        )
+    }
+
+    fn start(sink: Sink, limit: QueueLimit, counters: AuditCounters) -> Result<Self, AuditError> {
+        let (tx, rx) = mpsc::channel();
         let shared = Arc::new(WriterState {
             counters,
+            capacity: i64::try_from(limit.capacity.max(1)).unwrap_or(i64::MAX),
+            overflow: limit.overflow,
             reported: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            refused_reported: AtomicU64::new(0),
             reopen: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             writer_warning: RateLimit::new(),
         });
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || drain(&rx, sink, &thread_shared))
+            .spawn(move || sink::drain(&rx, sink, &thread_shared))
             .map_err(AuditError::Spawn)?;
         Ok(Self {
             tx: Some(tx),
@@ -195,9 +186,33 @@ impl AuditLog {
         })
     }
 
-    /// Queues one record. Serialises on the caller's thread and never waits: when the queue
-    /// is full the record is counted as dropped (see [`AuditLog::report_losses`]).
+    /// Whether a new exchange may start: under `--audit-overflow refuse`, only
+    /// while the queue has room (a refusal is counted for [`AuditLog::report_losses`]);
+    /// under `drop`, always. An admitted exchange's record goes in with [`AuditLog::write`].
+    pub fn admit(&self) -> bool {
+        let room = self.shared.overflow == AuditOverflow::Drop
+            || self.shared.counters.queued.get() < self.shared.capacity;
+        if !room {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        room
+    }
+
+    /// Queues a record the log owes: an admitted exchange's, or a policy reload's.
+    /// Under `--audit-overflow refuse` it is queued even when the queue is full; under
+    /// `drop` a full queue drops it (counted). Never waits.
     pub fn write(&self, record: &AuditRecord) {
+        self.enqueue(record, self.shared.overflow == AuditOverflow::Refuse);
+    }
+
+    /// Queues a record on a best-effort basis, as for an exchange that was never
+    /// admitted (refused before [`AuditLog::admit`], or by it): a full queue drops it (counted).
+    pub fn offer(&self, record: &AuditRecord) {
+        self.enqueue(record, false);
+    }
+
+    /// Serialises on the caller's thread and never waits.
+    fn enqueue(&self, record: &AuditRecord, owed: bool) {
         let Ok(mut line) = serde_json::to_vec(record) else {
             return self.shared.lost(1);
         };
@@ -206,14 +221,14 @@ impl AuditLog {
             return self.shared.lost(1);
         };
         // Counted before the send, so the writer never takes one off that is not counted.
-        self.shared.counters.queued.inc();
-        if tx.try_send(line).is_err() {
+        let before = self.shared.counters.queued.inc();
+        if (!owed && before >= self.shared.capacity) || tx.send(line).is_err() {
             self.shared.counters.queued.dec();
             self.shared.lost(1);
         }
     }
 
-    /// Records lost so far: queue full, serialisation or write errors.
+    /// Records lost so far.
     pub fn dropped(&self) -> u64 {
         self.shared.counters.dropped.get()
     }
@@ -229,8 +244,9 @@ impl AuditLog {
         self.shared.reopen.store(true, Ordering::SeqCst);
     }
 
-    /// Warns once with every record lost since the last call, if any. Called once a second
-    /// (not on each loss, so a burst is reported with its true size).
+    /// Warns once with every record lost since the last call, and with every exchange
+    /// refused for want of room, if any. Called once a second (not on each loss, so a
+    /// burst is reported with its true size).
     pub fn report_losses(&self) {
         let total = self.dropped();
         let before = self.shared.reported.swap(total, Ordering::Relaxed);
@@ -239,6 +255,20 @@ impl AuditLog {
                 lost = total - before,
                 lost_total = total,
                 "audit records lost: queue full or the audit sink failing"
+            );
+        }
+        let refused = self.shared.refused.load(Ordering::Relaxed);
+        let before = self
+            .shared
+            .refused_reported
+            .swap(refused, Ordering::Relaxed);
+        if refused > before {
+            tracing::warn!(
+                refused = refused - before,
+                refused_total = refused,
+                queued = self.queued(),
+                "the audit log cannot keep up: new exchanges are refused with 503 \
+                 audit_unavailable until its queue has room"
             );
         }
     }
@@ -266,6 +296,7 @@ impl AuditLog {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+            self.shared.closing.store(true, Ordering::SeqCst);
             if writer.is_finished() && writer.join().is_err() {
                 tracing::error!("audit writer thread panicked");
             }
@@ -286,70 +317,4 @@ impl Drop for AuditLog {
             self.close(Instant::now() + DROP_GRACE);
         }
     }
-}
-
-/// How long the writer gathers records before writing them out: one write
-/// per batch under load, at most this much delay when traffic is light.
-const BATCH: Duration = Duration::from_millis(10);
-
-/// Largest batch in one `write` (~15k records/s fit in one per [`BATCH`]).
-pub(super) const WRITE_BUF: usize = 64 * 1024;
-
-/// The writer thread: after the first line of a batch it sleeps for [`BATCH`] (records
-/// queue up without waking it), then writes out everything queued. Between batches, and
-/// at least every [`FOLLOW_EVERY`], it checks whether the file was rotated.
-fn drain(rx: &Receiver<Vec<u8>>, mut sink: Sink, shared: &WriterState) {
-    let mut batch = Vec::with_capacity(WRITE_BUF);
-    let mut followed = Instant::now();
-    loop {
-        let first = match rx.recv_timeout(FOLLOW_EVERY) {
-            Ok(line) => Some(line),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let forced = shared.reopen.swap(false, Ordering::SeqCst);
-        if forced || followed.elapsed() >= FOLLOW_EVERY {
-            sink.follow(forced, shared);
-            followed = Instant::now();
-        }
-        let Some(first) = first else { continue };
-        batch.extend_from_slice(&first);
-        let mut lines = 1;
-        std::thread::sleep(BATCH);
-        let mut open = true;
-        while open {
-            match rx.try_recv() {
-                Ok(line) => {
-                    if batch.len() + line.len() > WRITE_BUF {
-                        put(&mut sink, &mut batch, lines, shared);
-                        lines = 0;
-                    }
-                    batch.extend_from_slice(&line);
-                    lines += 1;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => open = false,
-            }
-        }
-        put(&mut sink, &mut batch, lines, shared);
-        if !open {
-            return;
-        }
-    }
-}
-
-/// Writes `lines` records in `batch` and empties it. A failed write counts them all lost
-/// (part of the batch may have gone out; the count errs on the side of loss).
-fn put(sink: &mut Sink, batch: &mut Vec<u8>, lines: u64, shared: &WriterState) {
-    if let Err(error) = sink.out().write_all(batch) {
-        shared.lost(lines);
-        if let Some(suppressed) = shared.writer_warning.allow() {
-            tracing::warn!(%error, suppressed, "writing the audit log failed");
-        }
-    }
-    shared
-        .counters
-        .queued
-        .dec_by(i64::try_from(lines).unwrap_or(i64::MAX));
-    batch.clear();
 }
