@@ -191,8 +191,22 @@ fn dashboard_uses_the_datasource_variable_and_defines_what_it_references() {
     assert_eq!(datasource["type"], "datasource");
     assert_eq!(datasource["query"], "prometheus");
     let uses_variable = |ds: &Value| ds["uid"] == "${datasource}" && ds["type"] == "prometheus";
-    for v in variables.iter().filter(|v| v["type"] == "query") {
-        assert!(uses_variable(&v["datasource"]), "variable {}", v["name"]);
+    // A variable's query may use the variables defined before it.
+    let mut defined = BTreeSet::new();
+    for v in variables {
+        let name = v["name"].as_str().unwrap();
+        if v["type"] == "query" {
+            assert!(uses_variable(&v["datasource"]), "variable {name}");
+            let definition = v["definition"].as_str().expect("definition");
+            assert_eq!(v["query"]["query"], definition, "variable {name}");
+            for var in referenced_variables(definition) {
+                assert!(
+                    defined.contains(var.as_str()),
+                    "${name} uses ${var} before it is defined"
+                );
+            }
+        }
+        defined.insert(name);
     }
 
     let panels = query_panels(&dashboard);
