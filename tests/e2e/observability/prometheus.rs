@@ -77,6 +77,7 @@ impl Prometheus {
             let probe = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
             probe.local_addr().expect("local_addr")
         };
+        let config = dir.join("prometheus.yml");
         let log_path = dir.join("prometheus.log");
         let log = std::fs::File::create(&log_path).expect("create prometheus.log");
         let mut child = Command::new(binary)
@@ -101,7 +102,15 @@ impl Prometheus {
                 return Err(format!("exited with {status}:\n{}", read_log()));
             }
             if let Ok((200, _)) = http_get(addr, "/-/ready").await {
-                return Ok((child, addr));
+                // Ready, but maybe another test's server won the port: ours has our config.
+                if serves_config(addr, &config).await {
+                    return Ok((child, addr));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "address already in use: {addr} answers for another Prometheus"
+                ));
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
@@ -198,6 +207,15 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether the Prometheus on `addr` was started with `config`.
+async fn serves_config(addr: SocketAddr, config: &Path) -> bool {
+    let Ok((200, body)) = http_get(addr, "/api/v1/status/flags").await else {
+        return false;
+    };
+    let flags: Value = serde_json::from_str(&body).unwrap_or_default();
+    flags["data"]["config.file"].as_str() == config.to_str()
 }
 
 /// `name`'s path in one of `$PATH`'s directories.
