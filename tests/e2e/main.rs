@@ -9,6 +9,7 @@ mod cli_diff;
 mod cli_explain;
 mod edges;
 mod hostile;
+mod observability;
 mod proxy_clients;
 mod proxy_connect;
 mod proxy_dns;
