@@ -17,7 +17,7 @@ use super::diag::DiagStats;
 use super::{Listener, ReloadResult, label_enum};
 use crate::policy::{Reason, Verdict};
 
-pub(crate) use super::destination::{DEFAULT_DESTINATION_CAP, DestinationCap, INVALID_DESTINATION};
+pub(crate) use super::destination::{DEFAULT_DESTINATION_CAP, DestinationCap};
 
 /// `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -260,8 +260,8 @@ impl Metrics {
         self.destinations.label(host)
     }
 
-    /// Counts one decided connection or request. `destination` is the
-    /// normalised host (or [`INVALID_DESTINATION`] for `bad_request`), capped here.
+    /// Counts one decided connection or request. `destination` is the normalised host
+    /// of traffic the policy let through, or `_denied`; capped here.
     pub fn request(
         &self,
         listener: Listener,
