@@ -8,9 +8,10 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::proxy_errors::unanswering_listener;
 use crate::support::client::{
-    LOCAL, connect, connect_refused, echo_roundtrip, finish, open_tunnel, read_body, read_head,
-    send,
+    LOCAL, closed_port, connect, connect_refused, echo_roundtrip, finish, open_tunnel, read_body,
+    read_head, send,
 };
 use crate::support::dns::TestDns;
 use crate::support::metrics::{metric_sum, samples};
@@ -231,6 +232,39 @@ async fn metrics_count_decisions_bytes_and_connections() {
         &[("destination", "origin.test")],
     );
     assert_eq!(dials, Some(1.0), "upstream_connect_seconds:\n{text}");
+}
+
+/// Every dial is timed, labelled with how it ended: accepted, refused, or timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connect_seconds_says_how_each_dial_ended() {
+    let dns = TestDns::start().await;
+    for name in ["up.test", "down.test", "slow.test"] {
+        dns.set_a(name, &[LOCAL], 60);
+    }
+    let echo = TcpEcho::start().await;
+    let (_listener, _held, hanging) = unanswering_listener().await;
+    let policy = loopback_policy(&["up.test:*", "down.test:*", "slow.test:*"], "");
+    let args = ["--connect-timeout", "1s"];
+    let proxy = Proxy::start(&policy, dns.addr(), &args).await;
+
+    let mut tunnel = open_tunnel(proxy.addr(), &format!("up.test:{}", echo.addr().port())).await;
+    finish(&mut tunnel).await;
+    let down = format!("down.test:{}", closed_port().await);
+    connect_refused(proxy.addr(), &down, 502, "connect_error").await;
+    let slow = format!("slow.test:{}", hanging.port());
+    connect_refused(proxy.addr(), &slow, 504, "connect_timeout").await;
+
+    let name = "portcullis_upstream_connect_seconds_count";
+    for (destination, result) in [
+        ("up.test", "ok"),
+        ("down.test", "refused"),
+        ("slow.test", "timeout"),
+    ] {
+        let labels = [("destination", destination), ("result", result)];
+        proxy.wait_metric(name, &labels, |n| n == 1.0, WAIT).await;
+    }
+    let text = proxy.metrics().await;
+    assert_eq!(metric_sum(&text, name, &[]), Some(3.0), "{text}");
 }
 
 /// Allowed names that fail to resolve keep their own label (the policy allowed them), up

@@ -72,9 +72,24 @@ struct ListenerLabels {
     listener: Listener,
 }
 
+label_enum! {
+    /// How one upstream dial ended, for `upstream_connect_seconds`.
+    ConnectResult {
+        /// An address accepted the connection.
+        Ok => "ok",
+        /// Every address refused the connection.
+        Refused => "refused",
+        /// No address accepted within `--connect-timeout`.
+        Timeout => "timeout",
+        /// Anything else: unreachable, out of file descriptors, ...
+        Error => "error",
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DestinationLabels {
+struct ConnectLabels {
     destination: Arc<str>,
+    result: ConnectResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,7 +121,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     tunnel_bytes: Family<TunnelLabels, Counter>,
     active_connections: Family<ListenerLabels, Gauge>,
-    upstream_connect: HistogramFamily<DestinationLabels>,
+    upstream_connect: HistogramFamily<ConnectLabels>,
     dns_lookup: HistogramFamily<DnsLabels>,
     policy_reloads: Family<ReloadLabels, Counter>,
     policy_generation: Gauge,
@@ -175,7 +190,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "upstream_connect",
-            "Time to establish the upstream TCP connection",
+            "Time spent dialing the upstream, by how the dial ended",
             Unit::Seconds,
             self.upstream_connect.clone(),
         );
@@ -304,10 +319,11 @@ impl Metrics {
         ActiveGuard { gauge }
     }
 
-    /// Records how long the upstream connect to `destination` took.
-    pub fn upstream_connect(&self, destination: &str, elapsed: Duration) {
-        let labels = DestinationLabels {
+    /// Records how long dialing `destination` took, and how it ended.
+    pub fn upstream_connect(&self, destination: &str, result: ConnectResult, elapsed: Duration) {
+        let labels = ConnectLabels {
             destination: self.destinations.label(destination),
+            result,
         };
         self.upstream_connect
             .get_or_create(&labels)

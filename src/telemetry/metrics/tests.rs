@@ -32,7 +32,21 @@ fn encodes_the_spec_names_and_labels() {
         "evil\"host",
     );
     m.tunnel_bytes("payments", "api.stripe.com", 100, 2048);
-    m.upstream_connect("api.stripe.com", Duration::from_millis(3));
+    m.upstream_connect(
+        "api.stripe.com",
+        ConnectResult::Ok,
+        Duration::from_millis(3),
+    );
+    m.upstream_connect(
+        "api.stripe.com",
+        ConnectResult::Refused,
+        Duration::from_millis(1),
+    );
+    m.upstream_connect(
+        "slow.example",
+        ConnectResult::Timeout,
+        Duration::from_secs(10),
+    );
     m.dns_lookup(DnsResult::NxDomain, Duration::from_millis(2));
     m.policy_reload(ReloadResult::Ok);
     m.policy_reload(ReloadResult::Error);
@@ -47,8 +61,10 @@ fn encodes_the_spec_names_and_labels() {
         r#"portcullis_tunnel_bytes_total{client="payments",destination="api.stripe.com",direction="egress"} 100"#,
         r#"portcullis_tunnel_bytes_total{client="payments",destination="api.stripe.com",direction="ingress"} 2048"#,
         r#"portcullis_active_connections{listener="transparent_http"} 1"#,
-        r#"portcullis_upstream_connect_seconds_count{destination="api.stripe.com"} 1"#,
-        r#"portcullis_upstream_connect_seconds_bucket{le="0.005",destination="api.stripe.com"} 1"#,
+        r#"portcullis_upstream_connect_seconds_count{destination="api.stripe.com",result="ok"} 1"#,
+        r#"portcullis_upstream_connect_seconds_bucket{le="0.005",destination="api.stripe.com",result="ok"} 1"#,
+        r#"portcullis_upstream_connect_seconds_count{destination="api.stripe.com",result="refused"} 1"#,
+        r#"portcullis_upstream_connect_seconds_bucket{le="10.0",destination="slow.example",result="timeout"} 1"#,
         r#"portcullis_dns_lookup_seconds_count{result="nxdomain"} 1"#,
         r#"portcullis_policy_reloads_total{result="ok"} 1"#,
         r#"portcullis_policy_reloads_total{result="error"} 1"#,
