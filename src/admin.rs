@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::limits::{ACCEPT_BACKOFF, ADMIN_MAX_CONNECTIONS};
 use crate::listener::{Body, full};
 use crate::state::Lifecycle;
-use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
+use crate::telemetry::metrics::{Format, Metrics};
 
 /// Serves admin requests until the process exits (it stays up while draining,
 /// so orchestrators can watch `/readyz` turn 503).
@@ -176,9 +176,12 @@ fn route(metrics: &Metrics, lifecycle: &Lifecycle, req: &Request<Incoming>) -> R
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut resp = Response::new(full(metrics.encode()));
+            let accept = req.headers().get(header::ACCEPT);
+            let format = Format::negotiate(accept.and_then(|a| a.to_str().ok()));
+            let mut resp = Response::new(full(metrics.encode_as(format)));
+            let content_type = HeaderValue::from_static(format.content_type());
             resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                .insert(header::CONTENT_TYPE, content_type);
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),

@@ -62,6 +62,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let bound = Bound::bind(&args).await?;
     let own_addrs = bound.announce();
     let config = Config::from_args(&args, bound.data_count());
+    metrics.set_max_connections(config.limits.max_connections);
     let resolver = resolver.with_max_lookups(config.dns_lookups);
     let snapshot = Snapshot {
         policy: compiled.policy,

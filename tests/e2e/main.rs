@@ -8,6 +8,7 @@ mod cli_check;
 mod cli_diff;
 mod cli_explain;
 mod edges;
+mod exposition;
 mod hostile;
 mod proxy_clients;
 mod proxy_connect;

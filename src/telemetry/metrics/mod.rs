@@ -1,10 +1,14 @@
-//! Prometheus metrics (SPEC section 7): one registry, handles made up front, bounded labels.
+//! Prometheus metrics: one registry, handles made up front, bounded labels; the standard
+//! `process_*` metrics beside it.
+
+mod format;
+mod process;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -18,9 +22,8 @@ use super::{Listener, ReloadResult, label_enum};
 use crate::policy::{Reason, Verdict};
 
 pub(crate) use super::destination::{DEFAULT_DESTINATION_CAP, DestinationCap};
-
-/// `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
-pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) use format::Format;
+use process::ProcessCollector;
 
 /// Latency buckets in seconds, 1 ms to 10 s, shared by the DNS and connect histograms.
 const LATENCY_BUCKETS: [f64; 13] = [
@@ -49,6 +52,11 @@ label_enum! {
         /// SERVFAIL, timeout, or any other failure.
         Error => "error",
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,11 +121,15 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
-/// Every portcullis metric, registered once under the `portcullis_` prefix.
+/// Every portcullis metric, registered once under the `portcullis_` prefix, and the
+/// process metrics under their standard names.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// `process_*`: every client library exports these without its application's prefix.
+    process: Registry,
     destinations: DestinationCap,
+    max_connections: Gauge,
     requests: Family<RequestLabels, Counter>,
     tunnel_bytes: Family<TunnelLabels, Counter>,
     active_connections: Family<ListenerLabels, Gauge>,
@@ -149,9 +161,13 @@ impl Collector for LogLinesDropped {
 impl Metrics {
     /// Registers every metric; `destination_cap` bounds the `destination` label.
     pub fn new(destination_cap: usize) -> Self {
+        let mut process = Registry::with_prefix("process");
+        process.register_collector(Box::new(ProcessCollector::new()));
         let mut metrics = Self {
             registry: Registry::with_prefix("portcullis"),
+            process,
             destinations: DestinationCap::new(destination_cap),
+            max_connections: Gauge::default(),
             requests: Family::default(),
             tunnel_bytes: Family::default(),
             active_connections: Family::default(),
@@ -163,11 +179,30 @@ impl Metrics {
             audit: AuditCounters::default(),
         };
         // In this order on `/metrics`.
+        metrics.register_build();
         metrics.register_traffic();
         metrics.register_policy();
         metrics.register_audit();
         metrics.zero_known_labels();
         metrics
+    }
+
+    /// What was built and how it was started.
+    fn register_build(&mut self) {
+        let build = Family::<BuildLabels, Gauge>::default();
+        let version = env!("CARGO_PKG_VERSION").to_string();
+        build.get_or_create(&BuildLabels { version }).set(1);
+        let registry = &mut self.registry;
+        registry.register(
+            "build_info",
+            "The portcullis version running, as the label `version` (always 1)",
+            build,
+        );
+        registry.register(
+            "max_connections",
+            "Client connections the proxy admits at once: --max-connections, lowered to fit the open-files limit",
+            self.max_connections.clone(),
+        );
     }
 
     /// What the data path counts. Counters get their `_total` suffix from the encoder.
@@ -256,6 +291,12 @@ impl Metrics {
                     .get_or_create(&ListenerLabels { listener }),
             );
         }
+    }
+
+    /// Publishes the effective connection limit.
+    pub fn set_max_connections(&self, max: usize) {
+        self.max_connections
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
     }
 
     /// Exports the diagnostic log's losses as `log_lines_dropped_total`.
@@ -361,14 +402,25 @@ impl Metrics {
         }
     }
 
-    /// The whole registry in OpenMetrics text format (serve with [`CONTENT_TYPE`]).
+    /// Every metric in OpenMetrics text format.
     pub fn encode(&self) -> String {
+        self.encode_as(Format::OpenMetrics)
+    }
+
+    /// Every metric in `format` (serve with [`Format::content_type`]).
+    pub fn encode_as(&self, format: Format) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail, and every label value here encodes infallibly.
-        if let Err(error) = encode(&mut out, &self.registry) {
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out));
+        if let Err(error) = encoded {
             tracing::error!(%error, "encoding metrics failed");
         }
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => format::to_text(&out),
+        }
     }
 }
 

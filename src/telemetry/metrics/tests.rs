@@ -141,3 +141,52 @@ fn destination_cardinality_stays_bounded() {
     assert!(destinations.contains("h0.attacker.example"));
     assert!(!destinations.contains("h1000.attacker.example"));
 }
+
+#[test]
+fn build_limit_and_process_metrics_are_encoded() {
+    let m = Metrics::new(10);
+    m.set_max_connections(123);
+    let text = m.encode();
+    let lines = metric_lines(&text);
+    let build = format!(
+        r#"portcullis_build_info{{version="{}"}} 1"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    for expected in [
+        build.as_str(),
+        "# TYPE portcullis_build_info gauge",
+        "portcullis_max_connections 123",
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+    assert_eq!(lines.last(), Some(&"# EOF"), "one EOF, at the end");
+    assert_eq!(lines.iter().filter(|l| **l == "# EOF").count(), 1);
+    let text_format = m.encode_as(Format::Text);
+    let text_lines = metric_lines(&text_format);
+    assert!(text_lines.contains(&"# TYPE portcullis_policy_reloads_total counter"));
+    assert!(!text_lines.contains(&"# EOF"), "{text_format}");
+
+    if !cfg!(target_os = "linux") {
+        return; // process metrics are read from /proc
+    }
+    for expected in [
+        "# TYPE process_cpu_seconds counter",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE process_open_fds gauge",
+        "# TYPE process_max_fds gauge",
+        "# TYPE process_start_time_seconds gauge",
+    ] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+    }
+    assert!(text_lines.contains(&"# TYPE process_cpu_seconds_total counter"));
+    let sample = |name: &str| lines.iter().any(|l| l.starts_with(&format!("{name} ")));
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(sample(name), "no sample {name} in\n{text}");
+    }
+}
