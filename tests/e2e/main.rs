@@ -22,6 +22,7 @@ mod reload;
 mod reload_watch;
 mod sinks;
 mod soak;
+mod status;
 mod suggest;
 mod support;
 mod tls;

@@ -2,10 +2,11 @@
 //! `process_*` metrics beside it.
 
 mod format;
+mod policy;
 mod process;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -20,9 +21,12 @@ use super::audit::AuditCounters;
 use super::diag::DiagStats;
 use super::{Listener, ReloadResult, label_enum};
 use crate::policy::{Reason, Verdict};
+use crate::state::Snapshot;
 
 pub(crate) use super::destination::{DEFAULT_DESTINATION_CAP, DestinationCap};
 pub(crate) use format::Format;
+use policy::PolicyCollector;
+pub(crate) use policy::{LastReload, LivePolicy, PolicyMode, PolicyStatus};
 use process::ProcessCollector;
 
 /// Latency buckets in seconds, 1 ms to 10 s, shared by the DNS and connect histograms.
@@ -138,6 +142,8 @@ pub struct Metrics {
     policy_reloads: Family<ReloadLabels, Counter>,
     policy_generation: Gauge,
     policy_rules: Family<ClientLabels, Gauge>,
+    /// The policy in force and the last reload, for `policy_info`, the last-reload gauges and `/status`.
+    policy: Arc<PolicyStatus>,
     audit: AuditCounters,
 }
 
@@ -176,6 +182,7 @@ impl Metrics {
             policy_reloads: Family::default(),
             policy_generation: Gauge::default(),
             policy_rules: Family::default(),
+            policy: Arc::default(),
             audit: AuditCounters::default(),
         };
         // In this order on `/metrics`.
@@ -255,6 +262,7 @@ impl Metrics {
             "Allow rules in force per client",
             self.policy_rules.clone(),
         );
+        registry.register_collector(Box::new(PolicyCollector(self.policy.clone())));
     }
 
     /// The audit log's losses and backlog.
@@ -304,6 +312,11 @@ impl Metrics {
         self.registry
             .register_collector(Box::new(LogLinesDropped(stats)));
         self
+    }
+
+    /// The policy in force and the last reload, as `/status` reports them.
+    pub(crate) fn policy_status(&self) -> &PolicyStatus {
+        &self.policy
     }
 
     /// The audit log's counters, registered here.
@@ -378,21 +391,25 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts one reload attempt.
-    pub fn policy_reload(&self, result: ReloadResult) {
+    /// Counts one reload attempt and keeps how it ended; `error` says why it failed.
+    pub fn policy_reload(&self, result: ReloadResult, error: Option<&str>) {
         self.policy_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+        self.policy
+            .attempted(result, error.map(str::to_string), SystemTime::now());
     }
 
-    /// Publishes the policy now in force: its generation and the rule count per client.
-    /// Clients the previous policy had and this one lacks disappear from `policy_rules`.
-    pub fn set_policy(&self, generation: u64, rules_per_client: &[(String, usize)]) {
+    /// Publishes the policy now in force (at start, and after each reload that loaded
+    /// one): its generation, SHA-256, mode, and the rule count per client. Clients the
+    /// previous policy had and this one lacks disappear from `policy_rules`.
+    pub(crate) fn policy_loaded(&self, snap: &Snapshot) {
+        self.policy.went_live(snap, SystemTime::now());
         self.policy_generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+            .set(i64::try_from(snap.generation).unwrap_or(i64::MAX));
         // A scrape racing this swap may briefly see no series; it never sees stale clients.
         self.policy_rules.clear();
-        for (client, rules) in rules_per_client {
+        for (client, rules) in &snap.policy.rule_counts() {
             let labels = ClientLabels {
                 client: Arc::from(client.as_str()),
             };
