@@ -1,7 +1,11 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, with a bounded number of connections
-//! ([`ADMIN_MAX_CONNECTIONS`]).
+//! The admin listener: `/metrics`, `/status`, `/healthz`, `/readyz`, with a bounded number
+//! of connections ([`ADMIN_MAX_CONNECTIONS`]).
+
+mod status;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,16 +21,22 @@ use tokio_util::sync::CancellationToken;
 use crate::limits::{ACCEPT_BACKOFF, ADMIN_MAX_CONNECTIONS};
 use crate::listener::{Body, full};
 use crate::state::Lifecycle;
-use crate::telemetry::metrics::{CONTENT_TYPE, Metrics};
+use crate::telemetry::metrics::{Format, Metrics};
+
+/// What the admin listener reads. All of it is snapshots and atomics: no request waits
+/// on the data path, a reload, or a log sink.
+pub(crate) struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Lifecycle,
+    /// `--policy`, as given.
+    pub policy_path: PathBuf,
+    /// Every bound listener by kind, this one included.
+    pub listeners: Vec<(&'static str, SocketAddr)>,
+}
 
 /// Serves admin requests until the process exits (it stays up while draining,
 /// so orchestrators can watch `/readyz` turn 503).
-pub(crate) async fn serve(
-    metrics: Arc<Metrics>,
-    lifecycle: Lifecycle,
-    header_timeout: Duration,
-    listener: TcpListener,
-) {
+pub(crate) async fn serve(admin: Arc<Admin>, header_timeout: Duration, listener: TcpListener) {
     // Owned here: aborting this task closes every admin connection too.
     let mut conns = tokio::task::JoinSet::new();
     let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
@@ -48,7 +58,7 @@ pub(crate) async fn serve(
                 }
             }
         };
-        let (metrics, lifecycle) = (metrics.clone(), lifecycle.clone());
+        let admin = admin.clone();
         let (id, close) = open.add();
         let open = open.clone();
         conns.spawn(async move {
@@ -57,7 +67,7 @@ pub(crate) async fn serve(
                 let open = open.clone();
                 move |req| {
                     let busy = open.busy(id);
-                    let resp = route(&metrics, &lifecycle, &req);
+                    let resp = route(&admin, &req);
                     async move {
                         // Idle again once the response is written (or abandoned).
                         Ok::<_, Infallible>(resp.map(|body| {
@@ -170,15 +180,26 @@ impl Open {
     }
 }
 
-fn route(metrics: &Metrics, lifecycle: &Lifecycle, req: &Request<Incoming>) -> Response<Body> {
+fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
+    let lifecycle = &admin.lifecycle;
     match req.uri().path() {
         "/metrics" => {
-            let mut resp = Response::new(full(metrics.encode()));
+            let accept = req.headers().get(header::ACCEPT);
+            let format = Format::negotiate(accept.and_then(|a| a.to_str().ok()));
+            let mut resp = Response::new(full(admin.metrics.encode_as(format)));
+            let content_type = HeaderValue::from_static(format.content_type());
             resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+                .insert(header::CONTENT_TYPE, content_type);
+            resp
+        }
+        "/status" => {
+            let mut resp = Response::new(full(status::render(admin)));
+            let content_type = HeaderValue::from_static("application/json");
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -189,7 +210,7 @@ fn route(metrics: &Metrics, lifecycle: &Lifecycle, req: &Request<Incoming>) -> R
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /readyz\n",
+            "not found: try /metrics, /status, /healthz or /readyz\n",
         ),
     }
 }

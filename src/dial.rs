@@ -10,7 +10,7 @@ use crate::policy::ip_guard::canonical;
 use crate::policy::{Host, IpGuard, Reason};
 use crate::resolve::{Answers, DnsError, Filtered, Resolver, filter};
 use crate::telemetry::diag::RateLimit;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{ConnectResult, Metrics};
 
 /// A connected upstream.
 pub(crate) struct Upstream {
@@ -25,7 +25,7 @@ pub(crate) struct Dialer {
     own_addrs: Vec<SocketAddr>,
     /// `--connect-timeout`, for all the addresses of one destination.
     connect_timeout: Duration,
-    /// Times successful connects (`upstream_connect_seconds`).
+    /// Times dials, successful or not (`upstream_connect_seconds`).
     metrics: Arc<Metrics>,
 }
 
@@ -74,14 +74,15 @@ impl Dialer {
             return Err(unusable_reason(&usable, answers.failed.as_deref()));
         }
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.connect_timeout, connect_first(&usable.dialable, port))
-                .await
-                .unwrap_or(Err(Reason::ConnectTimeout));
-        if result.is_ok() {
-            self.metrics
-                .upstream_connect(&host.to_string(), started.elapsed());
-        }
+        let dialed =
+            tokio::time::timeout(self.connect_timeout, connect_first(&usable.dialable, port)).await;
+        let (result, ended) = match dialed {
+            Ok(Ok(upstream)) => (Ok(upstream), ConnectResult::Ok),
+            Ok(Err((reason, ended))) => (Err(reason), ended),
+            Err(_) => (Err(Reason::ConnectTimeout), ConnectResult::Timeout),
+        };
+        self.metrics
+            .upstream_connect(&host.to_string(), ended, started.elapsed());
         result
     }
 
@@ -91,9 +92,11 @@ impl Dialer {
     }
 }
 
-/// Tries each of `ips` in turn; the first that accepts is the upstream.
-async fn connect_first(ips: &[IpAddr], port: u16) -> Result<Upstream, Reason> {
+/// Tries each of `ips` in turn; the first that accepts is the upstream. A failure
+/// says how it ended for `upstream_connect_seconds`: refused by every address, or not.
+async fn connect_first(ips: &[IpAddr], port: u16) -> Result<Upstream, (Reason, ConnectResult)> {
     let mut last = Reason::ConnectError;
+    let mut all_refused = true;
     for ip in ips {
         let addr = SocketAddr::new(*ip, port);
         match connect(addr).await {
@@ -106,15 +109,20 @@ async fn connect_first(ips: &[IpAddr], port: u16) -> Result<Upstream, Reason> {
                 if let Some(suppressed) = LIMIT.allow() {
                     tracing::warn!(%addr, suppressed, "out of file descriptors dialing upstream");
                 }
-                return Err(Reason::Overloaded);
+                return Err((Reason::Overloaded, ConnectResult::Error));
             }
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "connect failed");
                 last = Reason::ConnectError;
+                all_refused &= e.kind() == std::io::ErrorKind::ConnectionRefused;
             }
         }
     }
-    Err(last)
+    let ended = match all_refused {
+        true => ConnectResult::Refused,
+        false => ConnectResult::Error,
+    };
+    Err((last, ended))
 }
 
 /// Why nothing could be dialed: `blocked_ip` only when every lookup succeeded

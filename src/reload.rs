@@ -216,7 +216,10 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
         sha256: sha.clone(),
     });
     shared.policy.store(next.clone());
-    shared.telemetry.metrics.policy_reload(ReloadResult::Ok);
+    shared
+        .telemetry
+        .metrics
+        .policy_reload(ReloadResult::Ok, None);
     tracing::info!(generation, sha256 = %sha, compile_ms, changed_clients = changes.len(), ?trigger, "policy reloaded");
     announce(
         &shared.telemetry,
@@ -241,9 +244,7 @@ pub(crate) fn announce(
     changes: Option<serde_json::Value>,
 ) {
     let generation = snap.generation;
-    telemetry
-        .metrics
-        .set_policy(generation, &snap.policy.rule_counts());
+    telemetry.metrics.policy_loaded(snap);
     let details = ReloadDetails {
         result: ReloadResult::Ok,
         path: Some(path.display().to_string()),
@@ -261,7 +262,7 @@ fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: T
     shared
         .telemetry
         .metrics
-        .policy_reload(ReloadResult::Unchanged);
+        .policy_reload(ReloadResult::Unchanged, None);
     tracing::info!(generation = current.generation, sha256 = %current.sha256, ?trigger, "policy unchanged");
     let details = ReloadDetails {
         result: ReloadResult::Unchanged,
@@ -284,7 +285,10 @@ fn reload_failed(
     sha256: Option<String>,
     error: String,
 ) {
-    shared.telemetry.metrics.policy_reload(ReloadResult::Error);
+    shared
+        .telemetry
+        .metrics
+        .policy_reload(ReloadResult::Error, Some(&error));
     let details = ReloadDetails {
         result: ReloadResult::Error,
         path: Some(path.display().to_string()),

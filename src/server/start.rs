@@ -65,6 +65,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let bound = Bound::bind(&args).await?;
     let own_addrs = bound.announce();
     let config = Config::from_args(&args, bound.data_count());
+    metrics.set_max_connections(config.limits.max_connections);
     let resolver = resolver.with_max_lookups(config.dns_lookups);
     let snapshot = Snapshot {
         policy: compiled.policy,
@@ -97,13 +98,14 @@ async fn serve(
     args: &RunArgs,
     hup: Signal,
 ) -> Result<Running, RunError> {
+    let status = Arc::new(admin::Admin {
+        metrics: shared.telemetry.metrics.clone(),
+        lifecycle: shared.lifecycle.clone(),
+        policy_path: args.policy.clone(),
+        listeners: bound.addrs(),
+    });
     let (admin, data_listeners) = bound.split();
-    let admin_task = tokio::spawn(admin::serve(
-        shared.telemetry.metrics.clone(),
-        shared.lifecycle.clone(),
-        shared.limits.header_timeout,
-        admin,
-    ));
+    let admin_task = tokio::spawn(admin::serve(status, shared.limits.header_timeout, admin));
     let accepting = TaskTracker::new();
     let stop_workers = CancellationToken::new();
     let workers = match start_workers(workers, &shared, &accepting, &stop_workers, &data_listeners)
@@ -162,7 +164,16 @@ impl Bound {
 
     /// Logs each listener's address; returns them all, never to be dialed.
     fn announce(&self) -> Vec<SocketAddr> {
-        let bound: Vec<(&str, &TcpListener)> = [
+        let bound = self.addrs();
+        for (what, addr) in &bound {
+            tracing::info!(listener = *what, addr = %addr, "listening");
+        }
+        bound.into_iter().map(|(_, addr)| addr).collect()
+    }
+
+    /// Every listener's kind and bound address.
+    fn addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        [
             Some(("explicit", &self.explicit)),
             Some(("admin", &self.admin)),
             self.transparent_tls
@@ -174,17 +185,8 @@ impl Bound {
         ]
         .into_iter()
         .flatten()
-        .collect();
-        let own_addrs = bound
-            .iter()
-            .filter_map(|(_, l)| l.local_addr().ok())
-            .collect();
-        for (what, l) in &bound {
-            if let Ok(addr) = l.local_addr() {
-                tracing::info!(listener = *what, addr = %addr, "listening");
-            }
-        }
-        own_addrs
+        .filter_map(|(what, l): (&'static str, &TcpListener)| Some((what, l.local_addr().ok()?)))
+        .collect()
     }
 
     /// Data listeners: each costs descriptors on every worker.

@@ -1,8 +1,11 @@
-//! The bounded `destination` label: the first hosts seen keep their name, later ones are `_other`.
+//! The bounded `destination` label: refused traffic is `_denied`; of the hosts the policy let
+//! through, the first seen keep their name and later ones are `_other`.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::policy::Verdict;
 
 /// Default number of distinct `destination` label values before `_other`.
 pub(crate) const DEFAULT_DESTINATION_CAP: usize = 1000;
@@ -10,8 +13,19 @@ pub(crate) const DEFAULT_DESTINATION_CAP: usize = 1000;
 /// The `destination` label value once the cap is reached.
 pub(crate) const OTHER_DESTINATION: &str = "_other";
 
-/// The `destination` label value of a request too malformed to name one.
-pub(crate) const INVALID_DESTINATION: &str = "_invalid";
+/// The `destination` label value of every refused exchange, whatever host it named.
+pub(crate) const DENIED_DESTINATION: &str = "_denied";
+
+/// The `destination` an exchange is counted under (before the cap): its host when the
+/// policy let it through (`allow`, including one whose dial then failed, and `report`);
+/// `_denied` for every refusal. A refused host is whatever the client sent, so it must
+/// never take a place in the label budget that allowed destinations need.
+pub(crate) fn destination_of(verdict: Verdict, host: Option<&str>) -> &str {
+    match (verdict, host) {
+        (Verdict::Allow | Verdict::Report, Some(host)) => host,
+        _ => DENIED_DESTINATION,
+    }
+}
 
 /// Longest host kept as a label value: a valid DNS name is at most 253 bytes, so anything
 /// longer is junk from a client and must not be stored.
@@ -27,6 +41,7 @@ pub(crate) struct DestinationCap {
     /// Set once `seen` is full, so unseen hosts skip the write lock from then on.
     full: AtomicBool,
     other: Arc<str>,
+    denied: Arc<str>,
 }
 
 impl DestinationCap {
@@ -37,12 +52,16 @@ impl DestinationCap {
             seen: RwLock::new(HashSet::new()),
             full: AtomicBool::new(max == 0),
             other: Arc::from(OTHER_DESTINATION),
+            denied: Arc::from(DENIED_DESTINATION),
         }
     }
 
     /// The label value for `host`: itself if it is (or now becomes) one of the first `max`
-    /// distinct hosts, `_other` otherwise.
+    /// distinct hosts, `_other` otherwise. `_denied` takes no place.
     pub(crate) fn label(&self, host: &str) -> Arc<str> {
+        if host == DENIED_DESTINATION {
+            return self.denied.clone();
+        }
         if host.len() > MAX_HOST_LEN {
             return self.other.clone();
         }
@@ -83,6 +102,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_traffic_the_policy_let_through_is_named() {
+        let cases = [
+            (
+                "allowed",
+                Verdict::Allow,
+                Some("api.example"),
+                "api.example",
+            ),
+            (
+                "reported",
+                Verdict::Report,
+                Some("new.example"),
+                "new.example",
+            ),
+            (
+                "denied",
+                Verdict::Deny,
+                Some("x.attacker.example"),
+                "_denied",
+            ),
+            (
+                "refused before a host was read",
+                Verdict::Deny,
+                None,
+                "_denied",
+            ),
+            ("allowed without a host", Verdict::Allow, None, "_denied"),
+        ];
+        for (name, verdict, host, want) in cases {
+            assert_eq!(destination_of(verdict, host), want, "{name}");
+        }
+    }
+
+    #[test]
     fn cap_keeps_first_hosts_and_is_thread_safe() {
         let cap = Arc::new(DestinationCap::new(50));
         let threads: Vec<_> = (0..4)
@@ -109,5 +162,14 @@ mod tests {
             &*DestinationCap::new(0).label("a.example"),
             OTHER_DESTINATION
         );
+    }
+
+    #[test]
+    fn denied_takes_no_place_under_the_cap() {
+        let cap = DestinationCap::new(1);
+        assert_eq!(&*cap.label(DENIED_DESTINATION), DENIED_DESTINATION);
+        assert_eq!(&*cap.label("a.example"), "a.example");
+        assert_eq!(&*cap.label(DENIED_DESTINATION), DENIED_DESTINATION);
+        assert_eq!(&*cap.label("b.example"), OTHER_DESTINATION);
     }
 }

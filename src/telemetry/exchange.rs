@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::audit::{AuditLog, AuditRecord, Event};
-use super::metrics::{INVALID_DESTINATION, Metrics};
+use super::destination::destination_of;
+use super::metrics::Metrics;
 use super::{DEFAULT_CLIENT, Listener, UNKNOWN_CLIENT};
 use crate::policy::{Reason, Verdict};
 
@@ -62,12 +63,9 @@ impl Finished {
         }
     }
 
-    /// The `destination` label: a malformed request's host is not a destination.
+    /// The `destination` label: the host only for traffic the policy let through.
     fn destination(&self) -> &str {
-        match (&self.host, self.reason) {
-            (_, Reason::BadRequest) | (None, _) => INVALID_DESTINATION,
-            (Some(h), _) => h.as_str(),
-        }
+        destination_of(self.verdict, self.host.as_deref())
     }
 
     fn count(&self, metrics: &Metrics) {

@@ -161,7 +161,7 @@ async fn wait_parser_refusals(proxy: &Proxy, status: Option<u16>, n: usize, coun
     proxy
         .wait_metric(
             "portcullis_requests_total",
-            &[("reason", "bad_request"), ("destination", "_invalid")],
+            &[("reason", "bad_request"), ("destination", "_denied")],
             |count| count >= counted as f64,
             WAIT,
         )

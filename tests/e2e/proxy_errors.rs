@@ -181,7 +181,7 @@ async fn connect_error_when_the_upstream_refuses() {
 
 /// A listener whose accept queue is full: the kernel drops further SYNs, so dials hang.
 /// Returns it with the connections that fill its queue (both must stay alive).
-async fn unanswering_listener() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
+pub(crate) async fn unanswering_listener() -> (TcpListener, Vec<TcpStream>, SocketAddr) {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind(SocketAddr::from((LOCAL, 0))).expect("bind");
     let listener = socket.listen(0).expect("listen");

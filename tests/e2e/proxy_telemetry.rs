@@ -1,15 +1,17 @@
-//! Audit records (SPEC 8) and metrics (SPEC 7) after real traffic, and the destination label cap.
+//! Audit records and metrics after real traffic, and the destination label cap.
 
 use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::proxy_errors::unanswering_listener;
 use crate::support::client::{
-    LOCAL, connect, connect_refused, echo_roundtrip, finish, open_tunnel, read_body, read_head,
-    send,
+    LOCAL, closed_port, connect, connect_refused, echo_roundtrip, finish, open_tunnel, read_body,
+    read_head, send,
 };
 use crate::support::dns::TestDns;
 use crate::support::metrics::{metric_sum, samples};
@@ -191,7 +193,7 @@ async fn metrics_count_decisions_bytes_and_connections() {
         ("client", "default"),
         ("decision", "deny"),
         ("reason", "not_allowed"),
-        ("destination", "denied.test"),
+        ("destination", "_denied"),
     ];
     proxy
         .wait_metric("portcullis_requests_total", &denied, |n| n == 1.0, WAIT)
@@ -232,35 +234,72 @@ async fn metrics_count_decisions_bytes_and_connections() {
     assert_eq!(dials, Some(1.0), "upstream_connect_seconds:\n{text}");
 }
 
+/// Every dial is timed, labelled with how it ended: accepted, refused, or timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connect_seconds_says_how_each_dial_ended() {
+    let dns = TestDns::start().await;
+    for name in ["up.test", "down.test", "slow.test"] {
+        dns.set_a(name, &[LOCAL], 60);
+    }
+    let echo = TcpEcho::start().await;
+    let (_listener, _held, hanging) = unanswering_listener().await;
+    let policy = loopback_policy(&["up.test:*", "down.test:*", "slow.test:*"], "");
+    let args = ["--connect-timeout", "1s"];
+    let proxy = Proxy::start(&policy, dns.addr(), &args).await;
+
+    let mut tunnel = open_tunnel(proxy.addr(), &format!("up.test:{}", echo.addr().port())).await;
+    finish(&mut tunnel).await;
+    let down = format!("down.test:{}", closed_port().await);
+    connect_refused(proxy.addr(), &down, 502, "connect_error").await;
+    let slow = format!("slow.test:{}", hanging.port());
+    connect_refused(proxy.addr(), &slow, 504, "connect_timeout").await;
+
+    let name = "portcullis_upstream_connect_seconds_count";
+    for (destination, result) in [
+        ("up.test", "ok"),
+        ("down.test", "refused"),
+        ("slow.test", "timeout"),
+    ] {
+        let labels = [("destination", destination), ("result", result)];
+        proxy.wait_metric(name, &labels, |n| n == 1.0, WAIT).await;
+    }
+    let text = proxy.metrics().await;
+    assert_eq!(metric_sum(&text, name, &[]), Some(3.0), "{text}");
+}
+
+/// Allowed names that fail to resolve keep their own label (the policy allowed them), up
+/// to the cap; later ones are `_other`. The audit log still names every host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_label_is_capped_whatever_names_clients_send() {
     let dns = TestDns::start().await;
     let args = ["--max-destination-labels", "5"];
-    let proxy = Proxy::start(&loopback_policy(&["origin.test:*"], ""), dns.addr(), &args).await;
+    let policy = loopback_policy(&["*.wild.test:*"], "");
+    let proxy = Proxy::start(&policy, dns.addr(), &args).await;
 
     for i in 0..20 {
         connect_refused(
             proxy.addr(),
-            &format!("n{i}.attacker.test:443"),
-            403,
-            "not_allowed",
+            &format!("n{i}.wild.test:443"),
+            502,
+            "dns_error",
         )
         .await;
     }
-    let denied = [("decision", "deny"), ("reason", "not_allowed")];
+    let failed = [("decision", "allow"), ("reason", "dns_error")];
     let text = proxy
-        .wait_metric("portcullis_requests_total", &denied, |n| n == 20.0, WAIT)
+        .wait_metric("portcullis_requests_total", &failed, |n| n == 20.0, WAIT)
         .await;
     let destinations: BTreeSet<String> = (samples(&text, "portcullis_requests_total").iter())
         .filter_map(|s| s.label("destination").map(str::to_owned))
         .collect();
-    assert!(destinations.len() <= 6, "{destinations:?}");
+    assert_eq!(destinations.len(), 6, "{destinations:?}");
     assert!(destinations.contains("_other"), "{destinations:?}");
+    assert!(destinations.contains("n0.wild.test"), "{destinations:?}");
     // The audit log still names every host (records reach the file within a batch).
     let named = || {
         (proxy.audit_records().iter())
             .filter_map(|r| r["host"].as_str().map(str::to_owned))
-            .filter(|h| h.ends_with(".attacker.test"))
+            .filter(|h| h.ends_with(".wild.test"))
             .collect::<BTreeSet<_>>()
             .len()
     };
@@ -273,6 +312,45 @@ async fn destination_label_is_capped_whatever_names_clients_send() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Denied names are the client's choice: all of them are `_denied`, so a flood of
+/// random names never takes the label budget that allowed destinations need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_names_never_use_up_the_destination_budget() {
+    const DENIED: usize = 300;
+    let dns = TestDns::start().await;
+    dns.set_a("origin.test", &[LOCAL], 60);
+    let echo = TcpEcho::start().await;
+    let args = ["--max-destination-labels", "100"];
+    let policy = loopback_policy(&["origin.test:*"], "");
+    let proxy = Proxy::start(&policy, dns.addr(), &args).await;
+
+    let random = std::collections::hash_map::RandomState::new();
+    for i in 0..DENIED {
+        let name = format!("{:x}.attacker.test:443", random.hash_one(i));
+        connect_refused(proxy.addr(), &name, 403, "not_allowed").await;
+    }
+    let mut tunnel =
+        open_tunnel(proxy.addr(), &format!("origin.test:{}", echo.addr().port())).await;
+    echo_roundtrip(&mut tunnel, b"mine").await;
+    finish(&mut tunnel).await;
+
+    let allowed = [("decision", "allow"), ("destination", "origin.test")];
+    let text = proxy
+        .wait_metric("portcullis_requests_total", &allowed, |n| n == 1.0, WAIT)
+        .await;
+    let denied = [("decision", "deny"), ("destination", "_denied")];
+    let count = metric_sum(&text, "portcullis_requests_total", &denied);
+    assert_eq!(count, Some(DENIED as f64), "{text}");
+    let destinations: BTreeSet<String> =
+        ["portcullis_requests_total", "portcullis_tunnel_bytes_total"]
+            .iter()
+            .flat_map(|name| samples(&text, name))
+            .filter_map(|s| s.label("destination").map(str::to_owned))
+            .collect();
+    let want = BTreeSet::from(["_denied".to_owned(), "origin.test".to_owned()]);
+    assert_eq!(destinations, want, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

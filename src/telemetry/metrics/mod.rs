@@ -1,10 +1,15 @@
-//! Prometheus metrics (SPEC section 7): one registry, handles made up front, bounded labels.
+//! Prometheus metrics: one registry, handles made up front, bounded labels; the standard
+//! `process_*` metrics beside it.
+
+mod format;
+mod policy;
+mod process;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -16,11 +21,13 @@ use super::audit::AuditCounters;
 use super::diag::DiagStats;
 use super::{Listener, ReloadResult, label_enum};
 use crate::policy::{Reason, Verdict};
+use crate::state::Snapshot;
 
-pub(crate) use super::destination::{DEFAULT_DESTINATION_CAP, DestinationCap, INVALID_DESTINATION};
-
-/// `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
-pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) use super::destination::{DEFAULT_DESTINATION_CAP, DestinationCap};
+pub(crate) use format::Format;
+use policy::PolicyCollector;
+pub(crate) use policy::{LastReload, LivePolicy, PolicyMode, PolicyStatus};
+use process::ProcessCollector;
 
 /// Latency buckets in seconds, 1 ms to 10 s, shared by the DNS and connect histograms.
 const LATENCY_BUCKETS: [f64; 13] = [
@@ -52,6 +59,11 @@ label_enum! {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     listener: Listener,
     client: Arc<str>,
@@ -72,9 +84,24 @@ struct ListenerLabels {
     listener: Listener,
 }
 
+label_enum! {
+    /// How one upstream dial ended, for `upstream_connect_seconds`.
+    ConnectResult {
+        /// An address accepted the connection.
+        Ok => "ok",
+        /// Every address refused the connection.
+        Refused => "refused",
+        /// No address accepted within `--connect-timeout`.
+        Timeout => "timeout",
+        /// Anything else: unreachable, out of file descriptors, ...
+        Error => "error",
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DestinationLabels {
+struct ConnectLabels {
     destination: Arc<str>,
+    result: ConnectResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,19 +125,25 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
-/// Every portcullis metric, registered once under the `portcullis_` prefix.
+/// Every portcullis metric, registered once under the `portcullis_` prefix, and the
+/// process metrics under their standard names.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// `process_*`: every client library exports these without its application's prefix.
+    process: Registry,
     destinations: DestinationCap,
+    max_connections: Gauge,
     requests: Family<RequestLabels, Counter>,
     tunnel_bytes: Family<TunnelLabels, Counter>,
     active_connections: Family<ListenerLabels, Gauge>,
-    upstream_connect: HistogramFamily<DestinationLabels>,
+    upstream_connect: HistogramFamily<ConnectLabels>,
     dns_lookup: HistogramFamily<DnsLabels>,
     policy_reloads: Family<ReloadLabels, Counter>,
     policy_generation: Gauge,
     policy_rules: Family<ClientLabels, Gauge>,
+    /// The policy in force and the last reload, for `policy_info`, the last-reload gauges and `/status`.
+    policy: Arc<PolicyStatus>,
     audit: AuditCounters,
 }
 
@@ -134,9 +167,13 @@ impl Collector for LogLinesDropped {
 impl Metrics {
     /// Registers every metric; `destination_cap` bounds the `destination` label.
     pub fn new(destination_cap: usize) -> Self {
+        let mut process = Registry::with_prefix("process");
+        process.register_collector(Box::new(ProcessCollector::new()));
         let mut metrics = Self {
             registry: Registry::with_prefix("portcullis"),
+            process,
             destinations: DestinationCap::new(destination_cap),
+            max_connections: Gauge::default(),
             requests: Family::default(),
             tunnel_bytes: Family::default(),
             active_connections: Family::default(),
@@ -145,14 +182,34 @@ impl Metrics {
             policy_reloads: Family::default(),
             policy_generation: Gauge::default(),
             policy_rules: Family::default(),
+            policy: Arc::default(),
             audit: AuditCounters::default(),
         };
         // In this order on `/metrics`.
+        metrics.register_build();
         metrics.register_traffic();
         metrics.register_policy();
         metrics.register_audit();
         metrics.zero_known_labels();
         metrics
+    }
+
+    /// What was built and how it was started.
+    fn register_build(&mut self) {
+        let build = Family::<BuildLabels, Gauge>::default();
+        let version = env!("CARGO_PKG_VERSION").to_string();
+        build.get_or_create(&BuildLabels { version }).set(1);
+        let registry = &mut self.registry;
+        registry.register(
+            "build_info",
+            "The portcullis version running, as the label `version` (always 1)",
+            build,
+        );
+        registry.register(
+            "max_connections",
+            "Client connections the proxy admits at once: --max-connections, lowered to fit the open-files limit",
+            self.max_connections.clone(),
+        );
     }
 
     /// What the data path counts. Counters get their `_total` suffix from the encoder.
@@ -175,7 +232,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "upstream_connect",
-            "Time to establish the upstream TCP connection",
+            "Time spent dialing the upstream, by how the dial ended",
             Unit::Seconds,
             self.upstream_connect.clone(),
         );
@@ -205,6 +262,7 @@ impl Metrics {
             "Allow rules in force per client",
             self.policy_rules.clone(),
         );
+        registry.register_collector(Box::new(PolicyCollector(self.policy.clone())));
     }
 
     /// The audit log's losses and backlog.
@@ -243,11 +301,22 @@ impl Metrics {
         }
     }
 
+    /// Publishes the effective connection limit.
+    pub fn set_max_connections(&self, max: usize) {
+        self.max_connections
+            .set(i64::try_from(max).unwrap_or(i64::MAX));
+    }
+
     /// Exports the diagnostic log's losses as `log_lines_dropped_total`.
     pub fn with_diagnostics(mut self, stats: DiagStats) -> Self {
         self.registry
             .register_collector(Box::new(LogLinesDropped(stats)));
         self
+    }
+
+    /// The policy in force and the last reload, as `/status` reports them.
+    pub(crate) fn policy_status(&self) -> &PolicyStatus {
+        &self.policy
     }
 
     /// The audit log's counters, registered here.
@@ -260,8 +329,8 @@ impl Metrics {
         self.destinations.label(host)
     }
 
-    /// Counts one decided connection or request. `destination` is the
-    /// normalised host (or [`INVALID_DESTINATION`] for `bad_request`), capped here.
+    /// Counts one decided connection or request. `destination` is the normalised host
+    /// of traffic the policy let through, or `_denied`; capped here.
     pub fn request(
         &self,
         listener: Listener,
@@ -304,10 +373,11 @@ impl Metrics {
         ActiveGuard { gauge }
     }
 
-    /// Records how long the upstream connect to `destination` took.
-    pub fn upstream_connect(&self, destination: &str, elapsed: Duration) {
-        let labels = DestinationLabels {
+    /// Records how long dialing `destination` took, and how it ended.
+    pub fn upstream_connect(&self, destination: &str, result: ConnectResult, elapsed: Duration) {
+        let labels = ConnectLabels {
             destination: self.destinations.label(destination),
+            result,
         };
         self.upstream_connect
             .get_or_create(&labels)
@@ -321,21 +391,25 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts one reload attempt.
-    pub fn policy_reload(&self, result: ReloadResult) {
+    /// Counts one reload attempt and keeps how it ended; `error` says why it failed.
+    pub fn policy_reload(&self, result: ReloadResult, error: Option<&str>) {
         self.policy_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+        self.policy
+            .attempted(result, error.map(str::to_string), SystemTime::now());
     }
 
-    /// Publishes the policy now in force: its generation and the rule count per client.
-    /// Clients the previous policy had and this one lacks disappear from `policy_rules`.
-    pub fn set_policy(&self, generation: u64, rules_per_client: &[(String, usize)]) {
+    /// Publishes the policy now in force (at start, and after each reload that loaded
+    /// one): its generation, SHA-256, mode, and the rule count per client. Clients the
+    /// previous policy had and this one lacks disappear from `policy_rules`.
+    pub(crate) fn policy_loaded(&self, snap: &Snapshot) {
+        self.policy.went_live(snap, SystemTime::now());
         self.policy_generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+            .set(i64::try_from(snap.generation).unwrap_or(i64::MAX));
         // A scrape racing this swap may briefly see no series; it never sees stale clients.
         self.policy_rules.clear();
-        for (client, rules) in rules_per_client {
+        for (client, rules) in &snap.policy.rule_counts() {
             let labels = ClientLabels {
                 client: Arc::from(client.as_str()),
             };
@@ -345,14 +419,25 @@ impl Metrics {
         }
     }
 
-    /// The whole registry in OpenMetrics text format (serve with [`CONTENT_TYPE`]).
+    /// Every metric in OpenMetrics text format.
     pub fn encode(&self) -> String {
+        self.encode_as(Format::OpenMetrics)
+    }
+
+    /// Every metric in `format` (serve with [`Format::content_type`]).
+    pub fn encode_as(&self, format: Format) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail, and every label value here encodes infallibly.
-        if let Err(error) = encode(&mut out, &self.registry) {
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out));
+        if let Err(error) = encoded {
             tracing::error!(%error, "encoding metrics failed");
         }
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => format::to_text(&out),
+        }
     }
 }
 
