@@ -1,11 +1,6 @@
 //! The kit against a real Prometheus scraping the real proxy: the shipped rules load and
 //! evaluate, every dashboard query parses and the traffic panels show data, and the reload
 //! alert fires while a bad policy file is in place.
-//!
-//! Some metrics come from work not merged into this branch yet. They are listed in
-//! [`UNMERGED`]; the panels and the alert that need them are checked only for parsing and
-//! loading until then, and the test fails as soon as such a metric appears, so that its
-//! entry is removed and the full check runs.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -25,27 +20,11 @@ use crate::support::client::{
     finish, open_tunnel, send_connect, tunnel_on,
 };
 use crate::support::dns::TestDns;
-use crate::support::metrics::samples;
 use crate::support::origin::TcpEcho;
 use crate::support::proxy::{Launch, Proxy, loopback_policy};
 
 /// Scrapes, rule evaluations and rates every second: data within a few of them.
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Metrics that other branches add (build and policy info, reload state, the connection
-/// limit, process metrics). Each must be absent from this branch's `/metrics`: once one
-/// appears, delete it here (and move its panels from [`AFTER_MERGE`] to [`WITH_DATA`]).
-const UNMERGED: &[&str] = &[
-    "portcullis_build_info",
-    "portcullis_policy_info",
-    "portcullis_policy_last_reload_successful",
-    "portcullis_policy_last_reload_success_timestamp_seconds",
-    "portcullis_max_connections",
-    "process_cpu_seconds_total",
-    "process_resident_memory_bytes",
-    "process_open_fds",
-    "process_max_fds",
-];
 
 /// Panels every query of which must return data after [`traffic`].
 const WITH_DATA: &[&str] = &[
@@ -72,39 +51,19 @@ const WITH_DATA: &[&str] = &[
     "Diagnostic log lines dropped",
     "Active connections by listener",
     "Refused as overloaded",
-];
-
-/// Panels that need a metric of [`UNMERGED`]: their queries must parse now, and they join
-/// [`WITH_DATA`] once the metric is merged.
-const AFTER_MERGE: &[(&str, &str)] = &[
-    ("Last reload", "portcullis_policy_last_reload_successful"),
-    ("Replicas by version", "portcullis_build_info"),
-    ("Policy per instance", "portcullis_policy_info"),
-    ("Distinct policies per job", "portcullis_policy_info"),
-    (
-        "Time since last successful reload",
-        "portcullis_policy_last_reload_success_timestamp_seconds",
-    ),
-    (
-        "Connections / --max-connections",
-        "portcullis_max_connections",
-    ),
-    ("CPU", "process_cpu_seconds_total"),
-    ("Resident memory", "process_resident_memory_bytes"),
-    ("Open file descriptors / limit", "process_open_fds"),
+    "Last reload",
+    "Replicas by version",
+    "Policy per instance",
+    "Distinct policies per job",
+    "Time since last successful reload",
+    "Connections / --max-connections",
+    "CPU",
+    "Resident memory",
+    "Open file descriptors / limit",
 ];
 
 /// The second client, in report mode.
 const BATCH: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-
-/// Fails when `metric` of [`UNMERGED`] is exported after all.
-fn assert_still_unmerged(metrics: &str, metric: &str) {
-    assert!(
-        samples(metrics, metric).is_empty(),
-        "{metric} is exported now: remove it from UNMERGED (and move its panels from \
-         AFTER_MERGE to WITH_DATA) so that the full check runs"
-    );
-}
 
 /// Two clients (`app` enforcing, `batch` in report mode) of a proxy that allows
 /// `origin.test` on any port and names below `nx.test`, with room for two connections.
@@ -197,11 +156,6 @@ async fn shipped_rules_load_and_every_dashboard_query_runs_on_real_metrics() {
         .collect();
     assert_eq!(loaded, shipped, "alerts Prometheus loaded");
 
-    let metrics = proxy.metrics().await;
-    for metric in UNMERGED {
-        assert_still_unmerged(&metrics, metric);
-    }
-
     let dashboard = dashboard();
     check_variables(&prom, &dashboard, &proxy).await;
 
@@ -210,35 +164,17 @@ async fn shipped_rules_load_and_every_dashboard_query_runs_on_real_metrics() {
         .iter()
         .map(|p| p["title"].as_str().unwrap())
         .collect();
-    let listed: BTreeSet<&str> = (WITH_DATA.iter().copied())
-        .chain(AFTER_MERGE.iter().map(|(t, _)| *t))
-        .collect();
-    assert_eq!(
-        listed.len(),
-        WITH_DATA.len() + AFTER_MERGE.len(),
-        "a panel is listed twice"
-    );
-    assert_eq!(titles, listed, "every panel is in WITH_DATA or AFTER_MERGE");
+    let listed: BTreeSet<&str> = WITH_DATA.iter().copied().collect();
+    assert_eq!(listed.len(), WITH_DATA.len(), "a panel is listed twice");
+    assert_eq!(titles, listed, "every panel is in WITH_DATA");
 
     for panel in &panels {
-        let title = panel["title"].as_str().unwrap();
         let exprs = panel_exprs(panel);
         // Every query parses and runs (an error fails inside `query`).
         for (_, expr) in &exprs {
             prom.query(&substitute(expr)).await;
         }
-        if let Some((_, metric)) = AFTER_MERGE.iter().find(|(t, _)| *t == title) {
-            assert!(
-                exprs.iter().any(|(_, e)| e.contains(metric)),
-                "{title} does not use {metric}"
-            );
-            assert!(UNMERGED.contains(metric), "{metric} is not in UNMERGED");
-            continue;
-        }
-        for (ref_id, expr) in &exprs {
-            if let Some(metric) = UNMERGED.iter().find(|m| expr.contains(*m)) {
-                panic!("{title} ({ref_id}) needs {metric}: list it in AFTER_MERGE");
-            }
+        for (_, expr) in &exprs {
             prom.wait_query(&substitute(expr), WAIT).await;
         }
     }
@@ -293,17 +229,6 @@ async fn reload_alert_fires_while_a_bad_policy_file_is_in_place() {
     // The shipped rules with every `for:` at 1s: the alert fires within seconds.
     let prom = Prometheus::start(proxy.admin(), &rules_with_short_for()).await;
     let bad = "version: 1\nallow: [a.test]\nunknown_key: true\n";
-
-    if UNMERGED.contains(&GAUGE) {
-        assert_still_unmerged(&proxy.metrics().await, GAUGE);
-        // Until the gauge is merged, the alert has nothing to fire on; what can be shown is
-        // that the failed reload reaches Prometheus.
-        write_renamed(&file, bad);
-        let errors = r#"portcullis_policy_reloads_total{result="error"} > 0"#;
-        prom.wait_query(errors, WAIT).await;
-        eprintln!("{GAUGE} is not merged yet: the alert itself is not checked");
-        return;
-    }
 
     // Loaded, scraped as 1, and the rule evaluated on that sample: not firing.
     let result = prom.wait_query(&format!("{GAUGE} == 1"), WAIT).await;
