@@ -58,6 +58,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
         metrics.audit_counters(),
     )?);
     let resolver = resolve::Resolver::new(&args.nameservers)?.with_metrics(metrics.clone());
+    let instance = telemetry::instance::identify(args.instance_id.as_deref()).await;
 
     let bound = Bound::bind(&args).await?;
     let own_addrs = bound.announce();
@@ -66,7 +67,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let snapshot = Snapshot {
         policy: compiled.policy,
         generation: 1,
-        sha256: sha256.clone(),
+        sha256: sha256.into(),
     };
     let dialer = Dialer::new(
         resolver,
@@ -77,7 +78,11 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let shared = Arc::new(Shared::new(
         snapshot,
         dialer,
-        Telemetry { metrics, audit },
+        Telemetry {
+            metrics,
+            audit,
+            instance,
+        },
         config.limits,
         args.revalidate_on_reload,
     ));

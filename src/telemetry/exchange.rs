@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::audit::{AuditLog, AuditRecord, Event};
 use super::metrics::{INVALID_DESTINATION, Metrics};
-use super::{DEFAULT_CLIENT, Listener, UNKNOWN_CLIENT};
+use super::{DEFAULT_CLIENT, Ending, Listener, RequestId, UNKNOWN_CLIENT};
 use crate::policy::{Reason, Verdict};
 
 /// Everything an exchange recorded, once it is over.
@@ -35,6 +35,19 @@ pub struct Finished {
     pub ingress: u64,
     pub duration: Duration,
     pub generation: Option<u64>,
+    pub request_id: RequestId,
+    /// Which proxy this is.
+    pub instance: Arc<str>,
+    /// SHA-256 of the deciding policy.
+    pub policy_sha256: Option<Arc<str>>,
+    /// A short cause of a network or TLS failure.
+    pub error: Option<String>,
+    /// How an admitted exchange ended.
+    pub end: Option<Ending>,
+    /// In report mode, the reason enforce would have refused with.
+    pub enforce_reason: Option<Reason>,
+    /// For refusals, the human cause.
+    pub detail: Option<String>,
 }
 
 impl Finished {
@@ -96,6 +109,13 @@ impl From<Finished> for AuditRecord {
         rec.bytes_ingress = Some(f.ingress);
         rec.duration_ms = Some(f.duration.as_millis() as u64);
         rec.policy_generation = f.generation;
+        rec.request_id = Some(f.request_id);
+        rec.instance = Some(f.instance);
+        rec.policy_sha256 = f.policy_sha256;
+        rec.error = f.error;
+        rec.end = f.end;
+        rec.enforce_reason = f.enforce_reason;
+        rec.detail = f.detail;
         rec
     }
 }
