@@ -32,6 +32,8 @@ pub(crate) struct Admin {
     pub policy_path: PathBuf,
     /// Every bound listener by kind, this one included.
     pub listeners: Vec<(&'static str, SocketAddr)>,
+    /// Which proxy this is (the audit records' `instance`).
+    pub instance: Arc<str>,
 }
 
 /// Serves admin requests until the process exits (it stays up while draining,

@@ -183,6 +183,10 @@ pub struct RunArgs {
     /// After a reload, close open tunnels whose destination the new policy denies.
     #[arg(long, env = "PORTCULLIS_REVALIDATE_ON_RELOAD")]
     pub revalidate_on_reload: bool,
+    /// Names this proxy in every audit record (`instance`). Default: the ECS
+    /// task ARN when ECS task metadata (v4) answers within 1 s, else the host name.
+    #[arg(long, env = "PORTCULLIS_INSTANCE_ID", value_name = "ID")]
+    pub instance_id: Option<String>,
     /// Distinct `destination` label values before metrics use `_other`.
     #[arg(
         long,

@@ -8,7 +8,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::policy::ip_guard::canonical;
 use crate::policy::{Host, IpGuard, Reason};
-use crate::resolve::{Answers, DnsError, Filtered, Resolver, filter};
+use crate::resolve::{Answers, DnsError, Filtered, LookupFailure, Resolver, filter};
 use crate::telemetry::diag::RateLimit;
 use crate::telemetry::metrics::{ConnectResult, Metrics};
 
@@ -25,7 +25,7 @@ pub(crate) struct Dialer {
     own_addrs: Vec<SocketAddr>,
     /// `--connect-timeout`, for all the addresses of one destination.
     connect_timeout: Duration,
-    /// Times dials, successful or not (`upstream_connect_seconds`).
+    /// Times every dial, by how it ended (`upstream_connect_seconds`).
     metrics: Arc<Metrics>,
 }
 
@@ -52,7 +52,7 @@ impl Dialer {
         guard: &IpGuard,
         host: &Host,
         port: u16,
-    ) -> Result<Upstream, Reason> {
+    ) -> Result<Upstream, DialError> {
         let answers = match host {
             Host::Ip(ip) => Answers {
                 addrs: vec![*ip],
@@ -60,10 +60,7 @@ impl Dialer {
             },
             Host::Name(name) => self.resolver.lookup(name).await.map_err(|e| {
                 tracing::debug!(host = %name, error = %e, "lookup failed");
-                match e {
-                    DnsError::InvalidName(_) => Reason::BadRequest,
-                    _ => Reason::DnsError,
-                }
+                DialError::Dns(e)
             })?,
         };
         let usable = filter(answers.addrs, |ip| {
@@ -71,18 +68,16 @@ impl Dialer {
         });
         if usable.dialable.is_empty() {
             tracing::debug!(%host, blocked = ?usable.blocked, failed = ?answers.failed, "nothing dialable");
-            return Err(unusable_reason(&usable, answers.failed.as_deref()));
+            return Err(unusable(usable, answers.failed));
         }
         let started = Instant::now();
-        let dialed =
-            tokio::time::timeout(self.connect_timeout, connect_first(&usable.dialable, port)).await;
-        let (result, ended) = match dialed {
-            Ok(Ok(upstream)) => (Ok(upstream), ConnectResult::Ok),
-            Ok(Err((reason, ended))) => (Err(reason), ended),
-            Err(_) => (Err(Reason::ConnectTimeout), ConnectResult::Timeout),
-        };
-        self.metrics
-            .upstream_connect(&host.to_string(), ended, started.elapsed());
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let result = connect_first(&usable.dialable, port, deadline, self.connect_timeout).await;
+        self.metrics.upstream_connect(
+            &host.to_string(),
+            connect_result(&result),
+            started.elapsed(),
+        );
         result
     }
 
@@ -92,14 +87,24 @@ impl Dialer {
     }
 }
 
-/// Tries each of `ips` in turn; the first that accepts is the upstream. A failure
-/// says how it ended for `upstream_connect_seconds`: refused by every address, or not.
-async fn connect_first(ips: &[IpAddr], port: u16) -> Result<Upstream, (Reason, ConnectResult)> {
-    let mut last = Reason::ConnectError;
-    let mut all_refused = true;
-    for ip in ips {
+/// Tries each of `ips` in turn until `deadline` (`--connect-timeout`,
+/// `budget`, from the first try); the first that accepts is the upstream.
+async fn connect_first(
+    ips: &[IpAddr],
+    port: u16,
+    deadline: tokio::time::Instant,
+    budget: Duration,
+) -> Result<Upstream, DialError> {
+    let mut last = None;
+    for (tried, ip) in ips.iter().enumerate() {
         let addr = SocketAddr::new(*ip, port);
-        match connect(addr).await {
+        let Ok(connected) = tokio::time::timeout_at(deadline, connect(addr)).await else {
+            return Err(DialError::Timeout {
+                after: budget,
+                addr,
+            });
+        };
+        match connected {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 return Ok(Upstream { stream, addr });
@@ -109,31 +114,148 @@ async fn connect_first(ips: &[IpAddr], port: u16) -> Result<Upstream, (Reason, C
                 if let Some(suppressed) = LIMIT.allow() {
                     tracing::warn!(%addr, suppressed, "out of file descriptors dialing upstream");
                 }
-                return Err((Reason::Overloaded, ConnectResult::Error));
+                return Err(DialError::OutOfFiles { addr });
             }
             Err(e) => {
                 tracing::debug!(%addr, error = %e, "connect failed");
-                last = Reason::ConnectError;
-                all_refused &= e.kind() == std::io::ErrorKind::ConnectionRefused;
+                last = Some((addr, e.kind(), tried + 1));
             }
         }
     }
-    let ended = match all_refused {
-        true => ConnectResult::Refused,
-        false => ConnectResult::Error,
-    };
-    Err((last, ended))
+    Err(match last {
+        Some((addr, kind, tried)) => DialError::Connect { addr, kind, tried },
+        // `dial` never passes an empty list.
+        None => DialError::Dns(DnsError::NoAddresses),
+    })
 }
 
 /// Why nothing could be dialed: `blocked_ip` only when every lookup succeeded
 /// and the guard refused every answer; with a lookup failed (upstream or
 /// locally), the answer is incomplete and the reason is `dns_error`.
-fn unusable_reason(usable: &Filtered, failed: Option<&str>) -> Reason {
-    if usable.all_blocked() && failed.is_none() {
-        Reason::BlockedIp
-    } else {
-        Reason::DnsError
+fn unusable(usable: Filtered, failed: Option<LookupFailure>) -> DialError {
+    match failed {
+        None if usable.all_blocked() => DialError::Guarded(usable.blocked),
+        None => DialError::Dns(DnsError::NoAddresses),
+        Some(failure) => DialError::Incomplete {
+            failure,
+            guarded: usable.blocked,
+        },
     }
+}
+
+/// Why a destination could not be dialed, as data: the reason it is
+/// refused with, the audit `error` and the refusal's `detail` all derive
+/// from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DialError {
+    /// The name did not resolve.
+    Dns(DnsError),
+    /// Every answer is guarded (or one of the proxy's own addresses), and
+    /// every lookup succeeded.
+    Guarded(Vec<IpAddr>),
+    /// A lookup failed, and nothing the others found is dialable.
+    Incomplete {
+        failure: LookupFailure,
+        guarded: Vec<IpAddr>,
+    },
+    /// Every address failed; the last failure, and how many were tried.
+    Connect {
+        addr: SocketAddr,
+        kind: std::io::ErrorKind,
+        tried: usize,
+    },
+    /// `--connect-timeout` (`after`) ran out while dialing `addr`.
+    Timeout { after: Duration, addr: SocketAddr },
+    /// The process ran out of file descriptors.
+    OutOfFiles { addr: SocketAddr },
+}
+
+/// How a dial ended, for `upstream_connect_seconds`: `refused` when the last
+/// address tried refused the connection, `error` for any other failure.
+fn connect_result(result: &Result<Upstream, DialError>) -> ConnectResult {
+    match result {
+        Ok(_) => ConnectResult::Ok,
+        Err(DialError::Timeout { .. }) => ConnectResult::Timeout,
+        Err(DialError::Connect {
+            kind: std::io::ErrorKind::ConnectionRefused,
+            ..
+        }) => ConnectResult::Refused,
+        Err(_) => ConnectResult::Error,
+    }
+}
+
+/// Guarded addresses named in a refusal, at most this many.
+const NAMED_ADDRESSES: usize = 8;
+
+impl DialError {
+    /// The reason the exchange ends with.
+    pub(crate) fn reason(&self) -> Reason {
+        match self {
+            DialError::Dns(DnsError::InvalidName(_)) => Reason::BadRequest,
+            DialError::Dns(_) | DialError::Incomplete { .. } => Reason::DnsError,
+            DialError::Guarded(_) => Reason::BlockedIp,
+            DialError::Connect { .. } => Reason::ConnectError,
+            DialError::Timeout { .. } => Reason::ConnectTimeout,
+            DialError::OutOfFiles { .. } => Reason::Overloaded,
+        }
+    }
+
+    /// The audit `error`: a short cause for the network failures
+    /// (`NXDOMAIN`, `connection refused 203.0.113.10:443`, ...); `None`
+    /// where the reason says it all (a guard refusal, running out of files).
+    pub(crate) fn error(&self) -> Option<String> {
+        match self {
+            DialError::Dns(DnsError::InvalidName(_))
+            | DialError::Guarded(_)
+            | DialError::OutOfFiles { .. } => None,
+            DialError::Dns(e) => Some(e.cause()),
+            DialError::Incomplete { failure, .. } => Some(failure.to_string()),
+            DialError::Connect { addr, kind, tried } => Some(match tried {
+                1 => format!("{kind} {addr}"),
+                n => format!("{kind} {addr} (last of {n} addresses)"),
+            }),
+            DialError::Timeout { after, addr } => Some(format!(
+                "timeout after {} {addr}",
+                humantime::format_duration(*after)
+            )),
+        }
+    }
+
+    /// The refusal's `detail`, also its body: the cause in words, naming `host`.
+    pub(crate) fn detail(&self, host: &Host) -> String {
+        match self {
+            DialError::Dns(DnsError::InvalidName(_)) => format!("{host} is not a valid DNS name"),
+            DialError::Dns(e) => format!("cannot resolve {host}: {}", e.cause()),
+            DialError::Guarded(addrs) => {
+                format!("every address of {host} is guarded ({})", list(addrs))
+            }
+            DialError::Incomplete { failure, guarded } if guarded.is_empty() => {
+                format!("cannot resolve {host}: {failure}")
+            }
+            DialError::Incomplete { failure, guarded } => format!(
+                "cannot resolve {host}: {failure}; the other answers are guarded ({})",
+                list(guarded)
+            ),
+            DialError::OutOfFiles { addr } => {
+                format!("out of file descriptors dialing {addr}")
+            }
+            DialError::Connect { .. } | DialError::Timeout { .. } => {
+                self.error().unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// `a, b, c`, at most [`NAMED_ADDRESSES`] of them.
+fn list(addrs: &[IpAddr]) -> String {
+    let mut text = (addrs.iter().take(NAMED_ADDRESSES))
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if addrs.len() > NAMED_ADDRESSES {
+        text.push_str(&format!(" and {} more", addrs.len() - NAMED_ADDRESSES));
+    }
+    text
 }
 
 /// Whether dialing `addr` would reach one of the listeners bound at `own`.
@@ -203,33 +325,99 @@ mod tests {
     #[test]
     fn blocked_ip_only_when_every_lookup_succeeded() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let servfail = LookupFailure::Code(hickory_resolver::proto::op::ResponseCode::ServFail);
+        let local = LookupFailure::Other("Too many open files".into());
         let cases = [
             (
                 "all guarded, both lookups answered",
-                vec![ip("::1")],
+                vec![ip("::1"), ip("127.0.0.1")],
                 None,
                 Reason::BlockedIp,
+                None,
+                "every address of h.test is guarded (::1, 127.0.0.1)",
             ),
             (
                 "A failed, AAAA guarded",
                 vec![ip("::1")],
-                Some("SERVFAIL"),
+                Some(servfail),
                 Reason::DnsError,
+                Some("SERVFAIL"),
+                "cannot resolve h.test: SERVFAIL; the other answers are guarded (::1)",
             ),
             (
                 "AAAA failed locally, A guarded",
                 vec![ip("127.0.0.1")],
-                Some("Too many open files"),
+                Some(local),
                 Reason::DnsError,
+                Some("Too many open files"),
+                "cannot resolve h.test: Too many open files; the other answers are guarded (127.0.0.1)",
             ),
-            ("no answers at all", vec![], None, Reason::DnsError),
+            (
+                "no answers at all",
+                vec![],
+                None,
+                Reason::DnsError,
+                Some("no addresses"),
+                "cannot resolve h.test: no addresses",
+            ),
         ];
-        for (name, blocked, failed, want) in cases {
+        let host = Host::parse("h.test").unwrap();
+        for (name, blocked, failed, reason, error, detail) in cases {
             let usable = Filtered {
                 dialable: vec![],
                 blocked,
             };
-            assert_eq!(unusable_reason(&usable, failed), want, "{name}");
+            let e = unusable(usable, failed);
+            assert_eq!(e.reason(), reason, "{name}");
+            assert_eq!(e.error().as_deref(), error, "{name}");
+            assert_eq!(e.detail(&host), detail, "{name}");
+        }
+    }
+
+    #[test]
+    fn connect_failures_name_the_address() {
+        let a = addr("127.0.0.1:443");
+        let host = Host::parse("h.test").unwrap();
+        let refused = DialError::Connect {
+            addr: a,
+            kind: std::io::ErrorKind::ConnectionRefused,
+            tried: 1,
+        };
+        assert_eq!(refused.reason(), Reason::ConnectError);
+        let want = "connection refused 127.0.0.1:443";
+        assert_eq!(refused.error().as_deref(), Some(want));
+        assert_eq!(refused.detail(&host), want);
+        let timeout = DialError::Timeout {
+            after: Duration::from_secs(10),
+            addr: addr("203.0.113.10:443"),
+        };
+        assert_eq!(timeout.reason(), Reason::ConnectTimeout);
+        assert_eq!(
+            timeout.error().as_deref(),
+            Some("timeout after 10s 203.0.113.10:443")
+        );
+        let many: Vec<IpAddr> = (1..=10).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+        assert!(
+            DialError::Guarded(many)
+                .detail(&host)
+                .ends_with("10.0.0.8 and 2 more)")
+        );
+    }
+
+    /// The address that timed out is the one being tried when the budget ran out.
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_names_the_address_it_was_dialing() {
+        // TEST-NET-3 is never routed: the connect hangs (or fails at once
+        // where the network says so, which this test then skips).
+        let ip: IpAddr = "203.0.113.10".parse().unwrap();
+        let budget = Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + budget;
+        match connect_first(&[ip], 443, deadline, budget).await {
+            Err(e @ DialError::Timeout { .. }) => assert_eq!(
+                e.error().as_deref(),
+                Some("timeout after 10s 203.0.113.10:443")
+            ),
+            other => eprintln!("skipped: the network answered {:?}", other.err()),
         }
     }
 

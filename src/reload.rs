@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::signal::unix::Signal;
@@ -180,7 +180,7 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
     };
     *gone = false;
     let sha = sha256_hex(&bytes);
-    if sha == current.sha256 {
+    if *sha == *current.sha256 {
         return reload_unchanged(shared, path, &current, trigger);
     }
     let started = std::time::Instant::now();
@@ -213,7 +213,7 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
     let next = Arc::new(Snapshot {
         policy: compiled.policy,
         generation,
-        sha256: sha.clone(),
+        sha256: sha.as_str().into(),
     });
     shared.policy.store(next.clone());
     shared
@@ -228,7 +228,7 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
         serde_json::to_value(&changes).ok(),
     );
     if let Some(open) = &shared.policy.open_tunnels {
-        let revoked = open.revalidate(&next.policy);
+        let revoked = open.revalidate(&next);
         if revoked > 0 {
             tracing::info!(generation, revoked, "closed tunnels the new policy denies");
         }
@@ -248,14 +248,16 @@ pub(crate) fn announce(
     let details = ReloadDetails {
         result: ReloadResult::Ok,
         path: Some(path.display().to_string()),
-        sha256: Some(snap.sha256.clone()),
+        sha256: Some(snap.sha256.to_string()),
         rules: Some(snap.policy.rule_count()),
-        error: None,
         changes,
     };
-    telemetry
-        .audit
-        .write(&AuditRecord::policy_reload(Some(generation), details));
+    telemetry.write_audit(AuditRecord::policy_reload(
+        generation,
+        snap.sha256.clone(),
+        details,
+        None,
+    ));
 }
 
 fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: Trigger) {
@@ -267,14 +269,15 @@ fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: T
     let details = ReloadDetails {
         result: ReloadResult::Unchanged,
         path: Some(path.display().to_string()),
-        sha256: Some(current.sha256.clone()),
+        sha256: Some(current.sha256.to_string()),
         rules: Some(current.policy.rule_count()),
-        error: None,
         changes: None,
     };
-    shared.telemetry.audit.write(&AuditRecord::policy_reload(
-        Some(current.generation),
+    shared.telemetry.write_audit(AuditRecord::policy_reload(
+        current.generation,
+        current.sha256.clone(),
         details,
+        None,
     ));
 }
 
@@ -294,12 +297,13 @@ fn reload_failed(
         path: Some(path.display().to_string()),
         sha256,
         rules: None,
-        error: Some(error),
         changes: None,
     };
-    shared.telemetry.audit.write(&AuditRecord::policy_reload(
-        Some(current.generation),
+    shared.telemetry.write_audit(AuditRecord::policy_reload(
+        current.generation,
+        current.sha256.clone(),
         details,
+        Some(error),
     ));
 }
 
@@ -315,12 +319,28 @@ struct OpenTunnel {
     host: Host,
     port: u16,
     cancel: CancellationToken,
+    revoked_by: Arc<OnceLock<Revocation>>,
+}
+
+/// The reload that cut a tunnel: the policy now in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Revocation {
+    pub generation: u64,
+    pub sha256: Arc<str>,
 }
 
 /// Unregisters its tunnel when dropped.
 pub(crate) struct Registration<'a> {
     set: &'a OpenTunnels,
     id: u64,
+    revoked_by: Arc<OnceLock<Revocation>>,
+}
+
+impl Registration<'_> {
+    /// The reload that revoked the tunnel, if one did.
+    pub(crate) fn revoked_by(&self) -> Option<Revocation> {
+        self.revoked_by.get().cloned()
+    }
 }
 
 impl Drop for Registration<'_> {
@@ -343,25 +363,41 @@ impl OpenTunnels {
         cancel: CancellationToken,
     ) -> Registration<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let revoked_by = Arc::new(OnceLock::new());
         let entry = OpenTunnel {
             client,
             host,
             port,
             cancel,
+            revoked_by: revoked_by.clone(),
         };
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, entry);
-        Registration { set: self, id }
+        Registration {
+            set: self,
+            id,
+            revoked_by,
+        }
     }
 
-    /// Cancels every tunnel `policy` no longer permits; returns how many.
-    pub(crate) fn revalidate(&self, policy: &Policy) -> usize {
+    /// Cancels every tunnel the policy of `snap` no longer permits, noting
+    /// that `snap` revoked it; returns how many.
+    pub(crate) fn revalidate(&self, snap: &Snapshot) -> usize {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let mut revoked = 0;
         for t in open.values() {
-            if !policy.decide(t.client, &t.host, t.port).verdict.permits() {
+            if !snap
+                .policy
+                .decide(t.client, &t.host, t.port)
+                .verdict
+                .permits()
+            {
+                let _ = t.revoked_by.set(Revocation {
+                    generation: snap.generation,
+                    sha256: snap.sha256.clone(),
+                });
                 t.cancel.cancel();
                 revoked += 1;
             }

@@ -25,8 +25,8 @@ use crate::telemetry::{Listener, Telemetry};
 pub(crate) struct Snapshot {
     pub policy: Policy,
     pub generation: u64,
-    /// SHA-256 of the file it was compiled from.
-    pub sha256: String,
+    /// SHA-256 of the file it was compiled from, hex.
+    pub sha256: Arc<str>,
 }
 
 /// Every part, for the tasks that own a connection. Functions take the part they use.

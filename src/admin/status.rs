@@ -13,8 +13,8 @@ use crate::telemetry::metrics::{LastReload, LivePolicy, PolicyMode};
 #[derive(Serialize)]
 struct Status<'a> {
     version: &'static str,
-    /// Which deployment this process belongs to; not known yet, so `null`.
-    instance: Option<&'a str>,
+    /// Which proxy this is: `--instance-id`, the ECS task ARN, or the host name.
+    instance: &'a str,
     policy: Option<PolicyJson<'a>>,
     last_reload: Option<LastReloadJson<'a>>,
     listeners: Vec<ListenerJson>,
@@ -61,7 +61,7 @@ pub(super) fn render(admin: &Admin) -> String {
     let (live, last) = (status.live(), status.last_reload());
     let doc = Status {
         version: env!("CARGO_PKG_VERSION"),
-        instance: None,
+        instance: &admin.instance,
         policy: live.as_deref().map(|live| policy(admin, live)),
         last_reload: last.as_deref().map(last_reload),
         listeners: (admin.listeners.iter())

@@ -7,9 +7,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio_util::sync::CancellationToken;
 
 use super::Exchange;
-use crate::telemetry::Telemetry;
+use super::forward::chain;
+use crate::telemetry::{Ending, Telemetry};
 
 /// Counts the data bytes that pass through into `count`. A watched body
 /// (a client's request body on its way upstream) also notes in `broken`
@@ -75,12 +77,20 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counting<B> {
 }
 
 /// A relayed response body: counts ingress bytes, and when it is dropped
-/// (fully sent, or the client went away) writes the exchange's audit record.
+/// (fully sent, failed, or the client went away) writes the exchange's
+/// audit record with how it ended.
 pub(crate) struct Finishing<B> {
     inner: Counting<B>,
     ingress: Arc<AtomicU64>,
     egress: Arc<AtomicU64>,
     exchange: Option<(Exchange, Telemetry)>,
+    /// The drain's abort: a body dropped unfinished after it was cut by the drain.
+    abort: CancellationToken,
+    /// How the body ended, once it did: relayed whole, or the upstream failed.
+    outcome: Option<(Ending, Option<String>)>,
+    /// `is_end_stream` said the last frame was read: hyper may stop polling
+    /// there, so that is a whole body too.
+    at_end: std::cell::Cell<bool>,
 }
 
 impl<B> Finishing<B> {
@@ -89,6 +99,7 @@ impl<B> Finishing<B> {
         egress: Arc<AtomicU64>,
         exchange: Exchange,
         telemetry: Telemetry,
+        abort: CancellationToken,
     ) -> Self {
         let ingress = Arc::new(AtomicU64::new(0));
         Finishing {
@@ -96,11 +107,18 @@ impl<B> Finishing<B> {
             ingress,
             egress,
             exchange: Some((exchange, telemetry)),
+            abort,
+            outcome: None,
+            at_end: std::cell::Cell::new(false),
         }
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
+impl<B> Body for Finishing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error,
+{
     type Data = Bytes;
     type Error = B::Error;
 
@@ -108,11 +126,24 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Finishing<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.outcome = Some((Ending::UpstreamClosed, None)),
+            Poll::Ready(Some(Err(e))) if self.outcome.is_none() => {
+                let error = format!("upstream failed mid-response: {}", chain(e));
+                self.outcome = Some((Ending::Error, Some(error)));
+            }
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let end = self.inner.is_end_stream();
+        if end {
+            self.at_end.set(true);
+        }
+        end
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -127,6 +158,13 @@ impl<B> Drop for Finishing<B> {
                 self.egress.load(Ordering::Relaxed),
                 self.ingress.load(Ordering::Relaxed),
             );
+            let (end, error) = match self.outcome.take() {
+                Some(outcome) => outcome,
+                None if self.at_end.get() => (Ending::UpstreamClosed, None),
+                None if self.abort.is_cancelled() => (Ending::Drain, None),
+                None => (Ending::ClientClosed, None),
+            };
+            ex.ended(end, error);
             ex.finish(&telemetry);
         }
     }

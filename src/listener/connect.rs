@@ -14,10 +14,11 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::http1::{Conn, decide_target, refusal};
-use super::{Body, Exchange, full};
+use super::{Body, Exchange, REQUEST_ID_HEADER, Refusal, full, request_id_value};
 use crate::dial::Upstream;
 use crate::policy::{Host, Reason};
 use crate::state::{ConnSlot, Shared, Snapshot};
+use crate::telemetry::Ending;
 use crate::tls_peek::{ClientFlight, Expect};
 use crate::tunnel::{self, ClientSide, Counters, End, Inspect};
 
@@ -30,18 +31,20 @@ pub(super) async fn connect(
     let shared = &conn.shared;
     let Some(authority) = authority(&req) else {
         ex.bad_request(&snap);
-        return refusal(&shared.telemetry, ex, Reason::BadRequest);
+        let why = "CONNECT must name host:port and carry no body";
+        return refusal(&shared.telemetry, ex, Refusal::new(Reason::BadRequest, why));
     };
     let (host, port) = match decide_target(&snap, &mut ex, &authority, None) {
         Ok(target) => target,
-        Err(reason) => return refusal(&shared.telemetry, ex, reason),
+        Err(refused) => return refusal(&shared.telemetry, ex, refused),
     };
     let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
         Ok(up) => up,
-        Err(reason) => return refusal(&shared.telemetry, ex, reason),
+        Err(e) => return refusal(&shared.telemetry, ex, Refusal::dial(&e, &host)),
     };
     ex.dialed(upstream.addr);
     ex.responded(200);
+    let id = ex.id();
     let tunnel = Tunnel {
         shared: shared.clone(),
         snap,
@@ -60,6 +63,8 @@ pub(super) async fn connect(
     let mut resp = Response::new(full(""));
     resp.extensions_mut()
         .insert(ReasonPhrase::from_static(b"Connection Established"));
+    resp.headers_mut()
+        .insert(REQUEST_ID_HEADER, request_id_value(id));
     resp
 }
 
@@ -106,12 +111,14 @@ impl Tunnel {
             Ok(upgraded) => {
                 let Some(client) = client_side(upgraded) else {
                     tracing::error!("CONNECT upgrade is not a TCP stream");
+                    let error = "the CONNECT upgrade is not a TCP stream".to_string();
+                    ex.ended(Ending::Error, Some(error));
                     ex.finish(&shared.telemetry);
                     return;
                 };
                 let counters = Counters::default();
                 let cancel = shared.lifecycle.abort.child_token();
-                let _registration = (shared.policy.open_tunnels.as_ref())
+                let registration = (shared.policy.open_tunnels.as_ref())
                     .map(|open| open.register(peer.ip(), target.clone(), port, cancel.clone()));
                 let inspect = inspection(&snap, target, shared.limits.header_timeout);
                 let end = tunnel::pump(
@@ -123,21 +130,24 @@ impl Tunnel {
                     Some(inspect),
                 )
                 .await;
-                let cut = match end {
-                    End::Aborted if !shared.lifecycle.abort.is_cancelled() => {
-                        Some(Reason::PolicyRevoked)
-                    }
-                    End::Refused(v) => {
-                        tracing::debug!(host = ?ex.host(), reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
-                        Some(v.reason)
-                    }
-                    _ => None,
-                };
+                if let End::Refused(v) = end {
+                    tracing::debug!(host = ?ex.host(), reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
+                }
+                // Only a reload's revocation cancels this tunnel's own token
+                // without the drain's abort.
+                let revoked_by = registration
+                    .as_ref()
+                    .filter(|_| !shared.lifecycle.abort.is_cancelled())
+                    .and_then(|r| r.revoked_by());
+                drop(registration);
                 ex.saw_sni(counters.sni.get().cloned());
                 tracing::debug!(host = ?ex.host(), ?end, "tunnel closed");
-                ex.tunnel_ended(cut, &counters);
+                ex.tunnel_ended(end, &counters, revoked_by);
             }
-            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "CONNECT upgrade failed");
+                ex.ended(Ending::Error, Some(format!("CONNECT upgrade failed: {e}")));
+            }
         }
         ex.finish(&shared.telemetry);
         drop(slot);

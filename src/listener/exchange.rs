@@ -1,14 +1,68 @@
 //! `Exchange`: one connection or request from accept to its audit record, changed only by its transitions.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::dial::DialError;
 use crate::policy::{Decision, Host, Reason, Verdict};
+use crate::reload::Revocation;
 use crate::state::Snapshot;
 use crate::telemetry::audit::Event;
 use crate::telemetry::exchange::Finished;
-use crate::telemetry::{Listener, Telemetry};
-use crate::tunnel::Counters;
+use crate::telemetry::{Ending, Listener, RequestId, Telemetry};
+use crate::tunnel::{Counters, End, Side};
+
+/// Why the proxy refused an exchange: the reason, the cause in words (the
+/// audit `detail` and the refusal body) and, for network and TLS failures,
+/// the short `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub reason: Reason,
+    /// `None`: the reason's own message says it all.
+    pub detail: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Refusal {
+    pub(crate) fn new(reason: Reason, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            detail: Some(detail.into()),
+            error: None,
+        }
+    }
+
+    /// A dial that failed for `host`.
+    pub(crate) fn dial(e: &DialError, host: &Host) -> Refusal {
+        Refusal {
+            reason: e.reason(),
+            detail: Some(e.detail(host)),
+            error: e.error(),
+        }
+    }
+
+    /// Also names `error` as the short cause.
+    pub(crate) fn with_error(mut self, error: impl Into<String>) -> Refusal {
+        self.error = Some(error.into());
+        self
+    }
+
+    /// The detail, or the reason's message when there is none.
+    pub(crate) fn detail(&self) -> &str {
+        self.detail.as_deref().unwrap_or(self.reason.message())
+    }
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Refusal {
+        Refusal {
+            reason,
+            detail: None,
+            error: None,
+        }
+    }
+}
 
 /// One decided connection or request, from accept to its audit record.
 /// Dropping one unfinished loses its record: [`Exchange::finish`] consumes it.
@@ -16,6 +70,7 @@ use crate::tunnel::Counters;
 #[derive(Debug)]
 pub(crate) struct Exchange {
     started: Instant,
+    id: RequestId,
     listener: Listener,
     event: Event,
     client_addr: SocketAddr,
@@ -28,6 +83,7 @@ pub(crate) struct Exchange {
     /// Where the exchange ended: the decision's reason, or a later failure.
     reason: Reason,
     generation: Option<u64>,
+    policy_sha256: Option<Arc<str>>,
     has_clients: bool,
     upstream: Option<SocketAddr>,
     status: Option<u16>,
@@ -35,12 +91,18 @@ pub(crate) struct Exchange {
     ingress: u64,
     /// Admitted by the audit log: its record is owed, never dropped for want of room.
     admitted: bool,
+    /// Set when the proxy refused (or cut) the exchange.
+    refused: bool,
+    detail: Option<String>,
+    error: Option<String>,
+    end: Option<Ending>,
 }
 
 impl Exchange {
     pub(crate) fn new(listener: Listener, event: Event, client_addr: SocketAddr) -> Exchange {
         Exchange {
             started: Instant::now(),
+            id: RequestId::new(),
             listener,
             event,
             client_addr,
@@ -51,12 +113,17 @@ impl Exchange {
             decision: None,
             reason: Reason::BadRequest,
             generation: None,
+            policy_sha256: None,
             has_clients: false,
             upstream: None,
             status: None,
             egress: 0,
             ingress: 0,
             admitted: false,
+            refused: false,
+            detail: None,
+            error: None,
+            end: None,
         }
     }
 
@@ -66,6 +133,16 @@ impl Exchange {
     pub(crate) fn admit(&mut self, telemetry: &Telemetry) -> bool {
         self.admitted = telemetry.audit.admit();
         self.admitted
+    }
+
+    /// The exchange's id: the audit `request_id`, sent as `X-Portcullis-Request-Id`.
+    pub(crate) fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// The client's address.
+    pub(crate) fn client_ip(&self) -> IpAddr {
+        self.client_addr.ip()
     }
 
     /// Records the request method.
@@ -104,6 +181,7 @@ impl Exchange {
         self.host = Some(host.to_string());
         self.port = Some(port);
         self.generation = Some(snap.generation);
+        self.policy_sha256 = Some(snap.sha256.clone());
         self.has_clients = snap.policy.clients.is_some();
         let decision = snap.policy.decide(self.client_addr.ip(), host, port);
         self.reason = decision.reason;
@@ -113,6 +191,7 @@ impl Exchange {
     /// Records a request too malformed to decide.
     pub(crate) fn bad_request(&mut self, snap: &Snapshot) {
         self.generation = Some(snap.generation);
+        self.policy_sha256 = Some(snap.sha256.clone());
         self.has_clients = snap.policy.clients.is_some();
         self.decision = Some(snap.policy.bad_request(self.client_addr.ip()));
         self.reason = Reason::BadRequest;
@@ -128,19 +207,76 @@ impl Exchange {
         self.status = Some(status);
     }
 
-    /// Ends the exchange on `reason`, with the status sent (`None`: no HTTP answer).
-    pub(crate) fn refused(&mut self, reason: Reason, status: Option<u16>) {
-        self.reason = reason;
+    /// Ends the exchange on a refusal, with the status sent (`None`: no HTTP answer).
+    pub(crate) fn refused(&mut self, refusal: impl Into<Refusal>, status: Option<u16>) {
         self.status = status;
+        self.cut(refusal.into());
     }
 
-    /// Records what a tunnel relayed, and `cut`, the reason it was cut
-    /// short for (a refused handshake, a revoked destination), if any.
-    pub(crate) fn tunnel_ended(&mut self, cut: Option<Reason>, counters: &Counters) {
-        if let Some(reason) = cut {
-            self.reason = reason;
+    /// Ends the exchange on a refusal after its status was sent (a tunnel refused mid-handshake).
+    fn cut(&mut self, refusal: Refusal) {
+        self.reason = refusal.reason;
+        self.refused = true;
+        self.detail = Some(refusal.detail().to_string());
+        self.error = refusal.error;
+    }
+
+    /// Records how an admitted exchange ended, and the failure when it was one.
+    pub(crate) fn ended(&mut self, end: Ending, error: Option<String>) {
+        self.end = Some(end);
+        if error.is_some() {
+            self.error = error;
         }
+    }
+
+    /// Records how a tunnel ended and what it relayed. `revoked_by`: the
+    /// reload that cut it, if one did; any other abort is the drain.
+    pub(crate) fn tunnel_ended(
+        &mut self,
+        end: End,
+        counters: &Counters,
+        revoked_by: Option<Revocation>,
+    ) {
         self.relayed(counters.egress(), counters.ingress());
+        match (end, revoked_by) {
+            (End::Refused(v), _) => {
+                let detail = self.handshake_detail(v.reason, v.cause, counters);
+                let error = (v.reason == Reason::TlsViolation).then(|| v.cause.to_string());
+                self.cut(Refusal {
+                    reason: v.reason,
+                    detail: Some(detail),
+                    error,
+                });
+            }
+            (End::Aborted, Some(by)) => {
+                // The record keeps the generation (and digest) that admitted
+                // the tunnel; the detail names the one that revoked it.
+                self.reason = Reason::PolicyRevoked;
+                self.detail = Some(format!(
+                    "revoked by generation {} (policy sha256 {})",
+                    by.generation, by.sha256
+                ));
+                self.ended(Ending::PolicyRevoked, None);
+            }
+            (End::Aborted, None) => self.ended(Ending::Drain, None),
+            (End::Idle, _) => self.ended(Ending::IdleTimeout, None),
+            (End::Closed(Side::Client), _) => self.ended(Ending::ClientClosed, None),
+            (End::Closed(Side::Upstream), _) => self.ended(Ending::UpstreamClosed, None),
+            (End::Failed(kind), _) => self.ended(Ending::Error, Some(kind.to_string())),
+        }
+    }
+
+    /// The detail of a tunnel refused during the TLS handshake.
+    fn handshake_detail(&self, reason: Reason, cause: &str, counters: &Counters) -> String {
+        match (reason, counters.sni.get(), self.host.as_deref()) {
+            (Reason::SniMismatch, Some(sni), Some(host))
+                if self.listener == Listener::Explicit && sni != host =>
+            {
+                format!("ClientHello names SNI {sni}, CONNECT named {host}")
+            }
+            (Reason::SniMismatch, Some(sni), _) => format!("{cause}: {sni}"),
+            _ => cause.to_string(),
+        }
     }
 
     /// Records the bytes relayed each way.
@@ -172,10 +308,16 @@ impl Exchange {
     /// Writes the audit record and counts the exchange.
     pub(crate) fn finish(self, telemetry: &Telemetry) {
         let verdict = self.verdict();
+        let enforce_reason = (self.decision.as_ref())
+            .filter(|d| d.verdict == Verdict::Report)
+            .map(|d| d.reason);
         let (client, rule) = match self.decision {
             Some(d) => (d.client, d.rule),
             None => (None, None),
         };
+        // A refusal has a detail and no end; an admitted exchange has an end
+        // (and, when a reload revoked it, a detail naming that reload).
+        let end = if self.refused { None } else { self.end };
         let finished = Finished {
             listener: self.listener,
             event: self.event,
@@ -196,6 +338,13 @@ impl Exchange {
             duration: self.started.elapsed(),
             generation: self.generation,
             admitted: self.admitted,
+            request_id: self.id,
+            instance: telemetry.instance.clone(),
+            policy_sha256: self.policy_sha256,
+            error: self.error,
+            end,
+            enforce_reason,
+            detail: self.detail,
         };
         telemetry.record(finished);
     }

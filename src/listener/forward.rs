@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::body::{Counting, Finishing};
 use super::http1::{Conn, decide_target, refusal};
-use super::{Body, Exchange};
+use super::{Body, Exchange, REQUEST_ID_HEADER, Refusal, request_id_value};
 use crate::dial::Upstream;
 use crate::limits::UPSTREAMS_PER_CONNECTION;
 use crate::policy::host::split_host_port;
@@ -42,20 +42,26 @@ pub(super) async fn forward(
     let uri = req.uri().clone();
     let Some((authority, default_port)) = destination(&conn, &req) else {
         ex.bad_request(&snap);
-        return refusal(&shared.telemetry, ex, Reason::BadRequest);
+        let why = match conn.listener {
+            Listener::TransparentHttp => "no Host header names the destination",
+            _ => "a proxy needs absolute-form requests (GET http://host/path)",
+        };
+        return refusal(&shared.telemetry, ex, Refusal::new(Reason::BadRequest, why));
     };
     if uri.scheme_str().is_some_and(|s| s != "http") {
         // https:// in absolute-form would ask us to originate TLS: use CONNECT.
         ex.target_raw(&authority, None);
         ex.bad_request(&snap);
-        return refusal(&shared.telemetry, ex, Reason::BadRequest);
+        let why = "only http:// is forwarded; use CONNECT for TLS";
+        return refusal(&shared.telemetry, ex, Refusal::new(Reason::BadRequest, why));
     }
     let (host, port) = match decide_target(&snap, &mut ex, &authority, Some(default_port)) {
         Ok(target) => target,
-        Err(reason) => return refusal(&shared.telemetry, ex, reason),
+        Err(refused) => return refusal(&shared.telemetry, ex, refused),
     };
     if !host_header_agrees(req.headers(), &host, port, default_port) {
-        return refusal(&shared.telemetry, ex, Reason::BadRequest);
+        let why = "the Host header disagrees with the request target";
+        return refusal(&shared.telemetry, ex, Refusal::new(Reason::BadRequest, why));
     }
     let key = format!("{host}:{port}");
     let mut pooled = match take_upstream(&conn, &key).await {
@@ -65,10 +71,14 @@ pub(super) async fn forward(
                 let addr = up.addr;
                 match handshake(&shared.lifecycle, up).await {
                     Ok(sender) => Pooled { key, sender, addr },
-                    Err(()) => return refusal(&shared.telemetry, ex, Reason::ConnectError),
+                    Err(e) => {
+                        let why = format!("HTTP handshake with {addr} failed: {}", chain(&e));
+                        let refused = Refusal::new(Reason::ConnectError, why.clone());
+                        return refusal(&shared.telemetry, ex, refused.with_error(why));
+                    }
                 }
             }
-            Err(reason) => return refusal(&shared.telemetry, ex, reason),
+            Err(e) => return refusal(&shared.telemetry, ex, Refusal::dial(&e, &host)),
         },
     };
     ex.dialed(pooled.addr);
@@ -90,33 +100,56 @@ pub(super) async fn forward(
         shared.limits.idle_timeout,
         pooled.sender.send_request(upstream_req),
     );
+    let addr = pooled.addr;
     let resp = match sent.await {
         Ok(Ok(resp)) => resp,
         // The upstream connection saw part of a request: it is dropped, never pooled.
         Ok(Err(e)) if broken.load(Ordering::Relaxed) => {
-            tracing::debug!(upstream = %pooled.addr, error = %e, "client request body broken");
-            return refusal(&shared.telemetry, ex, Reason::BadRequest);
+            tracing::debug!(upstream = %addr, error = %e, "client request body broken");
+            let why = "the request body broke its framing or ended early";
+            return refusal(&shared.telemetry, ex, Refusal::new(Reason::BadRequest, why));
         }
         Ok(Err(e)) => {
-            tracing::debug!(upstream = %pooled.addr, error = %e, "upstream request failed");
-            return refusal(&shared.telemetry, ex, Reason::ConnectError);
+            tracing::debug!(upstream = %addr, error = %e, "upstream request failed");
+            let why = format!(
+                "upstream {addr} failed before the response head: {}",
+                chain(&e)
+            );
+            let refused = Refusal::new(Reason::ConnectError, why.clone());
+            return refusal(&shared.telemetry, ex, refused.with_error(why));
         }
         Err(_) => {
-            tracing::debug!(upstream = %pooled.addr, "upstream sent no response head in time");
-            return refusal(&shared.telemetry, ex, Reason::ConnectTimeout);
+            tracing::debug!(upstream = %addr, "upstream sent no response head in time");
+            let within = humantime::format_duration(shared.limits.idle_timeout);
+            let why = format!("no response head from {addr} within {within}");
+            let refused = Refusal::new(Reason::ConnectTimeout, why.clone());
+            return refusal(&shared.telemetry, ex, refused.with_error(why));
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // `Upgrade` was stripped, so nothing asked for this: the upstream
         // now speaks something else on the connection, which is dropped.
-        tracing::debug!(upstream = %pooled.addr, "upstream switched protocols unasked");
-        return refusal(&shared.telemetry, ex, Reason::ConnectError);
+        tracing::debug!(upstream = %addr, "upstream switched protocols unasked");
+        let why = format!("upstream {addr} switched protocols unasked");
+        let refused = Refusal::new(Reason::ConnectError, why.clone());
+        return refusal(&shared.telemetry, ex, refused.with_error(why));
     }
     put_upstream(&conn, pooled).await;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Replaces any the origin sent: the id is the proxy's, never the origin's word.
+    parts
+        .headers
+        .insert(REQUEST_ID_HEADER, request_id_value(ex.id()));
     ex.responded(parts.status.as_u16());
-    let body = Finishing::new(body, egress, ex, shared.telemetry.clone()).boxed_unsync();
+    let body = Finishing::new(
+        body,
+        egress,
+        ex,
+        shared.telemetry.clone(),
+        shared.lifecycle.abort.clone(),
+    )
+    .boxed_unsync();
     Response::from_parts(parts, body)
 }
 
@@ -160,11 +193,14 @@ async fn put_upstream(conn: &Conn, pooled: Pooled) {
     list.push(pooled);
 }
 
-async fn handshake(lifecycle: &Lifecycle, up: Upstream) -> Result<SendRequest<UpstreamBody>, ()> {
+async fn handshake(
+    lifecycle: &Lifecycle,
+    up: Upstream,
+) -> Result<SendRequest<UpstreamBody>, hyper::Error> {
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(up.stream))
         .await
-        .map_err(|e| tracing::debug!(error = %e, "upstream handshake failed"))?;
+        .inspect_err(|e| tracing::debug!(error = %e, "upstream handshake failed"))?;
     let abort = lifecycle.abort.clone();
     lifecycle.tracker.spawn(
         async move {
@@ -178,6 +214,18 @@ async fn handshake(lifecycle: &Lifecycle, up: Upstream) -> Result<SendRequest<Up
         .in_current_span(),
     );
     Ok(sender)
+}
+
+/// An error and its causes, `: `-joined (hyper's own text names only the outermost).
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A `Host` header, when present, must name the URI's host and port.

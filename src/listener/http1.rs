@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::forward::{Pooled, forward};
-use super::{Body, Exchange, connect, error_response};
+use super::{Body, Exchange, Refusal, connect, error_response};
 use crate::limits::MAX_HEAD_BYTES;
 use crate::policy::host::split_host_port;
 use crate::policy::{Host, Reason};
@@ -114,18 +114,25 @@ fn conn_end(
     if !e.is_parse() {
         return;
     }
-    let status = if e.is_parse_version_h2() {
-        None // closed without an answer
+    let (status, detail) = if e.is_parse_version_h2() {
+        // Closed without an answer.
+        (
+            None,
+            "an HTTP/2 connection preface: this proxy speaks HTTP/1.1".to_string(),
+        )
     } else if e.is_parse_too_large() {
         // A head over `MAX_HEAD_BYTES`. (hyper's 414 needs a 64 KiB URI,
         // which never fits under that limit.)
-        Some(431)
+        (
+            Some(431),
+            format!("request head over {MAX_HEAD_BYTES} bytes"),
+        )
     } else {
-        Some(400)
+        (Some(400), format!("unparseable request head: {e}"))
     };
     let mut ex = Exchange::new(listener, Event::Request, peer);
     ex.bad_request(&policy.load());
-    ex.refused(Reason::BadRequest, status);
+    ex.refused(Refusal::new(Reason::BadRequest, detail), status);
     ex.finish(telemetry);
 }
 
@@ -146,27 +153,37 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         // A redirected client speaks to the origin: CONNECT makes no sense there.
         (_, &Method::CONNECT) => {
             ex.bad_request(&snap);
-            refusal(&conn.shared.telemetry, ex, Reason::BadRequest)
+            let why = "CONNECT sent to the transparent HTTP listener";
+            refusal(
+                &conn.shared.telemetry,
+                ex,
+                Refusal::new(Reason::BadRequest, why),
+            )
         }
         _ => forward(conn, snap, ex, req).await,
     }
 }
 
 /// Ends the exchange with an error response, returned to send.
-pub(super) fn refusal(telemetry: &Telemetry, mut ex: Exchange, reason: Reason) -> Response<Body> {
-    let resp = error_response(reason);
-    ex.refused(reason, Some(resp.status().as_u16()));
+pub(super) fn refusal(
+    telemetry: &Telemetry,
+    mut ex: Exchange,
+    refusal: impl Into<Refusal>,
+) -> Response<Body> {
+    let refusal = refusal.into();
+    let resp = error_response(&refusal, ex.id());
+    ex.refused(refusal, Some(resp.status().as_u16()));
     ex.finish(telemetry);
     resp
 }
 
-/// Parses and decides `host[:port]`; `Err` is the response to send.
+/// Parses and decides `host[:port]`; `Err` is the refusal to send.
 pub(super) fn decide_target(
     snap: &Snapshot,
     ex: &mut Exchange,
     authority: &str,
     default_port: Option<u16>,
-) -> Result<(Host, u16), Reason> {
+) -> Result<(Host, u16), Refusal> {
     let parsed = split_host_port(authority).ok().and_then(|(h, p)| {
         ex.target_raw(h, p.or(default_port));
         Some((Host::parse(h).ok()?, p.or(default_port)?))
@@ -176,12 +193,18 @@ pub(super) fn decide_target(
             ex.target_raw(authority, None);
         }
         ex.bad_request(snap);
-        return Err(Reason::BadRequest);
+        let detail = match (ex.host(), default_port) {
+            (Some(what), None) => format!("`{what}` is not a valid host:port"),
+            (what, _) => format!("`{}` is not a valid destination", what.unwrap_or_default()),
+        };
+        return Err(Refusal::new(Reason::BadRequest, detail));
     };
+    let client = ex.client_ip();
     let decision = ex.decide(snap, &host, port);
     if decision.verdict.permits() {
         Ok((host, port))
     } else {
-        Err(decision.reason)
+        let detail = snap.policy.refusal_detail(client, &host, port, decision);
+        Err(Refusal::new(decision.reason, detail))
     }
 }

@@ -11,7 +11,7 @@ mod forward;
 pub(crate) mod http1;
 pub(crate) mod tls;
 
-pub(crate) use exchange::Exchange;
+pub(crate) use exchange::{Exchange, Refusal};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use crate::policy::Reason;
 use crate::state::{ConnSlot, Shared};
 use crate::telemetry::audit::Event;
 use crate::telemetry::diag::RateLimit;
-use crate::telemetry::{Listener, Telemetry};
+use crate::telemetry::{Listener, RequestId, Telemetry};
 
 /// Response bodies the proxy sends: its own short texts or a relayed origin body.
 pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -38,19 +38,31 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 /// The header that names why the proxy refused.
 pub(crate) const REASON_HEADER: &str = "x-portcullis-reason";
 
+/// The header that carries the exchange's audit `request_id`, on every
+/// response the proxy writes or relays.
+pub(crate) const REQUEST_ID_HEADER: &str = "x-portcullis-request-id";
+
+/// `id` as a header value.
+pub(crate) fn request_id_value(id: RequestId) -> HeaderValue {
+    HeaderValue::try_from(id.to_string()).expect("a UUID is a valid header value")
+}
+
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-/// SPEC 3's error response: status, `X-Portcullis-Reason`, a one-line body, `Connection: close`.
-pub(crate) fn error_response(reason: Reason) -> Response<Body> {
+/// The error response: status, `X-Portcullis-Reason`, `X-Portcullis-Request-Id`,
+/// a one-line body naming the reason and the detail, `Connection: close`.
+pub(crate) fn error_response(refusal: &Refusal, id: RequestId) -> Response<Body> {
+    let reason = refusal.reason;
     let status = http_status(reason).unwrap_or(StatusCode::FORBIDDEN);
-    let mut resp = Response::new(full(error_body(reason)));
+    let mut resp = Response::new(full(error_body(refusal)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    h.insert(REQUEST_ID_HEADER, request_id_value(id));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -79,8 +91,13 @@ fn http_status(reason: Reason) -> Option<StatusCode> {
     }
 }
 
-fn error_body(reason: Reason) -> String {
-    format!("portcullis: {}: {}\n", reason.as_str(), reason.message())
+/// `portcullis: REASON: DETAIL`, one line: control characters in the detail
+/// (which may quote what the client sent) become spaces.
+fn error_body(refusal: &Refusal) -> String {
+    let detail: String = (refusal.detail().chars())
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("portcullis: {}: {detail}\n", refusal.reason.as_str())
 }
 
 /// The destination an iptables/nftables REDIRECT rule rewrote, when the
@@ -262,14 +279,16 @@ async fn refuse_overloaded(
     kind: Listener,
 ) {
     let mut ex = Exchange::new(kind, Event::Connection, peer);
-    ex.refused(Reason::Overloaded, Some(503));
+    let id = ex.id();
+    let refusal = Refusal::from(Reason::Overloaded);
+    ex.refused(refusal.clone(), Some(503));
     ex.finish(&telemetry);
     if kind == Listener::TransparentTls {
         return;
     }
-    let body = error_body(Reason::Overloaded);
+    let body = error_body(&refusal);
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\n{REASON_HEADER}: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 503 Service Unavailable\r\n{REASON_HEADER}: {}\r\n{REQUEST_ID_HEADER}: {id}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         Reason::Overloaded.as_str(),
         body.len()
     );

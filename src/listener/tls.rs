@@ -9,13 +9,13 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{Exchange, original_dst};
+use super::{Exchange, Refusal, original_dst};
 use crate::policy::{Host, Reason};
 use crate::state::{ConnSlot, Shared};
 use crate::telemetry::audit::Event;
 use crate::telemetry::{Listener, Telemetry};
 use crate::tls_peek::{
-    self, ACCESS_DENIED, ClientFlight, Expect, INTERNAL_ERROR, read_first_flight,
+    self, ACCESS_DENIED, ClientFlight, Expect, INTERNAL_ERROR, Violation, read_first_flight,
 };
 use crate::tunnel::{self, Counters, End, Inspect};
 
@@ -35,43 +35,52 @@ pub(crate) async fn serve(
     let timeout = shared.limits.header_timeout;
     let host = match read_hello(&mut stream, &mut flight, timeout, peer).await {
         FirstFlight::Sni(host) => host,
-        FirstFlight::Refused(reason) => {
+        FirstFlight::Refused(v) => {
             ex.bad_request(&snap);
             ex.at_port(port);
             ex.saw_sni(flight.last_sni().map(ToString::to_string));
-            return refuse_with_alert(&shared.telemetry, ex, stream, reason, ACCESS_DENIED).await;
+            let mut refused = Refusal::new(v.reason, v.cause);
+            if v.reason == Reason::TlsViolation {
+                refused = refused.with_error(v.cause);
+            }
+            return refuse_with_alert(&shared.telemetry, ex, stream, refused, ACCESS_DENIED).await;
         }
         FirstFlight::Nothing => {
             ex.bad_request(&snap);
+            let why = "no TLS ClientHello (other bytes, or none before the header timeout)";
+            ex.refused(Refusal::new(Reason::BadRequest, why), None);
             return ex.finish(&shared.telemetry);
         }
         FirstFlight::NoSni => {
             ex.bad_request(&snap);
             ex.at_port(port);
-            return refuse_with_alert(&shared.telemetry, ex, stream, Reason::NoSni, ACCESS_DENIED)
-                .await;
+            let refused = Refusal::new(Reason::NoSni, "the ClientHello names no server");
+            return refuse_with_alert(&shared.telemetry, ex, stream, refused, ACCESS_DENIED).await;
         }
     };
     ex.saw_sni(Some(host.to_string()));
     if !ex.admit(&shared.telemetry) {
         ex.at_port(port);
-        let (reason, alert) = (Reason::AuditUnavailable, INTERNAL_ERROR);
-        return refuse_with_alert(&shared.telemetry, ex, stream, reason, alert).await;
+        let refused = Refusal::from(Reason::AuditUnavailable);
+        return refuse_with_alert(&shared.telemetry, ex, stream, refused, INTERNAL_ERROR).await;
     }
+    let client = ex.client_ip();
     let decision = ex.decide(&snap, &host, port);
     if !decision.verdict.permits() {
-        let reason = decision.reason;
-        return refuse_with_alert(&shared.telemetry, ex, stream, reason, ACCESS_DENIED).await;
+        let detail = snap.policy.refusal_detail(client, &host, port, decision);
+        let refused = Refusal::new(decision.reason, detail);
+        return refuse_with_alert(&shared.telemetry, ex, stream, refused, ACCESS_DENIED).await;
     }
     let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
         Ok(up) => up,
-        Err(reason) => {
-            let description = if reason == Reason::BlockedIp {
+        Err(e) => {
+            let refused = Refusal::dial(&e, &host);
+            let description = if refused.reason == Reason::BlockedIp {
                 ACCESS_DENIED
             } else {
                 INTERNAL_ERROR
             };
-            return refuse_with_alert(&shared.telemetry, ex, stream, reason, description).await;
+            return refuse_with_alert(&shared.telemetry, ex, stream, refused, description).await;
         }
     };
     ex.dialed(upstream.addr);
@@ -86,7 +95,7 @@ enum FirstFlight {
     /// A ClientHello without a server name.
     NoSni,
     /// A flight that broke the handshake rules.
-    Refused(Reason),
+    Refused(Violation),
     /// No ClientHello within the header timeout, or the client went away.
     Nothing,
 }
@@ -103,13 +112,13 @@ async fn read_hello(
         Ok(Ok(Ok(()))) => flight.first_hello().cloned(),
         Ok(Ok(Err(v))) => {
             tracing::debug!(%peer, reason = v.reason.as_str(), cause = v.cause, "ClientHello refused on the transparent TLS listener");
-            return FirstFlight::Refused(v.reason);
+            return FirstFlight::Refused(v);
         }
         // A ClientHello that started and did not finish in time is a TLS
         // stream breaking its rules, as inside a CONNECT tunnel.
         Err(_) if flight.is_tls() == Some(true) => {
             tracing::debug!(%peer, "ClientHello timeout on the transparent TLS listener");
-            return FirstFlight::Refused(Reason::TlsViolation);
+            return FirstFlight::Refused(Violation::tls("ClientHello timeout"));
         }
         Ok(Err(_)) | Err(_) => None,
     };
@@ -151,21 +160,19 @@ async fn relay(
         Some(inspect),
     )
     .await;
-    let cut = match end {
+    match end {
         End::Refused(v) => {
             tracing::debug!(host = %host, reason = v.reason.as_str(), cause = v.cause, "transparent tunnel refused during the TLS handshake");
-            Some(v.reason)
         }
         End::Aborted => {
             tracing::debug!(host = %host, "transparent tunnel cut at the drain timeout");
-            None
         }
-        End::Closed | End::Idle => {
+        End::Closed(_) | End::Failed(_) | End::Idle => {
             tracing::debug!(host = %host, ?end, "transparent tunnel closed");
-            None
         }
-    };
-    ex.tunnel_ended(cut, &counters);
+    }
+    // No revocation here: `--revalidate-on-reload` tracks CONNECT tunnels.
+    ex.tunnel_ended(end, &counters, None);
     ex.finish(&shared.telemetry);
 }
 
@@ -174,10 +181,10 @@ async fn refuse_with_alert(
     telemetry: &Telemetry,
     mut ex: Exchange,
     mut stream: TcpStream,
-    reason: Reason,
+    refused: Refusal,
     description: u8,
 ) {
-    ex.refused(reason, None);
+    ex.refused(refused, None);
     ex.finish(telemetry);
     let _ = stream.try_write(&tls_peek::alert(description));
     let _ = stream.shutdown().await;

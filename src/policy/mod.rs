@@ -286,6 +286,38 @@ impl Policy {
         }
     }
 
+    /// Why `decision` (of [`Policy::decide`] for `host:port` from
+    /// `client_addr`) refuses, in words a developer can act on: the audit
+    /// `detail` and the refusal body. Runs only for refusals; the one extra
+    /// lookup (does the host match a rule on other ports?) uses the same
+    /// index as the decision.
+    pub fn refusal_detail(
+        &self,
+        client_addr: IpAddr,
+        host: &Host,
+        port: u16,
+        decision: &Decision,
+    ) -> String {
+        match (decision.reason, &decision.rule) {
+            (Reason::ClientNotAllowed, _) => {
+                format!("source {} matches no client", client_addr.to_canonical())
+            }
+            (Reason::NotAllowed, Some(rule)) => format!("deny rule `{rule}`"),
+            (Reason::NotAllowed, None) => {
+                let target = Target::new(host, port);
+                let client = self.client_for(client_addr);
+                let elsewhere = (self.allow.find_any_port(&target))
+                    .or_else(|| client.and_then(|c| c.allow.find_any_port(&target)));
+                match elsewhere {
+                    Some(rule) => format!("{host} is allowed only on ports {}", rule.ports),
+                    None => format!("no allow rule for {host}:{port}"),
+                }
+            }
+            (Reason::BlockedIp, _) => format!("{host} is a guarded address"),
+            (reason, _) => reason.message().to_string(),
+        }
+    }
+
     fn match_rules<'p>(
         &'p self,
         client: Option<&'p Client>,

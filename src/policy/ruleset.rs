@@ -144,10 +144,21 @@ impl RuleSet {
     /// `*.suffix`, then the first glob, then the first IP range, in file order.
     pub fn find(&self, target: &Target<'_>) -> Option<&Rule> {
         let port = target.port;
+        self.find_where(target, |ports| ports.contains(port))
+    }
+
+    /// The rule [`RuleSet::find`] would pick if the port did not matter: when
+    /// `find` finds nothing, this tells "allowed on other ports" from "not
+    /// allowed at all". The same indexed lookup, so it costs what `find` does.
+    pub fn find_any_port(&self, target: &Target<'_>) -> Option<&Rule> {
+        self.find_where(target, |_| true)
+    }
+
+    fn find_where(&self, target: &Target<'_>, port_ok: impl Fn(&Ports) -> bool) -> Option<&Rule> {
         let pick = |ids: &[u32]| {
             ids.iter()
                 .map(|&i| &self.rules[i as usize])
-                .find(|r| r.ports.contains(port))
+                .find(|r| port_ok(&r.ports))
         };
         match target.host {
             Host::Name(name) => {
@@ -162,7 +173,7 @@ impl RuleSet {
                 }
                 if !self.globs.is_empty() {
                     return self
-                        .first_glob(name, target)
+                        .first_glob(name, target, &port_ok)
                         .map(|i| &self.rules[i as usize]);
                 }
                 None
@@ -172,16 +183,20 @@ impl RuleSet {
                 .iter()
                 .map(|&i| &self.rules[i as usize])
                 .find(|r| {
-                    r.ports.contains(port)
-                        && matches!(&r.pattern, Pattern::Net(n) if n.contains(ip))
+                    port_ok(&r.ports) && matches!(&r.pattern, Pattern::Net(n) if n.contains(ip))
                 }),
         }
     }
 }
 
 impl RuleSet {
-    /// The first glob in file order matching `name` on `target.port`.
-    fn first_glob(&self, name: &str, target: &Target<'_>) -> Option<u32> {
+    /// The first glob in file order matching `name` with ports `port_ok` accepts.
+    fn first_glob(
+        &self,
+        name: &str,
+        target: &Target<'_>,
+        port_ok: &impl Fn(&Ports) -> bool,
+    ) -> Option<u32> {
         let mut best: Option<u32> = None;
         for tail in proper_suffixes(name) {
             let Some(bucket) = self.globs.get(tail) else {
@@ -192,9 +207,7 @@ impl RuleSet {
                 if best.is_some_and(|b| b < *i) {
                     break;
                 }
-                if self.rules[*i as usize].ports.contains(target.port)
-                    && glob.is_match_candidate(&cand)
-                {
+                if port_ok(&self.rules[*i as usize].ports) && glob.is_match_candidate(&cand) {
                     best = Some(*i);
                     break;
                 }

@@ -55,12 +55,65 @@ pub(crate) enum DnsError {
     #[error("the name has no A or AAAA records")]
     NoAddresses,
     #[error("lookup failed: {0}")]
-    Failed(String),
+    Failed(LookupFailure),
     #[error("too many lookups in flight")]
     Busy,
 }
 
+/// Why one query failed, kept as data so the audit log can spell it
+/// (`SERVFAIL`, `timeout`) without parsing an error message back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LookupFailure {
+    /// The server answered with this error code.
+    Code(ResponseCode),
+    /// No answer within the resolver's tries.
+    Timeout,
+    /// Anything else, such as a local error (out of descriptors).
+    Other(String),
+}
+
+impl LookupFailure {
+    fn of(error: NetError) -> LookupFailure {
+        match error {
+            NetError::Timeout => LookupFailure::Timeout,
+            NetError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => LookupFailure::Timeout,
+            NetError::Dns(WireError::ResponseCode(code)) => LookupFailure::Code(code),
+            other => LookupFailure::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for LookupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The mnemonics of RFC 1035 and dig, not hickory's prose.
+            LookupFailure::Code(code) => match code {
+                ResponseCode::FormErr => f.write_str("FORMERR"),
+                ResponseCode::ServFail => f.write_str("SERVFAIL"),
+                ResponseCode::NXDomain => f.write_str("NXDOMAIN"),
+                ResponseCode::NotImp => f.write_str("NOTIMP"),
+                ResponseCode::Refused => f.write_str("REFUSED"),
+                other => write!(f, "RCODE {}", u16::from(*other)),
+            },
+            LookupFailure::Timeout => f.write_str("timeout"),
+            LookupFailure::Other(text) => f.write_str(text),
+        }
+    }
+}
+
 impl DnsError {
+    /// The short cause an audit record's `error` names: `NXDOMAIN`,
+    /// `no addresses`, `SERVFAIL`, `timeout`, ...
+    pub(crate) fn cause(&self) -> String {
+        match self {
+            Self::InvalidName(_) => "invalid name".to_string(),
+            Self::NxDomain => "NXDOMAIN".to_string(),
+            Self::NoAddresses => "no addresses".to_string(),
+            Self::Failed(failure) => failure.to_string(),
+            Self::Busy => "too many lookups in flight".to_string(),
+        }
+    }
+
     /// The `dns_lookup_seconds{result}` label for this failure.
     pub(crate) fn metric_result(&self) -> DnsResult {
         match self {
@@ -80,7 +133,7 @@ pub(crate) struct Answers {
     /// timeout, a local error such as running out of descriptors). With none
     /// of `addrs` dialable, the answer is then incomplete: `dns_error`, never
     /// `blocked_ip`.
-    pub failed: Option<String>,
+    pub failed: Option<LookupFailure>,
 }
 
 impl Answers {
@@ -239,10 +292,10 @@ impl Resolver {
                 match response_code {
                     ResponseCode::NXDomain => Answer::NxDomain,
                     ResponseCode::NoError => Answer::NoData,
-                    code => Answer::Failed(code.to_string()),
+                    code => Answer::Failed(LookupFailure::Code(code)),
                 }
             }
-            Err(error) => Answer::Failed(error.to_string()),
+            Err(error) => Answer::Failed(LookupFailure::of(error)),
         }
     }
 }
@@ -254,7 +307,7 @@ enum Answer {
     /// The name exists without records of this type.
     NoData,
     NxDomain,
-    Failed(String),
+    Failed(LookupFailure),
 }
 
 /// `host` as an absolute name, so resolv.conf `search` domains are never appended.

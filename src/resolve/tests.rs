@@ -133,10 +133,24 @@ async fn negative_answers() {
         resolver.lookup("empty.test").await,
         Err(DnsError::NoAddresses)
     );
-    assert!(matches!(
-        resolver.lookup("servfail.test").await,
-        Err(DnsError::Failed(_))
-    ));
+    let servfail = resolver.lookup("servfail.test").await;
+    assert_eq!(
+        servfail,
+        Err(DnsError::Failed(LookupFailure::Code(
+            ResponseCode::ServFail
+        )))
+    );
+    // The audit `error` spells each the way dig does.
+    let causes = [
+        resolver.lookup("nx.test").await,
+        resolver.lookup("empty.test").await,
+        servfail,
+    ]
+    .map(|r| r.map_err(|e| e.cause()).err());
+    assert_eq!(
+        causes.each_ref().map(Option::as_deref),
+        [Some("NXDOMAIN"), Some("no addresses"), Some("SERVFAIL")]
+    );
 }
 
 #[tokio::test]
@@ -211,7 +225,11 @@ async fn a_dead_server_fails_within_bounded_time() {
     let result = tokio::time::timeout(Duration::from_secs(15), resolver.lookup("v4.test"))
         .await
         .expect("lookup gave up by itself");
-    assert!(matches!(result, Err(DnsError::Failed(_))), "{result:?}");
+    assert_eq!(result, Err(DnsError::Failed(LookupFailure::Timeout)));
+    assert_eq!(
+        result.map_err(|e| e.cause()).err().as_deref(),
+        Some("timeout")
+    );
     let elapsed = started.elapsed();
     assert!(elapsed < TIMEOUT * 4, "took {elapsed:?}");
 }
@@ -237,7 +255,11 @@ async fn a_failed_family_is_noted_next_to_the_other_familys_answers() {
     let resolver = dns.resolver();
     let answers = resolver.lookup("half.test").await.expect("AAAA answered");
     assert_eq!(answers.addrs, [IpAddr::V6(Ipv6Addr::LOCALHOST)]);
-    assert!(answers.failed.is_some(), "{answers:?}");
+    assert_eq!(
+        answers.failed,
+        Some(LookupFailure::Code(ResponseCode::ServFail)),
+        "{answers:?}"
+    );
     let answers = resolver.lookup("both.test").await.expect("answered");
     assert_eq!(answers.failed, None, "{answers:?}");
 }

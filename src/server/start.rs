@@ -20,7 +20,7 @@ use crate::state::{Shared, Snapshot};
 use crate::telemetry::audit::{AuditLog, QueueLimit};
 use crate::telemetry::diag::DiagStats;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::{Listener, Telemetry};
+use crate::telemetry::{self, Listener, Telemetry};
 use crate::{admin, policy_file, reload, resolve};
 
 /// A proxy serving: what the drain has to stop, in order.
@@ -61,6 +61,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
         metrics.audit_counters(),
     )?);
     let resolver = resolve::Resolver::new(&args.nameservers)?.with_metrics(metrics.clone());
+    let instance = telemetry::instance::identify(args.instance_id.as_deref()).await;
 
     let bound = Bound::bind(&args).await?;
     let own_addrs = bound.announce();
@@ -70,7 +71,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let snapshot = Snapshot {
         policy: compiled.policy,
         generation: 1,
-        sha256: sha256.clone(),
+        sha256: sha256.into(),
     };
     let dialer = Dialer::new(
         resolver,
@@ -81,7 +82,11 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let shared = Arc::new(Shared::new(
         snapshot,
         dialer,
-        Telemetry { metrics, audit },
+        Telemetry {
+            metrics,
+            audit,
+            instance,
+        },
         config.limits,
         args.revalidate_on_reload,
     ));
@@ -103,6 +108,7 @@ async fn serve(
         lifecycle: shared.lifecycle.clone(),
         policy_path: args.policy.clone(),
         listeners: bound.addrs(),
+        instance: shared.telemetry.instance.clone(),
     });
     let (admin, data_listeners) = bound.split();
     let admin_task = tokio::spawn(admin::serve(status, shared.limits.header_timeout, admin));

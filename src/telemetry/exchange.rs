@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::audit::{AuditLog, AuditRecord, Event};
 use super::destination::destination_of;
 use super::metrics::Metrics;
-use super::{DEFAULT_CLIENT, Listener, UNKNOWN_CLIENT};
+use super::{DEFAULT_CLIENT, Ending, Listener, RequestId, UNKNOWN_CLIENT};
 use crate::policy::{Reason, Verdict};
 
 /// Everything an exchange recorded, once it is over.
@@ -38,6 +38,19 @@ pub struct Finished {
     pub generation: Option<u64>,
     /// Admitted by the audit log: the record is owed (see [`AuditLog::write`]).
     pub admitted: bool,
+    pub request_id: RequestId,
+    /// Which proxy this is.
+    pub instance: Arc<str>,
+    /// SHA-256 of the deciding policy.
+    pub policy_sha256: Option<Arc<str>>,
+    /// A short cause of a network or TLS failure.
+    pub error: Option<String>,
+    /// How an admitted exchange ended.
+    pub end: Option<Ending>,
+    /// In report mode, the reason enforce would have refused with.
+    pub enforce_reason: Option<Reason>,
+    /// For refusals, the human cause.
+    pub detail: Option<String>,
 }
 
 impl Finished {
@@ -103,6 +116,13 @@ impl From<Finished> for AuditRecord {
         rec.bytes_ingress = Some(f.ingress);
         rec.duration_ms = Some(f.duration.as_millis() as u64);
         rec.policy_generation = f.generation;
+        rec.request_id = Some(f.request_id);
+        rec.instance = Some(f.instance);
+        rec.policy_sha256 = f.policy_sha256;
+        rec.error = f.error;
+        rec.end = f.end;
+        rec.enforce_reason = f.enforce_reason;
+        rec.detail = f.detail;
         rec
     }
 }

@@ -7,11 +7,13 @@ pub(crate) mod audit;
 pub(crate) mod destination;
 pub mod diag;
 pub(crate) mod exchange;
+pub(crate) mod instance;
 pub(crate) mod metrics;
 
+use std::fmt;
 use std::sync::Arc;
 
-use audit::AuditLog;
+use audit::{AuditLog, AuditRecord};
 use exchange::Finished;
 use metrics::Metrics;
 
@@ -24,12 +26,53 @@ pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     /// The audit log writer.
     pub audit: Arc<AuditLog>,
+    /// Which proxy this is, stamped in every audit record (see [`instance`]).
+    pub instance: Arc<str>,
 }
 
 impl Telemetry {
     /// Counts a finished exchange and writes its audit record.
     pub fn record(&self, finished: Finished) {
         finished.record(&self.metrics, &self.audit);
+    }
+
+    /// Writes a record that is not an exchange's (`policy_reload`), stamped with the instance.
+    pub fn write_audit(&self, mut record: AuditRecord) {
+        record.instance = Some(self.instance.clone());
+        self.audit.write(&record);
+    }
+}
+
+/// The unique id of one exchange: a UUID v7, so ids sort by creation time
+/// (to the millisecond, and in creation order within one process) and stay
+/// unique across replicas without coordination. Sent to the client as
+/// `X-Portcullis-Request-Id` and written as the audit `request_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(uuid::Uuid);
+
+impl RequestId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl serde::Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        serializer.serialize_str(self.0.hyphenated().encode_lower(&mut buf))
     }
 }
 
@@ -109,6 +152,24 @@ pub const UNKNOWN_CLIENT: &str = "_unknown";
 pub const DEFAULT_CLIENT: &str = crate::policy::diff::EVERYONE;
 
 label_enum! {
+    /// How an admitted exchange ended (the audit `end`).
+    Ending {
+        /// The client stopped sending first (or went away before a response was relayed).
+        ClientClosed => "client_closed",
+        /// The upstream stopped sending first; for a forwarded request, its response was relayed whole.
+        UpstreamClosed => "upstream_closed",
+        /// No bytes either way for `--idle-timeout`.
+        IdleTimeout => "idle_timeout",
+        /// Cut when the drain timeout expired at shutdown.
+        Drain => "drain",
+        /// Cut because a reload denied its destination (`--revalidate-on-reload`).
+        PolicyRevoked => "policy_revoked",
+        /// A socket or the upstream failed (a reset, a response cut short).
+        Error => "error",
+    }
+}
+
+label_enum! {
     /// Outcome of a policy reload.
     ReloadResult {
         /// The new policy was swapped in.
@@ -138,6 +199,20 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Listener::Explicit).ok().as_deref(),
             Some("\"explicit\"")
+        );
+        assert_eq!(Ending::ClientClosed.as_str(), "client_closed");
+    }
+
+    #[test]
+    fn request_ids_are_v7_uuids_in_creation_order() {
+        let ids: Vec<RequestId> = (0..1000).map(|_| RequestId::new()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing");
+        let text = ids[0].to_string();
+        assert_eq!(text.len(), 36, "{text}");
+        assert_eq!(&text[14..15], "7", "version nibble: {text}");
+        assert_eq!(
+            serde_json::to_string(&ids[0]).ok(),
+            Some(format!("\"{text}\""))
         );
     }
 }

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{BUF, Counters};
+use super::{BUF, Counters, Side};
 use crate::tls_peek::{ClientFlight, ServerState, ServerWatch, Violation};
 
 /// Which directions are still open when the relay takes over.
@@ -31,7 +31,7 @@ impl Open {
 
 pub(super) enum Stop {
     /// A socket failed (a reset): the tunnel ends.
-    Io,
+    Io(std::io::ErrorKind),
     /// The client broke a rule.
     Refused(Violation),
 }
@@ -43,8 +43,8 @@ impl From<Violation> for Stop {
 }
 
 impl From<std::io::Error> for Stop {
-    fn from(_: std::io::Error) -> Stop {
-        Stop::Io
+    fn from(e: std::io::Error) -> Stop {
+        Stop::Io(e.kind())
     }
 }
 
@@ -120,6 +120,7 @@ async fn relay(
                 match client.try_read_buf(buf) {
                     Ok(0) => {
                         flight.closed()?;
+                        counters.closed(Side::Client);
                         open.client = false;
                         upstream.shutdown().await?;
                     }
@@ -133,6 +134,7 @@ async fn relay(
                 let mut buf = vec![0u8; BUF];
                 match upstream.try_read(&mut buf) {
                     Ok(0) => {
+                        counters.closed(Side::Upstream);
                         open.upstream = false;
                         client.shutdown().await?;
                     }

@@ -23,11 +23,21 @@ mod handshake;
 /// Copy buffer per direction while bytes are moving.
 const BUF: usize = 16 * 1024;
 
+/// One end of a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Upstream,
+}
+
 /// Why a tunnel ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum End {
-    /// Both sides closed (or one reset).
-    Closed,
+    /// Both directions are done; this side stopped sending first (a reset
+    /// after that still counts as a close).
+    Closed(Side),
+    /// A socket failed (a reset) before either side closed.
+    Failed(std::io::ErrorKind),
     /// No bytes either way for the idle timeout.
     Idle,
     /// The drain timeout expired during shutdown, or a reload revoked the tunnel.
@@ -45,9 +55,21 @@ pub(crate) struct Counters {
     last_activity_ms: AtomicU64,
     /// The server name of the client's first ClientHello, when it sent one.
     pub sni: OnceLock<String>,
+    /// The side that stopped sending first.
+    first_closed: OnceLock<Side>,
 }
 
 impl Counters {
+    /// Notes that `side` stopped sending (its EOF was read); the first call wins.
+    pub(crate) fn closed(&self, side: Side) {
+        let _ = self.first_closed.set(side);
+    }
+
+    /// The side that stopped sending first, if either did.
+    pub(crate) fn first_closed(&self) -> Option<Side> {
+        self.first_closed.get().copied()
+    }
+
     pub(crate) fn egress(&self) -> u64 {
         self.egress.load(Ordering::Relaxed)
     }
@@ -132,7 +154,7 @@ async fn relay(
             .await;
             match inspected {
                 Ok(still_open) => open = still_open,
-                Err(handshake::Stop::Io) => return End::Closed,
+                Err(handshake::Stop::Io(kind)) => return End::Failed(kind),
                 Err(handshake::Stop::Refused(v)) => {
                     // One small write that cannot block: the refusal must not wait on the client.
                     let _ = client.try_write(&tls_peek::alert(tls_peek::ACCESS_DENIED));
@@ -144,8 +166,8 @@ async fn relay(
         None if !prefix.is_empty() => {
             let head = prefix.to_vec();
             drop(prefix);
-            if upstream.write_all(&head).await.is_err() {
-                return End::Closed;
+            if let Err(e) = upstream.write_all(&head).await {
+                return End::Failed(e.kind());
             }
             counters
                 .egress
@@ -158,21 +180,26 @@ async fn relay(
     let (up_r, up_w) = upstream.into_split();
     let egress = async {
         if open.client {
-            one_way(client_r, up_w, &counters.egress, touch).await
-        } else {
-            Ok(())
+            one_way(client_r, up_w, &counters.egress, touch).await?;
         }
+        counters.closed(Side::Client);
+        Ok(())
     };
     let ingress = async {
         if open.upstream {
-            one_way(up_r, client_w, &counters.ingress, touch).await
-        } else {
-            Ok(())
+            one_way(up_r, client_w, &counters.ingress, touch).await?;
         }
+        counters.closed(Side::Upstream);
+        Ok(())
     };
     // An error in one direction (a reset) ends the tunnel.
-    let _ = tokio::try_join!(egress, ingress);
-    End::Closed
+    let joined: std::io::Result<((), ())> = tokio::try_join!(egress, ingress);
+    match (joined, counters.first_closed()) {
+        (_, Some(side)) => End::Closed(side),
+        (Err(e), None) => End::Failed(e.kind()),
+        // Both directions finished, so one of them noted its close.
+        (Ok(_), None) => End::Closed(Side::Client),
+    }
 }
 
 /// Relays one direction until EOF: zero-copy where `splice` is built in,

@@ -54,8 +54,60 @@ async fn relays_both_ways_counts_prefix_and_passes_half_close() {
         assert_eq!(back, b"world!");
     };
     let (end, ()) = tokio::join!(pumping, driving);
-    assert_eq!(end, End::Closed);
+    assert_eq!(
+        end,
+        End::Closed(Side::Client),
+        "the client half-closed first"
+    );
     assert_eq!((counters.egress(), counters.ingress()), (6, 6));
+}
+
+#[tokio::test]
+async fn the_side_that_closes_first_is_noted() {
+    let ((c, mut client_peer), (u, mut upstream_peer)) = pairs().await;
+    let counters = Counters::default();
+    let abort = CancellationToken::new();
+    let pumping = pump(
+        client(c, b""),
+        u,
+        Duration::from_secs(5),
+        &abort,
+        &counters,
+        None,
+    );
+    let driving = async {
+        upstream_peer.write_all(b"bye").await.unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client_peer.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"bye");
+        client_peer.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        upstream_peer.read_to_end(&mut rest).await.unwrap();
+    };
+    let (end, ()) = tokio::join!(pumping, driving);
+    assert_eq!(end, End::Closed(Side::Upstream));
+}
+
+#[tokio::test]
+async fn a_reset_before_any_close_is_a_failure() {
+    let ((c, _client_peer), (u, upstream_peer)) = pairs().await;
+    let abort = CancellationToken::new();
+    // SO_LINGER 0: closing sends a reset instead of a FIN.
+    socket2::SockRef::from(&upstream_peer)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(upstream_peer);
+    let end = pump(
+        client(c, b""),
+        u,
+        Duration::from_secs(5),
+        &abort,
+        &Counters::default(),
+        None,
+    )
+    .await;
+    assert_eq!(end, End::Failed(std::io::ErrorKind::ConnectionReset));
 }
 
 fn inspect(expect: Expect) -> Option<Inspect> {
@@ -92,7 +144,7 @@ async fn server_first_bytes_flow_while_the_first_flight_is_awaited() {
         drop((client_peer, upstream_peer));
     };
     let (end, ()) = tokio::join!(pumping, driving);
-    assert_eq!(end, End::Closed);
+    assert!(matches!(end, End::Closed(_)), "{end:?}");
 }
 
 #[tokio::test]
@@ -170,7 +222,7 @@ async fn the_hello_after_a_retry_is_checked_then_the_tunnel_goes_blind() {
         };
         let (end, ()) = tokio::join!(pumping, driving);
         if second_name == "a.example" {
-            assert_eq!(end, End::Closed);
+            assert!(matches!(end, End::Closed(_)), "{end:?}");
         } else {
             assert!(matches!(end, End::Refused(v) if v.reason == Reason::SniMismatch));
         }

@@ -4,6 +4,7 @@
 // shared fixtures are `pub` for its own modules on purpose.
 #![allow(unreachable_pub)]
 
+mod audit_evidence;
 mod cli_check;
 mod cli_diff;
 mod cli_explain;

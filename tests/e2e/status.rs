@@ -79,12 +79,12 @@ async fn status_follows_good_bad_unchanged_and_missing_policies() {
     let dir = PolicyDir::new("status");
     let first = loopback_policy(&["a.test:*"], "");
     std::fs::write(dir.file(), &first).unwrap();
-    let proxy = start(&dir, &dns, &[]).await;
+    let proxy = start(&dir, &dns, &["--instance-id", "egress-a"]).await;
 
     // At start: the load counts as a successful reload.
     let doc = status(&proxy).await;
     assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"), "{doc:#}");
-    assert!(doc.get("instance").is_some_and(Value::is_null), "{doc:#}");
+    assert_eq!(doc["instance"], "egress-a", "{doc:#}");
     assert_eq!(doc["draining"], false, "{doc:#}");
     let path = dir.file().display().to_string();
     let policy = &doc["policy"];

@@ -394,5 +394,93 @@ fn rule_count_counts_each_rule_once() {
     assert_eq!(top_only.rule_count(), 3);
 }
 
+/// The `detail` of each kind of refusal: what a developer reads in the body and the audit log.
+#[test]
+fn refusal_details_name_the_cause() {
+    let p = policy(
+        r#"
+version: 1
+allow:
+  - "registry.npmjs.org:443,80"
+  - "*.glob-*.example:8080"
+  - 10.1.0.0/16:443
+deny:
+  - "uploads.example.com"
+clients:
+  - name: ci
+    sources: [127.0.0.0/8]
+    allow: ["ci-only.example:22"]
+"#,
+    );
+    let rows = [
+        (
+            "no rule at all",
+            A,
+            "pastebin.com",
+            443,
+            "no allow rule for pastebin.com:443",
+        ),
+        (
+            "a rule on other ports",
+            A,
+            "registry.npmjs.org",
+            8443,
+            "registry.npmjs.org is allowed only on ports 443,80",
+        ),
+        (
+            "a glob on another port",
+            A,
+            "a.glob-1.example",
+            443,
+            "a.glob-1.example is allowed only on ports 8080",
+        ),
+        (
+            "a client's own rule on another port",
+            A,
+            "ci-only.example",
+            443,
+            "ci-only.example is allowed only on ports 22",
+        ),
+        (
+            "an IP range on another port",
+            A,
+            "10.1.2.3",
+            80,
+            "10.1.2.3 is allowed only on ports 443",
+        ),
+        (
+            "a deny rule",
+            A,
+            "uploads.example.com",
+            443,
+            "deny rule `uploads.example.com`",
+        ),
+        (
+            "an unknown source",
+            "192.0.2.7",
+            "registry.npmjs.org",
+            443,
+            "source 192.0.2.7 matches no client",
+        ),
+        (
+            "a guarded literal",
+            A,
+            "10.1.2.3",
+            443,
+            "10.1.2.3 is a guarded address",
+        ),
+    ];
+    for (name, client, host, port, want) in rows {
+        let host = Host::parse(host).unwrap();
+        let d = p.decide(ip(client), &host, port);
+        assert!(!d.verdict.permits(), "{name}: {d:?}");
+        assert_eq!(
+            p.refusal_detail(ip(client), &host, port, &d),
+            want,
+            "{name}"
+        );
+    }
+}
+
 mod guard_and_clients;
 mod index;

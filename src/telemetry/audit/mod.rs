@@ -4,11 +4,12 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use super::{Listener, ReloadResult, label_enum};
+use super::{Ending, Listener, ReloadResult, RequestId, label_enum};
 use crate::policy::{Reason, Verdict};
 
 /// Records queued between the data path and the writer thread before `--audit-overflow` applies.
@@ -62,13 +63,11 @@ pub struct ReloadDetails {
     pub sha256: Option<String>,
     /// Rules in the new policy.
     pub rules: Option<usize>,
-    /// Why the file was rejected (with line and column).
-    pub error: Option<String>,
     /// What changed against the previous policy, in whatever shape the reloader chooses.
     pub changes: Option<serde_json::Value>,
 }
 
-/// One audit line. Every SPEC key is always serialised, `null` when `None`.
+/// One audit line. Every key is always serialised, `null` when `None`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
     pub ts: Timestamp,
@@ -91,7 +90,23 @@ pub struct AuditRecord {
     pub bytes_ingress: Option<u64>,
     pub duration_ms: Option<u64>,
     pub policy_generation: Option<u64>,
-    /// Only set by [`AuditRecord::policy_reload`], so SPEC keys can never be shadowed.
+    /// The exchange's unique id, also sent to the client; `null` on `policy_reload`.
+    pub request_id: Option<RequestId>,
+    /// Which proxy wrote the record (`--instance-id`, the ECS task ARN, or the host name).
+    pub instance: Option<Arc<str>>,
+    /// SHA-256 of the policy that decided (on `policy_reload`, the one in force afterwards).
+    pub policy_sha256: Option<Arc<str>>,
+    /// The credential that matched a client: none exists yet, so always `null`.
+    pub identity: Option<String>,
+    /// A short cause of a network or TLS failure; on `policy_reload`, why the file was rejected.
+    pub error: Option<String>,
+    /// How an admitted exchange ended; `null` for refusals.
+    pub end: Option<Ending>,
+    /// In report mode, the reason enforce mode would have refused with.
+    pub enforce_reason: Option<Reason>,
+    /// For refusals, the human cause (also the refusal body).
+    pub detail: Option<String>,
+    /// Only set by [`AuditRecord::policy_reload`], so the keys above can never be shadowed.
     #[serde(flatten)]
     reload: Option<ReloadDetails>,
 }
@@ -118,14 +133,30 @@ impl AuditRecord {
             bytes_ingress: None,
             duration_ms: None,
             policy_generation: None,
+            request_id: None,
+            instance: None,
+            policy_sha256: None,
+            identity: None,
+            error: None,
+            end: None,
+            enforce_reason: None,
+            detail: None,
             reload: None,
         }
     }
 
-    /// A `policy_reload` record; `generation` is the policy in force afterwards.
-    pub fn policy_reload(generation: Option<u64>, details: ReloadDetails) -> Self {
+    /// A `policy_reload` record; `generation` and `sha256` are the policy in
+    /// force afterwards, `error` why the file was rejected.
+    pub fn policy_reload(
+        generation: u64,
+        sha256: Arc<str>,
+        details: ReloadDetails,
+        error: Option<String>,
+    ) -> Self {
         Self {
-            policy_generation: generation,
+            policy_generation: Some(generation),
+            policy_sha256: Some(sha256),
+            error,
             reload: Some(details),
             ..Self::new(Event::PolicyReload)
         }

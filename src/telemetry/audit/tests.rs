@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::*;
 use std::sync::atomic::AtomicUsize;
 
-const SPEC_KEYS: [&str; 18] = [
+const SPEC_KEYS: [&str; 26] = [
     "ts",
     "event",
     "listener",
@@ -28,6 +28,14 @@ const SPEC_KEYS: [&str; 18] = [
     "bytes_ingress",
     "duration_ms",
     "policy_generation",
+    "request_id",
+    "instance",
+    "policy_sha256",
+    "identity",
+    "error",
+    "end",
+    "enforce_reason",
+    "detail",
 ];
 
 fn temp_path(name: &str) -> PathBuf {
@@ -105,6 +113,13 @@ fn every_spec_key_is_present_and_absent_values_are_null() {
     conn.bytes_ingress = Some(20);
     conn.duration_ms = Some(1234);
     conn.policy_generation = Some(3);
+    conn.request_id = Some(crate::telemetry::RequestId::new());
+    conn.instance = Some("edge-1".into());
+    conn.policy_sha256 = Some("ab".repeat(32).into());
+    conn.error = Some("connection reset".into());
+    conn.end = Some(crate::telemetry::Ending::Error);
+    conn.enforce_reason = Some(Reason::NotAllowed);
+    conn.detail = Some("revoked by generation 4".into());
     log.write(&conn);
 
     let mut denied = AuditRecord::new(Event::Request);
@@ -113,22 +128,29 @@ fn every_spec_key_is_present_and_absent_values_are_null() {
     log.write(&denied);
 
     log.write(&AuditRecord::policy_reload(
-        Some(4),
+        4,
+        "cd".repeat(32).into(),
         ReloadDetails {
             result: ReloadResult::Ok,
             path: Some("config/portcullis.yaml".into()),
             sha256: None,
             rules: Some(12),
-            error: None,
             changes: Some(serde_json::json!({"added": ["a.example"]})),
         },
+        None,
     ));
     let started = conn.ts.0;
     log.close_within(Instant::now() + Duration::from_secs(10));
 
     let records = read_lines(&path);
+    let raw = std::fs::read_to_string(&path).expect("read audit file");
     let _ = std::fs::remove_file(&path);
     assert_eq!(records.len(), 3);
+    // One `error` key per line, whatever the event: a flattened duplicate
+    // would make the line ambiguous (parsers keep either value).
+    for line in raw.lines() {
+        assert_eq!(line.matches("\"error\":").count(), 1, "{line}");
+    }
     for record in &records {
         for key in SPEC_KEYS {
             assert!(record.contains_key(key), "{key} missing from {record:?}");
@@ -151,6 +173,11 @@ fn every_spec_key_is_present_and_absent_values_are_null() {
     assert_eq!(conn["port"], 443);
     assert_eq!(conn["decision"], "allow");
     assert_eq!(conn["duration_ms"], 1234);
+    assert_eq!(conn["instance"], "edge-1");
+    assert_eq!(conn["end"], "error");
+    assert_eq!(conn["enforce_reason"], "not_allowed");
+    assert_eq!(conn["identity"], serde_json::Value::Null);
+    assert_eq!(conn["request_id"].as_str().map(str::len), Some(36));
 
     let denied = &records[1];
     assert_eq!(denied.len(), SPEC_KEYS.len());
@@ -169,7 +196,10 @@ fn every_spec_key_is_present_and_absent_values_are_null() {
     assert_eq!(reload["result"], "ok");
     assert_eq!(reload["rules"], 12);
     assert!(reload["sha256"].is_null());
+    assert_eq!(reload["policy_sha256"], "cd".repeat(32));
     assert!(reload["error"].is_null());
+    assert!(reload["request_id"].is_null());
+    assert_eq!(reload.len(), SPEC_KEYS.len() + 5, "{reload:?}");
     assert_eq!(reload["changes"]["added"][0], "a.example");
 }
 

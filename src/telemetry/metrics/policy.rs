@@ -68,7 +68,7 @@ impl LivePolicy {
             .collect();
         LivePolicy {
             generation: snap.generation,
-            sha256: snap.sha256.clone(),
+            sha256: snap.sha256.to_string(),
             mode: PolicyMode::of(policy),
             clients,
             loaded_at,

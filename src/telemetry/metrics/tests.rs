@@ -18,7 +18,7 @@ fn snapshot(yaml: &str, generation: u64, sha256: &str) -> Snapshot {
     Snapshot {
         policy: compiled.policy,
         generation,
-        sha256: sha256.to_string(),
+        sha256: sha256.into(),
     }
 }
 

@@ -22,8 +22,8 @@ pub const STARTUP: Duration = Duration::from_secs(15);
 /// How often conditions are polled.
 pub const POLL: Duration = Duration::from_millis(25);
 
-/// The SPEC 8 keys every audit record carries (`null` when absent).
-pub const AUDIT_KEYS: [&str; 18] = [
+/// The keys every audit record carries (`null` when absent).
+pub const AUDIT_KEYS: [&str; 26] = [
     "ts",
     "event",
     "listener",
@@ -42,6 +42,14 @@ pub const AUDIT_KEYS: [&str; 18] = [
     "bytes_ingress",
     "duration_ms",
     "policy_generation",
+    "request_id",
+    "instance",
+    "policy_sha256",
+    "identity",
+    "error",
+    "end",
+    "enforce_reason",
+    "detail",
 ];
 
 /// A policy that allows `allow` (rules as written) and carves loopback out of the IP guard so
@@ -77,6 +85,8 @@ pub struct Launch<'a> {
     pub policy_path: Option<&'a std::path::Path>,
     /// Start under `ulimit -n` of this many file descriptors.
     pub fd_limit: Option<u32>,
+    /// Extra environment variables for the process.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 /// Where the audit records of a [`Proxy`] go.
@@ -167,12 +177,16 @@ impl Proxy {
             }
         };
         cmd.arg("run");
-        // The test's own environment must not change what the flags say.
+        // The test's own environment must not change what the flags say
+        // (nor, on ECS, name the instance).
         for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("PORTCULLIS_") {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("PORTCULLIS_") || key_text.starts_with("ECS_CONTAINER_METADATA")
+            {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(launch.env.iter().copied());
         for (flag, var, value) in &settings {
             match launch.via_env {
                 true => cmd.env(var, value),
