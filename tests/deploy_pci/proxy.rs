@@ -25,6 +25,8 @@ pub(crate) struct Output {
     /// Audit records the runs lost, by their own count: `lost_total` while
     /// running plus `abandoned` at exit.
     pub(crate) lost: u64,
+    /// Exchanges refused as `audit_unavailable`, by the proxy's own count (`refused_total`).
+    pub(crate) refused: u64,
 }
 
 /// Gathered on first use: each test reads the same lines.
@@ -137,6 +139,12 @@ impl Run {
 
     /// A CONNECT to a host the policy does not allow: answered 403 at once.
     fn refused_connect(&self, host: &str) {
+        let head = self.connect(host);
+        assert!(head.starts_with("HTTP/1.1 403"), "{host}: {head}");
+    }
+
+    /// Sends `CONNECT host:443` and returns the response head.
+    fn connect(&self, host: &str) -> String {
         let mut s = TcpStream::connect(self.addr).expect("connect to the proxy");
         s.set_read_timeout(Some(WAIT)).unwrap();
         write!(s, "CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n").unwrap();
@@ -148,8 +156,7 @@ impl Run {
                 _ => break,
             }
         }
-        let head = String::from_utf8_lossy(&head);
-        assert!(head.starts_with("HTTP/1.1 403"), "{host}: {head}");
+        String::from_utf8_lossy(&head).into_owned()
     }
 
     /// SIGTERM, then the exit (bounded by `WAIT`).
@@ -201,8 +208,9 @@ fn gather() -> Output {
     drop(run);
     std::fs::write(&policy, "version: 1\nallow: [api.stripe.com]\n").unwrap();
 
-    // An audit sink that fails every write: the records are lost, and a warning says how many.
-    let run = Run::start(&policy, "/dev/full", false, &[]);
+    // An audit sink that fails every write, with `--audit-overflow drop`: the
+    // records are lost, and a warning says how many.
+    let run = Run::start(&policy, "/dev/full", false, &["--audit-overflow", "drop"]);
     let run_stderr = run.stderr.clone();
     run.refused_connect("pastebin.com");
     run.wait_stderr("the `audit records lost` warning", |v| {
@@ -210,6 +218,36 @@ fn gather() -> Output {
     });
     drop(run);
     let stderr = lines(&run_stderr);
+    out.lost += (stderr.iter())
+        .filter_map(|l| json(l)["lost_total"].as_u64())
+        .max()
+        .unwrap_or(0);
+    out.stderr.extend(stderr);
+
+    // The same sink with the default `--audit-overflow refuse` and a queue of
+    // two: the start-up record and one refusal fill it, and what comes next is
+    // refused as `audit_unavailable`, which a warning counts once a second.
+    let run = Run::start(&policy, "/dev/full", false, &["--audit-queue-records", "2"]);
+    let run_stderr = run.stderr.clone();
+    let mut unavailable = 0;
+    for i in 0..20 {
+        let head = run.connect(&format!("full-{i}.example"));
+        if head.starts_with("HTTP/1.1 503") {
+            assert!(head.contains("audit_unavailable"), "{head}");
+            unavailable += 1;
+        }
+    }
+    assert!(
+        unavailable > 0,
+        "no exchange was refused as audit_unavailable"
+    );
+    run.wait_stderr("the `audit log cannot keep up` warning", |v| {
+        v["refused_total"].as_u64() == Some(unavailable)
+    });
+    drop(run);
+    let stderr = lines(&run_stderr);
+    out.refused = unavailable;
+    // The refusals' own records found no room either: lost, and counted.
     out.lost += (stderr.iter())
         .filter_map(|l| json(l)["lost_total"].as_u64())
         .max()
