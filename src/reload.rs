@@ -217,7 +217,7 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
     });
     shared.policy.store(next.clone());
     shared.telemetry.metrics.policy_reload(ReloadResult::Ok);
-    tracing::info!(generation, sha256 = %sha, compile_ms, changed_clients = changes.len(), ?trigger, "policy reloaded");
+    tracing::info!(generation, sha256 = %sha, compile_ms, changes = changes.len(), ?trigger, "policy reloaded");
     announce(
         &shared.telemetry,
         path,
