@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::support::{TempPolicy, portcullis, stderr, stdout};
+use crate::support::{TempPolicy, portcullis, root, stderr, stdout};
 
 const BASE: &str = "\
 version: 1
@@ -342,4 +342,153 @@ fn a_file_that_does_not_load_exits_two_and_says_why() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-diff-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `docker run --rm -v SRC:DST[:ro]... -w DIR IMAGE ARGS...`, standing in for
+/// the real image: runs the portcullis under test with each DST path in
+/// ARGS mapped back to its SRC.
+const DOCKER_SHIM: &str = r#"#!/usr/bin/env bash
+set -euo pipefail
+[ "$1" = run ] || { echo "shim: only docker run" >&2; exit 125; }
+shift
+maps=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rm) shift ;;
+    -v) maps+=("$2"); shift 2 ;;
+    -w) shift 2 ;;
+    *) break ;;
+  esac
+done
+shift # the image
+args=()
+for arg in "$@"; do
+  for m in "${maps[@]}"; do
+    src=${m%%:*}; rest=${m#*:}; dst=${rest%%:*}
+    case "$arg" in "$dst"/*) arg="$src${arg#"$dst"}" ;; esac
+  done
+  args+=("$arg")
+done
+exec "$PORTCULLIS_BIN" "${args[@]}"
+"#;
+
+/// The shipped workflow's diff step, run as GitHub would (bash -eo pipefail)
+/// against a real Git checkout, with `docker` standing in for the image:
+/// exit 1 from `diff` is a change to review (the step passes and the summary
+/// has the diff), exit 2 fails the step.
+#[test]
+fn the_workflow_posts_changes_for_review_and_fails_on_a_broken_policy() {
+    let workflow =
+        std::fs::read_to_string(root().join("deploy/github-actions/policy-check.yml")).unwrap();
+    let doc: Value = serde_saphyr::from_str(&workflow).unwrap();
+    let script = doc["jobs"]["review"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "diff")
+        .and_then(|s| s["run"].as_str())
+        .expect("the review job has a step with `id: diff`")
+        .to_string();
+    let rows = [
+        (
+            "nothing in reach",
+            "# a comment\n".to_string(),
+            Some(0),
+            "0",
+            "nothing changes in reach",
+        ),
+        (
+            "a change to review",
+            "mode: report\n".to_string(),
+            Some(0),
+            "1",
+            "  ~ mode: enforce → report (unrestricted",
+        ),
+        (
+            "a broken policy",
+            "allow: [\"*\"]\n".to_string(),
+            Some(2),
+            "2",
+            "failed (exit 2)",
+        ),
+    ];
+    for (name, extra, step_exit, status, summary_has) in rows {
+        let dir = Scratch::new(&name.replace(' ', "-"));
+        let (repo, tmp, bin) = (dir.0.join("repo"), dir.0.join("runner"), dir.0.join("bin"));
+        for d in [&repo, &tmp, &bin] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(["-c", "user.name=ci", "-c", "user.email=ci@example.com"])
+                .args(args)
+                .current_dir(&repo)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+            stdout(&out)
+        };
+        git(&["init", "-q"]);
+        std::fs::write(repo.join("portcullis.yaml"), BASE).unwrap();
+        git(&["add", "portcullis.yaml"]);
+        git(&["commit", "-q", "-m", "base"]);
+        let base_sha = git(&["rev-parse", "HEAD"]).trim().to_string();
+        std::fs::write(repo.join("portcullis.yaml"), with(&extra)).unwrap();
+        let shim = bin.join("docker");
+        std::fs::write(&shim, DOCKER_SHIM).unwrap();
+        std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let step = dir.0.join("step.sh");
+        std::fs::write(&step, &script).unwrap();
+        let (summary, output) = (dir.0.join("summary.md"), dir.0.join("output"));
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["--noprofile", "--norc", "-eo", "pipefail"])
+            .arg(&step)
+            .current_dir(&repo)
+            .env("PATH", path)
+            .env("PORTCULLIS_BIN", crate::support::bin())
+            .env("PORTCULLIS_IMAGE", "portcullis:test")
+            .env("POLICY", "portcullis.yaml")
+            .env("BASE_SHA", &base_sha)
+            .env("RUNNER_TEMP", &tmp)
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .env("GITHUB_OUTPUT", &output)
+            .output()
+            .unwrap();
+        let summary = std::fs::read_to_string(&summary).unwrap_or_default();
+        assert_eq!(
+            out.status.code(),
+            step_exit,
+            "{name}: step exit\n{}{}\n{summary}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(summary.contains(summary_has), "{name}: summary\n{summary}");
+        let output = std::fs::read_to_string(&output).unwrap_or_default();
+        assert_eq!(output.trim(), format!("status={status}"), "{name}");
+    }
 }
