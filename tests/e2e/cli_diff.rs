@@ -344,6 +344,41 @@ fn a_file_that_does_not_load_exits_two_and_says_why() {
     );
 }
 
+/// README's review example is what `diff` prints for that change to the
+/// example policy.
+#[test]
+fn the_readme_review_example_is_what_diff_prints() {
+    let base = std::fs::read_to_string(root().join("config/portcullis.yaml")).unwrap();
+    let mut head = base.clone();
+    for (from, to) in [
+        ("  - api.stripe.com\n", "  - \"*.stripe.com\"\n"),
+        (
+            "    sources: [10.0.2.0/24]\n",
+            "    sources: [10.0.0.0/16]\n    mode: report                    # debugging a partner timeout\n",
+        ),
+        (
+            "      - \"api-*.adyen.com\"           # glob: `*` stays inside one label\n",
+            "      - \"api-*.adyen.com\"           # glob: `*` stays inside one label\n      - \"*.adyen.com:443,8443\"\n",
+        ),
+    ] {
+        assert!(
+            head.contains(from),
+            "config/portcullis.yaml has no {from:?}"
+        );
+        head = head.replacen(from, to, 1);
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let command = "$ portcullis diff base/portcullis.yaml config/portcullis.yaml\n";
+    let shown = readme
+        .split_once(command)
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("README shows the review example");
+    let (code, text, _) = run_diff(&base, &head);
+    assert_eq!(code, Some(1));
+    assert_eq!(text, shown, "README's review example is stale");
+}
+
 /// A scratch directory, removed on drop.
 struct Scratch(std::path::PathBuf);
 
