@@ -220,7 +220,7 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
         .telemetry
         .metrics
         .policy_reload(ReloadResult::Ok, None);
-    tracing::info!(generation, sha256 = %sha, compile_ms, changed_clients = changes.len(), ?trigger, "policy reloaded");
+    tracing::info!(generation, sha256 = %sha, compile_ms, changes = changes.len(), ?trigger, "policy reloaded");
     announce(
         &shared.telemetry,
         path,

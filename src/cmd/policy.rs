@@ -1,9 +1,9 @@
-//! `portcullis check`, `explain` and `diff`: the policy core, driven from files.
+//! `portcullis check` and `explain`: the policy core, driven from files.
 
 use std::io::Write;
 use std::net::IpAddr;
 
-use crate::cli::{CheckArgs, DiffArgs, ExplainArgs, OutputFormat};
+use crate::cli::{CheckArgs, ExplainArgs, OutputFormat};
 use crate::policy::host::split_host_port;
 use crate::policy::{Host, Policy, Severity, Verdict};
 use crate::policy_file::{load_policy, render};
@@ -157,31 +157,4 @@ fn rule_line(policy: &Policy, text: &str) -> String {
             || text.to_string(),
             |r| format!("{text} (line {}, column {})", r.line, r.column),
         )
-}
-
-/// `portcullis diff OLD NEW`: exit 0 with the changes, 2 when either file does not load.
-pub fn diff(args: &DiffArgs, out: &mut impl Write, err: &mut impl Write) -> std::io::Result<i32> {
-    let (old, new) = match (load_policy(&args.old), load_policy(&args.new)) {
-        (Ok(o), Ok(n)) => (o.policy, n.policy),
-        (o, n) => {
-            for (path, r) in [(&args.old, o), (&args.new, n)] {
-                if let Err(problems) = r {
-                    for d in &problems {
-                        writeln!(err, "{}", render(path, d))?;
-                    }
-                }
-            }
-            return Ok(exit::USAGE);
-        }
-    };
-    let changes = crate::policy::diff::diff(&old, &new);
-    match args.format {
-        OutputFormat::Text => write!(out, "{}", crate::policy::diff::render(&changes))?,
-        OutputFormat::Json => writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&changes).expect("JSON values serialise")
-        )?,
-    }
-    Ok(exit::OK)
 }

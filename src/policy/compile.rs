@@ -189,6 +189,7 @@ impl Compiler {
         });
         Policy {
             mode: top_mode,
+            default_ports,
             allow,
             deny,
             clients,

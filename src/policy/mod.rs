@@ -216,6 +216,8 @@ pub struct Client {
 pub struct Policy {
     /// The top-level mode.
     pub mode: Mode,
+    /// Ports a destination allows when it names none (`default_ports`).
+    pub default_ports: pattern::Ports,
     /// Destinations every client may reach.
     pub allow: RuleSet,
     /// Destinations nobody reaches, whatever allows them.

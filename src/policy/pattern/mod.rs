@@ -18,6 +18,19 @@ pub enum Ports {
     Ranges(Vec<RangeInclusive<u16>>),
 }
 
+/// The ports of a destination that names none when the policy sets no
+/// `default_ports`: 443.
+impl Default for Ports {
+    fn default() -> Self {
+        Ports::Ranges(
+            super::compile::DEFAULT_PORTS
+                .iter()
+                .map(|&p| p..=p)
+                .collect(),
+        )
+    }
+}
+
 impl Ports {
     /// Whether `port` is covered.
     pub fn contains(&self, port: u16) -> bool {
