@@ -184,14 +184,19 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
         return reload_unchanged(shared, path, &current, trigger);
     }
     let started = std::time::Instant::now();
+    // Compiling and comparing a large policy takes a while: off the event loop, both.
+    let previous = Arc::clone(&current);
     let compiled = tokio::task::spawn_blocking(move || {
         let text = String::from_utf8_lossy(&bytes);
-        Policy::from_yaml(&text)
+        Policy::from_yaml(&text).map(|c| {
+            let changes = diff::diff(&previous.policy, &c.policy);
+            (c, changes)
+        })
     })
     .await;
     let compile_ms = started.elapsed().as_millis() as u64;
-    let compiled = match compiled {
-        Ok(Ok(c)) => c,
+    let (compiled, changes) = match compiled {
+        Ok(Ok(done)) => done,
         Ok(Err(problems)) => {
             for p in &problems {
                 tracing::error!(problem = %render(path, p), "policy reload rejected; keeping the last good policy");
@@ -208,7 +213,6 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
             return reload_failed(shared, path, &current, Some(sha), error);
         }
     };
-    let changes = diff::diff(&current.policy, &compiled.policy);
     let generation = current.generation + 1;
     let next = Arc::new(Snapshot {
         policy: compiled.policy,
