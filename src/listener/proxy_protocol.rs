@@ -568,4 +568,34 @@ mod tests {
         assert_eq!(got, Ok(Err(HeaderError::Timeout(timeout))));
         drop(client);
     }
+
+    proptest::proptest! {
+        /// Any bytes after either signature: no panic, and an accepted header
+        /// leaves the rest of the input unread (it is never longer than what
+        /// the parser accepted as the header).
+        #[test]
+        fn arbitrary_bytes_never_panic_or_overread(
+            v2_start in proptest::bool::ANY,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            let start: &[u8] = if v2_start { V2_SIGNATURE } else { b"PROXY TCP4 " };
+            let input = [start, &body].concat();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let (got, rest) = runtime.block_on(read(&[], &input));
+            if got.is_ok() {
+                let used = input.len() - rest.len();
+                let header = &input[..used];
+                let whole = if v2_start {
+                    v2::Header::try_from(header).is_ok_and(|h| h.len() == used)
+                } else {
+                    v1::Header::try_from(header).is_ok_and(|h| h.header.len() == used)
+                };
+                proptest::prop_assert!(whole, "{:?}", header);
+            }
+        }
+    }
 }
