@@ -145,6 +145,22 @@ pub struct RunArgs {
         default_value_t = 0
     )]
     pub max_connections_per_client: usize,
+    /// Every connection on the proxy listeners (`--listen` and the
+    /// transparent ones) must start with a PROXY protocol v1 or v2 header, as
+    /// a load balancer such as an AWS NLB sends; its source is the client.
+    #[arg(long, env = "PORTCULLIS_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+    /// With --proxy-protocol: the peers (load balancers) allowed to send the
+    /// header, as CIDRs or addresses, comma-separated; others are closed. Default: any peer.
+    #[arg(
+        long,
+        env = "PORTCULLIS_PROXY_PROTOCOL_FROM",
+        value_delimiter = ',',
+        value_name = "CIDR",
+        value_parser = parse_cidr,
+        requires = "proxy_protocol"
+    )]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Threads serving connections, each with its own event loop and all
     /// listeners; a connection stays on the thread that accepted it.
     /// 0: one per CPU the process may use (cgroup quotas included).
@@ -194,6 +210,15 @@ pub struct RunArgs {
         default_value_t = 1000
     )]
     pub max_destination_labels: usize,
+}
+
+/// A CIDR, or one address (a /32 or /128).
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{s}` is not a CIDR (10.0.0.0/8) or an IP address"))
 }
 
 /// Diagnostic log line format: `json` (one object per line) or `text` (human-readable lines).

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::listener::proxy_protocol::ProxyProtocol;
 use crate::resolve;
 
 /// Timeouts and limits from the command line, as `run` applies them.
@@ -14,6 +15,9 @@ pub(crate) struct Limits {
     pub max_connections: usize,
     /// Open connections one source address may hold; 0 for no limit.
     pub max_connections_per_client: usize,
+    /// `--proxy-protocol`: every connection on the proxy listeners starts
+    /// with a PROXY protocol header, from these peers.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// Largest request head (request line and headers) the explicit listener reads.

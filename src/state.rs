@@ -137,6 +137,13 @@ pub(crate) struct ConnSlot {
     _source: Option<SourceSlot>,
 }
 
+/// A connection counted against `--max-connections` (and open), not yet
+/// against its source address.
+pub(crate) struct Permit {
+    permit: OwnedSemaphorePermit,
+    active: ActiveGuard,
+}
+
 /// One connection counted against its source address.
 struct SourceSlot {
     ip: IpAddr,
@@ -169,10 +176,19 @@ impl Admission {
         }
     }
 
-    /// A connection slot, or `None` when `--max-connections` are open, or
-    /// `source` already holds `--max-connections-per-client`.
-    pub(crate) fn try_slot(&self, listener: Listener, source: IpAddr) -> Option<ConnSlot> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
+    /// A place among the `--max-connections`, for a connection whose source
+    /// is not known yet (its PROXY protocol header is still to be read), or
+    /// `None` when they are all open.
+    pub(crate) fn try_permit(&self, listener: Listener) -> Option<Permit> {
+        Some(Permit {
+            permit: self.permits.clone().try_acquire_owned().ok()?,
+            active: self.metrics.connection_opened(listener),
+        })
+    }
+
+    /// The slot of a connection holding `permit`, or `None` when `source`
+    /// already holds `--max-connections-per-client`.
+    pub(crate) fn try_source(&self, permit: Permit, source: IpAddr) -> Option<ConnSlot> {
         let per_client = self.per_client;
         let source = if per_client == 0 {
             None
@@ -190,8 +206,8 @@ impl Admission {
             })
         };
         Some(ConnSlot {
-            _permit: permit,
-            _active: self.metrics.connection_opened(listener),
+            _permit: permit.permit,
+            _active: permit.active,
             _source: source,
         })
     }

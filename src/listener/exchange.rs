@@ -74,6 +74,10 @@ pub(crate) struct Exchange {
     listener: Listener,
     event: Event,
     client_addr: SocketAddr,
+    /// The AWS VPC endpoint the connection came through (PROXY protocol v2):
+    /// an input of the client match, for the policy's `vpc_endpoints` (not
+    /// read yet: `decide` matches clients by address only).
+    vpc_endpoint: Option<Arc<str>>,
     method: Option<String>,
     /// The destination as normalised, or as received when it did not parse.
     host: Option<String>,
@@ -106,6 +110,7 @@ impl Exchange {
             listener,
             event,
             client_addr,
+            vpc_endpoint: None,
             method: None,
             host: None,
             port: None,
@@ -143,6 +148,11 @@ impl Exchange {
     /// The client's address.
     pub(crate) fn client_ip(&self) -> IpAddr {
         self.client_addr.ip()
+    }
+
+    /// Records the VPC endpoint a PROXY protocol header named.
+    pub(crate) fn came_through(&mut self, vpc_endpoint: Option<Arc<str>>) {
+        self.vpc_endpoint = vpc_endpoint;
     }
 
     /// Records the request method.

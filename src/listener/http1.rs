@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::forward::{Pooled, forward};
-use super::{Body, Exchange, Refusal, connect, error_response};
+use super::{Body, Exchange, Peer, Refusal, connect, error_response};
 use crate::limits::MAX_HEAD_BYTES;
 use crate::policy::host::split_host_port;
 use crate::policy::{Host, Reason};
@@ -25,7 +25,10 @@ use crate::telemetry::{Listener, Telemetry};
 pub(super) struct Conn {
     pub shared: Arc<Shared>,
     pub listener: Listener,
+    /// The client's address (a PROXY protocol header's source, if any).
     pub peer: SocketAddr,
+    /// The VPC endpoint a PROXY protocol v2 header named.
+    pub vpc_endpoint: Option<Arc<str>>,
     /// Where the client meant to go, when iptables redirected it here.
     pub original_dst: Option<SocketAddr>,
     /// Shared with tunnels this connection becomes, so the slot lives as long as they do.
@@ -38,7 +41,7 @@ pub(super) struct Conn {
 pub(crate) async fn serve_explicit(
     shared: Arc<Shared>,
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     slot: ConnSlot,
 ) {
     serve(shared, stream, peer, slot, Listener::Explicit).await
@@ -48,7 +51,7 @@ pub(crate) async fn serve_explicit(
 pub(crate) async fn serve_transparent(
     shared: Arc<Shared>,
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     slot: ConnSlot,
 ) {
     serve(shared, stream, peer, slot, Listener::TransparentHttp).await
@@ -58,10 +61,14 @@ pub(crate) async fn serve_transparent(
 async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
-    peer: SocketAddr,
+    peer: Peer,
     slot: ConnSlot,
     listener: Listener,
 ) {
+    let Peer {
+        addr: peer,
+        vpc_endpoint,
+    } = peer;
     let original_dst = match listener {
         Listener::TransparentHttp => super::original_dst(&stream),
         _ => None,
@@ -70,6 +77,7 @@ async fn serve(
         shared: shared.clone(),
         listener,
         peer,
+        vpc_endpoint,
         original_dst,
         slot: Arc::new(slot),
         upstreams: Mutex::new(Vec::new()),
@@ -144,6 +152,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         Event::Request
     };
     let mut ex = Exchange::new(conn.listener, event, conn.peer);
+    ex.came_through(conn.vpc_endpoint.clone());
     ex.requested(req.method().as_str());
     if !ex.admit(&conn.shared.telemetry) {
         return refusal(&conn.shared.telemetry, ex, Reason::AuditUnavailable);

@@ -9,9 +9,11 @@ mod connect;
 mod exchange;
 mod forward;
 pub(crate) mod http1;
+pub(crate) mod proxy_protocol;
 pub(crate) mod tls;
 
 pub(crate) use exchange::{Exchange, Refusal};
+use proxy_protocol::{HeaderError, ProxyProtocol};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,10 +29,31 @@ use tracing::Instrument;
 
 use crate::limits::{ACCEPT_BACKOFF, OVERLOADED_ANSWER, RESERVE_WAIT};
 use crate::policy::Reason;
-use crate::state::{ConnSlot, Shared};
+use crate::state::{ConnSlot, Permit, Shared};
 use crate::telemetry::audit::Event;
 use crate::telemetry::diag::RateLimit;
 use crate::telemetry::{Listener, RequestId, Telemetry};
+
+/// The client end of a connection, as the proxy decides for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Peer {
+    /// The client's address: the PROXY protocol header's source with
+    /// `--proxy-protocol`, else the TCP peer.
+    pub addr: SocketAddr,
+    /// The AWS VPC endpoint the connection came through (PROXY protocol v2,
+    /// AWS TLV), for the policy's `vpc_endpoints`.
+    pub vpc_endpoint: Option<Arc<str>>,
+}
+
+impl Peer {
+    /// A client known by its address only.
+    pub(crate) fn at(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            vpc_endpoint: None,
+        }
+    }
+}
 
 /// Response bodies the proxy sends: its own short texts or a relayed origin body.
 pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -115,14 +138,15 @@ pub(crate) fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
 }
 
 /// Accepts until draining, handing each connection (with its slot) to `serve`.
-/// Beyond `--max-connections`, `refuse_overloaded` answers instead.
+/// Beyond `--max-connections`, `refuse_overloaded` answers instead. With
+/// `--proxy-protocol`, the connection's task reads its header first.
 pub(crate) async fn accept_loop<F, Fut>(
     shared: Arc<Shared>,
     listener: TcpListener,
     kind: Listener,
     serve: F,
 ) where
-    F: Fn(Arc<Shared>, TcpStream, SocketAddr, ConnSlot) -> Fut,
+    F: Fn(Arc<Shared>, TcpStream, Peer, ConnSlot) -> Fut + Copy + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     // One descriptor held back: when the process runs out, it is given up
@@ -177,21 +201,81 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         inherited.complete(&stream, peer);
         let span = connection_span(kind, peer);
-        match shared.admission.try_slot(kind, peer.ip()) {
+        let tracker = &shared.lifecycle.tracker;
+        let Some(permit) = shared.admission.try_permit(kind) else {
+            let refuse = refuse_overloaded(shared.telemetry.clone(), stream, peer, kind);
+            tracker.spawn(refuse.instrument(span));
+            continue;
+        };
+        if let Some(pp) = &shared.limits.proxy_protocol {
+            let task = behind_proxy(
+                shared.clone(),
+                pp.clone(),
+                stream,
+                peer,
+                permit,
+                kind,
+                serve,
+            );
+            tracker.spawn(task.instrument(span));
+            continue;
+        }
+        match shared.admission.try_source(permit, peer.ip()) {
             Some(slot) => {
-                shared
-                    .lifecycle
-                    .tracker
-                    .spawn(serve(shared.clone(), stream, peer, slot).instrument(span));
+                tracker.spawn(serve(shared.clone(), stream, Peer::at(peer), slot).instrument(span));
             }
             None => {
-                shared.lifecycle.tracker.spawn(
-                    refuse_overloaded(shared.telemetry.clone(), stream, peer, kind)
-                        .instrument(span),
-                );
+                let refuse = refuse_overloaded(shared.telemetry.clone(), stream, peer, kind);
+                tracker.spawn(refuse.instrument(span));
             }
         }
     }
+}
+
+/// Serves a connection that starts with a PROXY protocol header: the
+/// header's client is the one counted against `--max-connections-per-client`
+/// and decided for. A connection without an acceptable header is closed,
+/// counted and audited as `bad_request`; one that sends nothing at all is
+/// only closed, like a port check on a listener without the header.
+async fn behind_proxy<F, Fut>(
+    shared: Arc<Shared>,
+    pp: ProxyProtocol,
+    mut stream: TcpStream,
+    tcp_peer: SocketAddr,
+    permit: Permit,
+    kind: Listener,
+    serve: F,
+) where
+    F: Fn(Arc<Shared>, TcpStream, Peer, ConnSlot) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let timeout = shared.limits.header_timeout;
+    let read = tokio::select! {
+        biased;
+        () = shared.lifecycle.draining.cancelled() => return,
+        read = pp.read(&mut stream, tcp_peer, timeout) => read,
+    };
+    let peer = match read {
+        Ok(peer) => peer,
+        Err(e) => return refuse_header(&shared, kind, tcp_peer, &e),
+    };
+    tracing::Span::current().record("client", tracing::field::display(peer.addr));
+    tracing::debug!(client = %peer.addr, vpc_endpoint = ?peer.vpc_endpoint, "PROXY protocol header");
+    match shared.admission.try_source(permit, peer.addr.ip()) {
+        Some(slot) => serve(shared, stream, peer, slot).await,
+        None => refuse_overloaded(shared.telemetry.clone(), stream, peer.addr, kind).await,
+    }
+}
+
+/// Counts and audits a refused PROXY protocol header; dropping the stream closes it.
+fn refuse_header(shared: &Shared, kind: Listener, tcp_peer: SocketAddr, e: &HeaderError) {
+    let Some(problem) = e.problem() else { return };
+    tracing::debug!(peer = %tcp_peer, problem = problem.as_str(), error = %e, "PROXY protocol header refused");
+    shared.telemetry.metrics.proxy_protocol_error(problem);
+    let mut ex = Exchange::new(kind, Event::Connection, tcp_peer);
+    ex.bad_request(&shared.policy.load());
+    ex.refused(Refusal::new(Reason::BadRequest, e.to_string()), None);
+    ex.finish(&shared.telemetry);
 }
 
 /// The span every diagnostic line about one client connection is logged in,
@@ -204,6 +288,8 @@ fn connection_span(kind: Listener, peer: SocketAddr) -> tracing::Span {
         "conn",
         listener = kind.as_str(),
         %peer,
+        // The PROXY protocol header's source, once read.
+        client = tracing::field::Empty,
         id = NEXT_ID.fetch_add(1, Ordering::Relaxed)
     )
 }

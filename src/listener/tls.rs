@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{Exchange, Refusal, original_dst};
+use super::{Exchange, Peer, Refusal, original_dst};
 use crate::policy::{Host, Reason};
 use crate::state::{ConnSlot, Shared};
 use crate::telemetry::audit::Event;
@@ -21,14 +21,14 @@ use crate::tunnel::{self, Counters, End, Inspect};
 
 /// Serves one redirected connection: read the ClientHello, decide on its
 /// SNI, dial, replay the hello and relay.
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    slot: ConnSlot,
-) {
+pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Peer, slot: ConnSlot) {
+    let Peer {
+        addr: peer,
+        vpc_endpoint,
+    } = peer;
     let snap = shared.policy.load_full();
     let mut ex = Exchange::new(Listener::TransparentTls, Event::Connection, peer);
+    ex.came_through(vpc_endpoint);
     let port = original_dst(&stream).map_or(443, |d| d.port());
     // Every later ClientHello must name the same server as the first (SPEC 9).
     let mut flight = ClientFlight::new(Expect::Any, snap.policy.tls.ech_allowed);

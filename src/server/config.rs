@@ -2,6 +2,7 @@
 
 use crate::cli::RunArgs;
 use crate::limits::{self, Limits, fd_budget, open_files_limit};
+use crate::listener::proxy_protocol::ProxyProtocol;
 
 /// Counts and limits computed once from the arguments and the process's open-files limit.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ impl Config {
                 header_timeout: args.header_timeout,
                 max_connections: budget.max_connections,
                 max_connections_per_client: args.max_connections_per_client,
+                proxy_protocol: (args.proxy_protocol)
+                    .then(|| ProxyProtocol::new(args.proxy_protocol_from.clone())),
             },
         }
     }

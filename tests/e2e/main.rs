@@ -18,6 +18,7 @@ mod proxy_dns;
 mod proxy_errors;
 mod proxy_forward;
 mod proxy_limits;
+mod proxy_protocol;
 mod proxy_telemetry;
 mod redirect;
 mod reload;

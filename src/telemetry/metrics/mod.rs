@@ -20,6 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 use super::audit::AuditCounters;
 use super::diag::DiagStats;
 use super::{Listener, ReloadResult, label_enum};
+use crate::listener::proxy_protocol::HeaderProblem;
 use crate::policy::{Reason, Verdict};
 use crate::state::Snapshot;
 
@@ -115,6 +116,11 @@ struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyProtocolLabels {
+    reason: HeaderProblem,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClientLabels {
     client: Arc<str>,
 }
@@ -142,6 +148,7 @@ pub struct Metrics {
     policy_reloads: Family<ReloadLabels, Counter>,
     policy_generation: Gauge,
     policy_rules: Family<ClientLabels, Gauge>,
+    proxy_protocol_errors: Family<ProxyProtocolLabels, Counter>,
     /// The policy in force and the last reload, for `policy_info`, the last-reload gauges and `/status`.
     policy: Arc<PolicyStatus>,
     audit: AuditCounters,
@@ -182,6 +189,7 @@ impl Metrics {
             policy_reloads: Family::default(),
             policy_generation: Gauge::default(),
             policy_rules: Family::default(),
+            proxy_protocol_errors: Family::default(),
             policy: Arc::default(),
             audit: AuditCounters::default(),
         };
@@ -242,6 +250,11 @@ impl Metrics {
             Unit::Seconds,
             self.dns_lookup.clone(),
         );
+        registry.register(
+            "proxy_protocol_errors",
+            "Connections closed for their PROXY protocol header (--proxy-protocol), by what was wrong",
+            self.proxy_protocol_errors.clone(),
+        );
     }
 
     /// The policy in force and its reloads.
@@ -299,6 +312,18 @@ impl Metrics {
                     .get_or_create(&ListenerLabels { listener }),
             );
         }
+        for reason in HeaderProblem::ALL {
+            drop(
+                self.proxy_protocol_errors
+                    .get_or_create(&ProxyProtocolLabels { reason }),
+            );
+        }
+    }
+
+    /// Counts a connection closed for its PROXY protocol header.
+    pub(crate) fn proxy_protocol_error(&self, reason: HeaderProblem) {
+        let labels = ProxyProtocolLabels { reason };
+        self.proxy_protocol_errors.get_or_create(&labels).inc();
     }
 
     /// Publishes the effective connection limit.
