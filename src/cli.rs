@@ -28,7 +28,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
-    /// Validate policy files: errors exit 1, warnings are printed and exit 0.
+    /// Validate policy files: every error and warning with its code; errors (and, with --strict, warnings) exit 1.
     Check(CheckArgs),
     /// Show how the policy decides one destination: exit 0 allow/report, 3 deny.
     Explain(ExplainArgs),
@@ -221,6 +221,9 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+    /// Fail (exit 1) on warnings too, not only on errors.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `portcullis explain` arguments.

@@ -1,8 +1,10 @@
 //! The subcommands other than `run`: each reads files or the admin
 //! listener, drives the policy core and prints; `main` maps their exit codes.
 
+pub mod check;
 pub mod health;
 pub mod policy;
 pub mod suggest;
 
-pub use policy::{check, diff, exit, explain, split_target};
+pub use check::check;
+pub use policy::{diff, exit, explain, split_target};

@@ -1,11 +1,12 @@
-//! `portcullis check`, `explain` and `diff`: the policy core, driven from files.
+//! `portcullis explain` and `diff`: the policy core, driven from files
+//! (`check` lives in its own file).
 
 use std::io::Write;
 use std::net::IpAddr;
 
-use crate::cli::{CheckArgs, DiffArgs, ExplainArgs, OutputFormat};
+use crate::cli::{DiffArgs, ExplainArgs, OutputFormat};
 use crate::policy::host::split_host_port;
-use crate::policy::{Host, Policy, Severity, Verdict};
+use crate::policy::{Host, Policy, Verdict};
 use crate::policy_file::{load_policy, render};
 
 /// Exit codes shared by the subcommands.
@@ -18,58 +19,6 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// `explain`: the policy denies the destination.
     pub const DENY: i32 = 3;
-}
-
-/// `portcullis check`: prints each file's problems; returns the exit code.
-pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
-    let mut problems = Vec::new();
-    let mut files = Vec::new();
-    let mut valid = true;
-    for path in &args.paths {
-        let (diags, rules) = match load_policy(path) {
-            Ok(c) => {
-                let rules = c.policy.rule_count();
-                (c.warnings(), Some(rules))
-            }
-            Err(errors) => (errors, None),
-        };
-        valid &= rules.is_some();
-        files.push(serde_json::json!({
-            "path": path.display().to_string(),
-            "valid": rules.is_some(),
-            "errors": diags.iter().filter(|d| d.severity == Severity::Error).count(),
-            "warnings": diags.iter().filter(|d| d.severity == Severity::Warning).count(),
-        }));
-        match args.format {
-            OutputFormat::Text => {
-                for d in &diags {
-                    writeln!(out, "{}", render(path, d))?;
-                }
-                if rules.is_some() {
-                    writeln!(out, "{}: ok ({} warnings)", path.display(), diags.len())?;
-                }
-            }
-            OutputFormat::Json => problems.extend(diags.into_iter().map(|d| {
-                serde_json::json!({
-                    "file": path.display().to_string(),
-                    "line": d.line,
-                    "column": d.column,
-                    "severity": d.severity,
-                    "message": d.message,
-                    "hint": d.hint,
-                })
-            })),
-        }
-    }
-    if args.format == OutputFormat::Json {
-        let doc = serde_json::json!({ "valid": valid, "files": files, "problems": problems });
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&doc).expect("JSON values serialise")
-        )?;
-    }
-    Ok(if valid { exit::OK } else { exit::INVALID })
 }
 
 /// Splits `HOST`, `HOST:PORT` or `[V6]:PORT`; the port defaults to 443.

@@ -1,9 +1,12 @@
 //! The pure decision core: a compiled policy and `decide`. No I/O, no runtime, no clock.
 
 pub mod compile;
+pub mod diagnostic;
 pub mod diff;
 pub mod host;
+pub mod ignore;
 pub mod ip_guard;
+pub mod keys;
 pub mod lint;
 pub mod pattern;
 pub mod raw;
@@ -14,7 +17,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-pub use compile::{Compiled, Diagnostic, Severity};
+pub use compile::{Checked, Compiled};
+pub use diagnostic::{Code, Diagnostic, Severity};
 pub use host::{Host, HostError};
 pub use ip_guard::IpGuard;
 use ruleset::{Rule, RuleSet, Target};

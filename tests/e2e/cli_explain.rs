@@ -113,7 +113,7 @@ fn usage_errors_exit_two() {
     let broken = TempPolicy::new("version: 1\nallow: [\"*\"]\n");
     let (code, out) = explain(&broken, &["api.stripe.com"]);
     assert_eq!(code, Some(2));
-    assert!(out.contains(":2:9: error:"), "{out}");
+    assert!(out.contains(":2:9: error[bad-wildcard]:"), "{out}");
 }
 
 #[test]
