@@ -1,6 +1,6 @@
 //! Command-line interface: every `run` flag also reads its `PORTCULLIS_*` environment variable.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,7 +30,7 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Validate policy files: every error and warning with its code; errors (and, with --strict, warnings) exit 1.
     Check(CheckArgs),
-    /// Show how the policy decides one destination: exit 0 allow/report, 3 deny.
+    /// Show how the policy decides one destination, and why: exit 0 allow/report, 3 deny, 2 on error.
     Explain(ExplainArgs),
     /// Show the destinations each client gains and loses between two policies.
     Diff(DiffArgs),
@@ -89,7 +89,7 @@ pub struct DiffArgs {
     pub format: OutputFormat,
 }
 
-/// How `check` and `diff` print their results: `text` (human-readable lines) or `json` (one document).
+/// How `check`, `explain` and `diff` print their results: `text` (human-readable lines) or `json` (one document).
 // No `///` on the values: clap would list them as possible-value help and reflow all of `--help`.
 #[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -232,9 +232,13 @@ pub struct ExplainArgs {
     /// Policy file to evaluate.
     #[arg(long, env = "PORTCULLIS_POLICY")]
     pub policy: PathBuf,
-    /// Source address of the request (picks the `clients` entry).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub client: IpAddr,
-    /// Destination: `HOST`, `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`. Port defaults to 443.
+    /// The client: a `clients` name (its rules), or a source address (matched as the proxy would).
+    #[arg(long, value_name = "NAME|IP", default_value = "127.0.0.1")]
+    pub client: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+    /// Destination: `HOST`, `HOST:PORT`, `IP:PORT`, `[IPv6]:PORT`, or a URL
+    /// (`https://api.stripe.com/v1/charges`). Port: the URL scheme's, else 443.
     pub target: String,
 }

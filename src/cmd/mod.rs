@@ -2,9 +2,11 @@
 //! listener, drives the policy core and prints; `main` maps their exit codes.
 
 pub mod check;
+pub mod explain;
 pub mod health;
 pub mod policy;
 pub mod suggest;
 
 pub use check::check;
-pub use policy::{diff, exit, explain, split_target};
+pub use explain::explain;
+pub use policy::{diff, exit};

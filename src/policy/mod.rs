@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod diagnostic;
 pub mod diff;
+pub mod explain;
 pub mod host;
 pub mod ignore;
 pub mod ip_guard;
@@ -238,6 +239,11 @@ impl Policy {
         compile::compile(text)
     }
 
+    /// The `clients` entry called `name`.
+    pub fn client_named(&self, name: &str) -> Option<&Client> {
+        self.clients.as_ref()?.iter().find(|c| &*c.name == name)
+    }
+
     /// The first `clients` entry listing `addr`, in file order.
     pub fn client_for(&self, addr: IpAddr) -> Option<&Client> {
         let addr = addr.to_canonical();
@@ -249,7 +255,12 @@ impl Policy {
 
     /// Decides a request from `client_addr` to `host:port`.
     pub fn decide(&self, client_addr: IpAddr, host: &Host, port: u16) -> Decision {
-        let client = self.client_for(client_addr);
+        self.decide_for(self.client_for(client_addr), host, port)
+    }
+
+    /// Decides a request of `client` (the entry its source matched; `None`
+    /// when it matched none) to `host:port`.
+    pub fn decide_for(&self, client: Option<&Client>, host: &Host, port: u16) -> Decision {
         let mode = client.map_or(self.mode, |c| c.mode);
         let client_name = client.map(|c| c.name.clone());
         let (reason, rule) = match (&self.clients, client) {
