@@ -6,6 +6,7 @@ pub mod explain;
 pub mod health;
 pub mod policy;
 pub mod suggest;
+pub mod test;
 
 pub use check::check;
 pub use explain::explain;

@@ -1,5 +1,5 @@
 //! `portcullis diff` and the exit codes every policy subcommand shares
-//! (`check` and `explain` live in their own files).
+//! (`check`, `explain` and `test` live in their own files).
 
 use std::io::Write;
 
@@ -8,9 +8,9 @@ use crate::policy_file::{load_policy, render};
 
 /// Exit codes shared by the subcommands.
 pub mod exit {
-    /// Success: valid policy, or allowed.
+    /// Success: valid policy, allowed, or every case held.
     pub const OK: i32 = 0;
-    /// A policy file does not load, or a check failed.
+    /// A policy file does not load, a check failed, or a case did not hold.
     pub const INVALID: i32 = 1;
     /// Bad arguments or an unreadable input.
     pub const USAGE: i32 = 2;

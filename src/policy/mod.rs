@@ -1,5 +1,6 @@
 //! The pure decision core: a compiled policy and `decide`. No I/O, no runtime, no clock.
 
+pub mod cases;
 pub mod compile;
 pub mod diagnostic;
 pub mod diff;

@@ -7,6 +7,7 @@
 mod cli_check;
 mod cli_diff;
 mod cli_explain;
+mod cli_test;
 mod edges;
 mod hostile;
 mod proxy_clients;
