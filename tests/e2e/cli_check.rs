@@ -389,3 +389,115 @@ fn the_older_all_warnings_fixture_still_draws_each() {
         );
     }
 }
+
+/// The yaml blocks of the docs whose first key is a policy key. A fragment
+/// without `version` is checked with `version: 1` in front. A block right
+/// after `<!-- check: CODE, ... -->` is a deliberate bad example (whatever
+/// its first key) and must draw exactly those codes; every other one must
+/// pass `check --strict`.
+#[test]
+fn every_policy_in_the_docs_passes_check_strict() {
+    let mut docs = vec![root().join("README.md")];
+    for dir in ["docs", "docs/reference"] {
+        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "md") {
+                docs.push(path);
+            }
+        }
+    }
+    docs.sort();
+    let (mut clean, mut bad) = (0, BTreeSet::new());
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for (line, marker, block) in policy_blocks(&text) {
+            let where_ = format!("{}:{line}", doc.strip_prefix(root()).unwrap().display());
+            let shows_missing_version = marker
+                .as_ref()
+                .is_some_and(|m: &BTreeSet<String>| m.contains("missing-key"));
+            let yaml = if block.lines().any(|l| l.starts_with("version:")) || shows_missing_version
+            {
+                block.clone()
+            } else {
+                format!("version: 1\n{block}")
+            };
+            let p = TempPolicy::new(&yaml);
+            let (exit, out) = check_json(&["--strict"], &[p.path_str()]);
+            let codes: BTreeSet<String> = places(&out).into_iter().map(|(_, c)| c).collect();
+            match marker {
+                None => {
+                    assert_eq!(
+                        exit,
+                        Some(0),
+                        "{where_} fails check --strict:\n{yaml}\n{out}"
+                    );
+                    clean += 1;
+                }
+                Some(want) => {
+                    assert_eq!(
+                        codes, want,
+                        "{where_}: the example draws other codes:\n{yaml}"
+                    );
+                    bad.extend(want);
+                }
+            }
+        }
+    }
+    assert!(clean >= 5, "only {clean} policies found in the docs");
+    // docs/reference/check-codes.md shows every code a policy text can draw.
+    for code in Code::ALL {
+        if ![Code::Unreadable, Code::EmptyFile, Code::YamlSyntax].contains(code) {
+            assert!(
+                bad.contains(code.as_str()),
+                "no documented example of {code}"
+            );
+        }
+    }
+}
+
+const POLICY_KEYS: &[&str] = &[
+    "version",
+    "mode",
+    "default_ports",
+    "allow",
+    "deny",
+    "clients",
+    "ip_guard",
+    "tls",
+];
+
+/// `(line, codes the block must draw, block)` for each policy block of a markdown text.
+fn policy_blocks(text: &str) -> Vec<(usize, Option<BTreeSet<String>>, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != "```yaml" {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let end = (start..lines.len())
+            .find(|&j| lines[j].trim() == "```")
+            .expect("closed yaml block");
+        let block = lines[start..end].join("\n") + "\n";
+        let first_key = block
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .and_then(|l| l.split(':').next())
+            .unwrap_or("");
+        let marker: Option<BTreeSet<String>> = lines[..i]
+            .iter()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .and_then(|l| l.trim().strip_prefix("<!-- check: "))
+            .and_then(|l| l.strip_suffix(" -->"))
+            .map(|codes| codes.split(", ").map(str::to_string).collect());
+        if marker.is_some() || POLICY_KEYS.contains(&first_key) {
+            out.push((start, marker, block));
+        }
+        i = end + 1;
+    }
+    out
+}
