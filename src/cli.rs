@@ -28,15 +28,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Run(Box<RunArgs>),
-    /// Validate policy files: errors exit 1, warnings are printed and exit 0.
+    /// Validate policy files: every error and warning with its code; errors (and, with --strict, warnings) exit 1.
     Check(CheckArgs),
-    /// Show how the policy decides one destination: exit 0 allow/report, 3 deny.
+    /// Show how the policy decides one destination, and why: exit 0 allow/report, 3 deny, 2 on error.
     Explain(ExplainArgs),
+    /// Run a file of expected decisions against a policy: exit 0 when all hold, 1 on any mismatch, 2 on error.
+    Test(TestArgs),
     /// Show the destinations each client gains and loses between two policies.
     Diff(DiffArgs),
     /// Ask a running proxy's admin listener for /readyz: exit 0 when ready, 1 otherwise.
     Health(HealthArgs),
-    /// Print the policy file's JSON Schema (for editors and CI).
+    /// Print the JSON Schema of the policy file, or of a `test` cases file (for editors and CI).
     Schema(SchemaArgs),
     /// Suggest an allowlist from audit logs (e.g. of `mode: report`), for review.
     Suggest(SuggestArgs),
@@ -73,9 +75,22 @@ pub struct HealthArgs {
     pub timeout: Duration,
 }
 
-/// `portcullis schema` takes no arguments.
+/// `portcullis schema` arguments.
 #[derive(Debug, Args)]
-pub struct SchemaArgs {}
+pub struct SchemaArgs {
+    /// Which file's schema: the policy, or a `portcullis test` cases file.
+    #[arg(value_enum, default_value = "policy")]
+    pub kind: SchemaKind,
+}
+
+/// Which schema `portcullis schema` prints: `policy` or `cases`.
+// No `///` on the values: clap would list them as possible-value help and reflow all of `--help`.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    Policy,
+    Cases,
+}
 
 /// `portcullis diff` arguments.
 #[derive(Debug, Args)]
@@ -89,7 +104,7 @@ pub struct DiffArgs {
     pub format: OutputFormat,
 }
 
-/// How `check` and `diff` print their results: `text` (human-readable lines) or `json` (one document).
+/// How `check`, `explain`, `test` and `diff` print their results: `text` (human-readable lines) or `json` (one document).
 // No `///` on the values: clap would list them as possible-value help and reflow all of `--help`.
 #[allow(missing_docs)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -250,6 +265,9 @@ pub struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+    /// Fail (exit 1) on warnings too, not only on errors.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `portcullis explain` arguments.
@@ -258,9 +276,26 @@ pub struct ExplainArgs {
     /// Policy file to evaluate.
     #[arg(long, env = "PORTCULLIS_POLICY")]
     pub policy: PathBuf,
-    /// Source address of the request (picks the `clients` entry).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub client: IpAddr,
-    /// Destination: `HOST`, `HOST:PORT`, `IP:PORT` or `[IPv6]:PORT`. Port defaults to 443.
+    /// The client: a `clients` name (its rules), or a source address (matched as the proxy would).
+    #[arg(long, value_name = "NAME|IP", default_value = "127.0.0.1")]
+    pub client: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+    /// Destination: `HOST`, `HOST:PORT`, `IP:PORT`, `[IPv6]:PORT`, or a URL
+    /// (`https://api.stripe.com/v1/charges`). Port: the URL scheme's, else 443.
     pub target: String,
+}
+
+/// `portcullis test` arguments.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Policy file the cases are run against.
+    #[arg(long, env = "PORTCULLIS_POLICY")]
+    pub policy: PathBuf,
+    /// Cases file: a YAML list of `{client: NAME | source: IP, dest: DEST, expect: allow|deny|report, reason: REASON}`.
+    pub cases: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }

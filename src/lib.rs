@@ -22,9 +22,9 @@
 //! - [`limits`]: every limit and timeout, and the open-files budget.
 //! - [`reload`]: file watch and SIGHUP -> a new policy snapshot.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`cli`]: flags; [`cmd`]: the subcommands (`check`, `explain`, `diff`,
-//!   `health`, `suggest`); [`schema`]: the policy's JSON Schema;
-//!   [`policy_file`]: reading and hashing policy files.
+//! - [`cli`]: flags; [`cmd`]: the subcommands (`check`, `explain`, `test`,
+//!   `diff`, `health`, `suggest`); [`schema`]: the JSON Schemas of the
+//!   policy and of test cases; [`policy_file`]: reading and hashing policy files.
 
 #![forbid(unsafe_code)]
 // The module map above is for contributors: its links to internal modules

@@ -21,6 +21,11 @@ fn main() -> ExitCode {
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
+        Command::Test(args) => cmd::test::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
         Command::Diff(args) => cmd::diff(
             &args,
             &mut std::io::stdout().lock(),
@@ -31,7 +36,9 @@ fn main() -> ExitCode {
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
-        Command::Schema(_) => portcullis::schema::print(&mut std::io::stdout().lock()),
+        Command::Schema(args) => {
+            portcullis::schema::print(args.kind, &mut std::io::stdout().lock())
+        }
         Command::Suggest(args) => cmd::suggest::run(
             &args,
             &mut std::io::stdout().lock(),

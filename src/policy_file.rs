@@ -6,7 +6,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::policy::{Compiled, Diagnostic, Policy, Severity};
+use crate::policy::{Checked, Code, Compiled, Diagnostic, Policy};
 
 /// Reads and compiles a policy file; `Err` holds every problem found.
 pub fn load_policy(path: &Path) -> Result<Compiled, Vec<Diagnostic>> {
@@ -15,20 +15,35 @@ pub fn load_policy(path: &Path) -> Result<Compiled, Vec<Diagnostic>> {
 
 /// Like [`load_policy`], with the SHA-256 of the file's bytes.
 pub fn load_policy_with_hash(path: &Path) -> Result<(Compiled, String), Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic {
-            severity: Severity::Error,
-            line: 1,
-            column: 1,
-            message: format!("cannot read the policy file: {e}"),
-            hint: None,
-        }]
-    })?;
+    let text = read(path).map_err(|d| vec![d])?;
     let sha = sha256_hex(text.as_bytes());
     Policy::from_yaml(&text).map(|c| (c, sha))
 }
 
-/// `PATH:LINE:COLUMN: severity: message (hint: ...)`.
+/// Reads a policy file and reports every error and warning (`check`).
+pub fn check_policy(path: &Path) -> Checked {
+    match read(path) {
+        Ok(text) => crate::policy::compile::check(&text),
+        Err(d) => Checked {
+            compiled: None,
+            problems: vec![d],
+        },
+    }
+}
+
+fn read(path: &Path) -> Result<String, Diagnostic> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Diagnostic::at(
+            Code::Unreadable,
+            1,
+            1,
+            format!("cannot read the policy file: {e}"),
+            None,
+        )
+    })
+}
+
+/// `PATH:LINE:COLUMN: severity[CODE]: message (hint: ...)`, on one line.
 pub fn render(path: &Path, d: &Diagnostic) -> String {
     format!("{}:{d}", path.display())
 }

@@ -1,12 +1,14 @@
-//! `portcullis schema`: the JSON Schema of the policy file, generated from the
-//! serde mirror in [`crate::policy::raw`].
+//! `portcullis schema`: the JSON Schemas of the policy file, generated from the
+//! serde mirror in [`crate::policy::raw`], and of the `portcullis test` cases
+//! file, generated from [`crate::policy::cases`].
 //!
 //! The schema describes the YAML a person writes, so editors (VS Code with the
 //! YAML extension, JetBrains, Neovim with yaml-language-server) can complete
 //! keys and flag mistakes as one types. It checks structure only: the syntax of
 //! destinations and CIDRs, shadowed rules and the like are `portcullis check`'s
-//! job. The committed `config/portcullis.schema.json` is this output (a test
-//! keeps them equal). Draft-07, which every editor integration understands.
+//! job. The committed `config/portcullis.schema.json` and
+//! `config/portcullis.test.schema.json` are this output (tests keep them
+//! equal). Draft-07, which every editor integration understands.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -14,10 +16,14 @@ use std::io::Write;
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
+use crate::cli::SchemaKind;
+use crate::policy::cases::RawCase;
 use crate::policy::raw::{OneOrMany, RawPolicy};
 
 /// Where the published schema lives in the repository.
 pub const SCHEMA_PATH: &str = "config/portcullis.schema.json";
+/// Where the published schema of `portcullis test` cases files lives.
+pub const CASES_SCHEMA_PATH: &str = "config/portcullis.test.schema.json";
 
 /// The policy schema as a JSON value.
 pub fn policy_schema() -> Schema {
@@ -26,17 +32,44 @@ pub fn policy_schema() -> Schema {
         .into_root_schema_for::<RawPolicy>()
 }
 
-/// The schema as `portcullis schema` prints it: pretty JSON and a final newline.
+/// The schema of a `portcullis test` cases file: a list of cases.
+pub fn cases_schema() -> Schema {
+    let mut schema = SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<Vec<RawCase>>();
+    schema.insert("title".into(), "portcullis test cases".into());
+    schema.insert(
+        "description".into(),
+        "Expected decisions of a portcullis policy, for `portcullis test --policy POLICY CASES`: every case must come out as it says.".into(),
+    );
+    schema.insert("minItems".into(), 1.into());
+    schema
+}
+
+/// The policy schema as `portcullis schema` prints it: pretty JSON and a final newline.
 pub fn policy_schema_json() -> String {
-    let mut text = serde_json::to_string_pretty(&policy_schema())
-        .expect("a schema is plain JSON and always serialises");
+    pretty(&policy_schema())
+}
+
+/// The cases schema as `portcullis schema cases` prints it.
+pub fn cases_schema_json() -> String {
+    pretty(&cases_schema())
+}
+
+fn pretty(schema: &Schema) -> String {
+    let mut text =
+        serde_json::to_string_pretty(schema).expect("a schema is plain JSON and always serialises");
     text.push('\n');
     text
 }
 
-/// `portcullis schema`: print the schema on `out`.
-pub fn print(out: &mut impl Write) -> std::io::Result<i32> {
-    out.write_all(policy_schema_json().as_bytes())?;
+/// `portcullis schema [policy|cases]`: print the schema on `out`.
+pub fn print(kind: SchemaKind, out: &mut impl Write) -> std::io::Result<i32> {
+    let text = match kind {
+        SchemaKind::Policy => policy_schema_json(),
+        SchemaKind::Cases => cases_schema_json(),
+    };
+    out.write_all(text.as_bytes())?;
     Ok(crate::cmd::exit::OK)
 }
 

@@ -1,93 +1,25 @@
 //! Raw YAML -> `Policy`: validate, normalise every pattern once, and collect every error.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
+use super::ignore::Ignores;
 use super::ip_guard::{default_blocked, parse_net};
+use super::lint::{self, ClientSpans, Spans};
 use super::pattern::{Ports, parse_destination, valid_port};
 use super::raw::{RawClient, RawEch, RawMode, RawPolicy, Text};
 use super::ruleset::{Rule, RuleSet};
-use super::{Client, IpGuard, Mode, Policy, TlsPolicy, lint};
+use super::{Client, IpGuard, Mode, Policy, TlsPolicy, keys};
 
 /// The only policy format version this build reads.
 pub const VERSION: i64 = 1;
 /// Ports a destination allows when it names none and `default_ports` is absent.
 pub const DEFAULT_PORTS: &[u16] = &[443];
 
-/// How serious a [`Diagnostic`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// The policy does not load.
-    Error,
-    /// The policy loads, but probably does not say what was meant.
-    Warning,
-}
-
-/// One problem found in a policy file, at a 1-based line and column.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Diagnostic {
-    /// Error or warning.
-    pub severity: Severity,
-    /// 1-based line (0 when unknown).
-    pub line: u64,
-    /// 1-based column (0 when unknown).
-    pub column: u64,
-    /// What is wrong.
-    pub message: String,
-    /// What to write instead, when there is an obvious fix.
-    pub hint: Option<String>,
-}
-
-impl Diagnostic {
-    /// An error at `at`.
-    pub fn error(at: Location, message: impl Into<String>, hint: Option<String>) -> Self {
-        Diagnostic::new(Severity::Error, at, message, hint)
-    }
-
-    /// A warning at `at`.
-    pub fn warning(at: Location, message: impl Into<String>, hint: Option<String>) -> Self {
-        Diagnostic::new(Severity::Warning, at, message, hint)
-    }
-
-    fn new(
-        severity: Severity,
-        at: Location,
-        message: impl Into<String>,
-        hint: Option<String>,
-    ) -> Self {
-        Diagnostic {
-            severity,
-            line: at.line(),
-            column: at.column(),
-            message: message.into(),
-            hint,
-        }
-    }
-}
-
-/// `LINE:COLUMN: error: message (hint)`; callers prefix the path.
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let severity = match self.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        write!(
-            f,
-            "{}:{}: {severity}: {}",
-            self.line, self.column, self.message
-        )?;
-        if let Some(hint) = &self.hint {
-            write!(f, " (hint: {hint})")?;
-        }
-        Ok(())
-    }
-}
+pub use super::diagnostic::{Code, Diagnostic, Severity};
 
 /// A policy that compiled. Its warnings are worked out on demand: `check`
 /// and start-up want them, a hot reload does not wait for them.
@@ -95,37 +27,168 @@ impl fmt::Display for Diagnostic {
 pub struct Compiled {
     /// The compiled policy.
     pub policy: Policy,
+    spans: Spans,
+    ignores: Ignores,
 }
 
 impl Compiled {
-    /// Duplicates, shadowed rules, and wildcards broader than they look.
+    /// Every warning, in file order, less those an ignore comment silences.
     pub fn warnings(&self) -> Vec<Diagnostic> {
-        lint::lint(&self.policy)
+        let mut out = self.ignores.apply(lint::lint(&self.policy, &self.spans));
+        out.sort_by_key(|d| (d.line, d.column));
+        out
     }
+}
+
+/// Everything `check` has to say about one policy text.
+#[derive(Debug)]
+pub struct Checked {
+    /// The policy, when it compiled without errors.
+    pub compiled: Option<Compiled>,
+    /// Every error and (not silenced) warning, in file order.
+    pub problems: Vec<Diagnostic>,
+}
+
+/// Checks a policy file's text: every error and every warning in one pass.
+/// Warnings are worked out even when there are errors, on the rules that
+/// did compile; only a text that is not YAML, or a value of the wrong type,
+/// stops the check early.
+pub fn check(text: &str) -> Checked {
+    let built = build(text);
+    let mut problems = built.errors;
+    let warnings = built
+        .policy
+        .as_ref()
+        .map(|(policy, spans)| built.ignores.apply(lint::lint(policy, spans)));
+    problems.extend(warnings.into_iter().flatten());
+    problems.sort_by_key(|d| (d.line, d.column));
+    let compiled = match built.policy {
+        Some((policy, spans)) if problems.iter().all(|d| d.severity == Severity::Warning) => {
+            Some(Compiled {
+                policy,
+                spans,
+                ignores: built.ignores,
+            })
+        }
+        _ => None,
+    };
+    Checked { compiled, problems }
 }
 
 /// Parses and compiles a policy file's text, collecting every error (sorted by position).
 pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
-    if text.trim().is_empty() {
-        return Err(vec![Diagnostic::error(
-            Location::UNKNOWN,
-            "the policy file is empty",
-            Some("start with `version: 1` and an `allow:` list".into()),
-        )]);
-    }
-    let raw: RawPolicy = serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(&e)])?;
-    let mut cx = Compiler::default();
-    let policy = cx.policy(raw);
-    if cx.errors.is_empty() {
-        Ok(Compiled { policy })
-    } else {
-        cx.errors.sort_by_key(|d| (d.line, d.column));
-        Err(cx.errors)
+    let built = build(text);
+    match built.policy {
+        Some((policy, spans)) if built.errors.is_empty() => Ok(Compiled {
+            policy,
+            spans,
+            ignores: built.ignores,
+        }),
+        _ => {
+            let mut errors = built.errors;
+            errors.sort_by_key(|d| (d.line, d.column));
+            Err(errors)
+        }
     }
 }
 
-fn yaml_error(e: &serde_saphyr::Error) -> Diagnostic {
+/// What one pass over a policy text produced: its errors, and the policy
+/// made of everything that did compile (`None` when the text's structure
+/// could not be read at all).
+struct Built {
+    policy: Option<(Policy, Spans)>,
+    errors: Vec<Diagnostic>,
+    ignores: Ignores,
+}
+
+fn build(text: &str) -> Built {
+    let mut built = Built {
+        policy: None,
+        errors: Vec::new(),
+        ignores: Ignores::scan(text),
+    };
+    let Some(top) = keys::first_content(text) else {
+        built.errors.push(Diagnostic::at(
+            Code::EmptyFile,
+            1,
+            1,
+            "the policy file holds no YAML document, only comments or blank lines",
+            Some("start with `version: 1` and an `allow:` list".to_string()),
+        ));
+        return built;
+    };
+    // One parse when all is well: unknown keys are only noticed here, and
+    // located by a second reading when there are some.
+    let mut unknown = false;
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_ignored::deserialize(de, |path| unknown |= keys::is_unknown_key(&path))
+    });
+    let raw: RawPolicy = match parsed {
+        Ok(raw) => raw,
+        Err(e) => {
+            match keys::unknown_keys(text) {
+                // Not YAML at all: the plain tree does not parse either.
+                Err(syntax) => built.errors.push(yaml_error(&syntax, Code::YamlSyntax)),
+                // A value of the wrong type: the shape past it is unknown,
+                // but every unknown key is still worth reporting.
+                Ok(found) => {
+                    built.errors.extend(found);
+                    built.errors.push(yaml_error(&e, Code::InvalidValue));
+                }
+            }
+            return built;
+        }
+    };
+    if unknown {
+        match keys::unknown_keys(text) {
+            Ok(found) if !found.is_empty() => built.errors.extend(found),
+            // The schema and serde disagree: never load a file with a key
+            // serde ignored.
+            _ => built.errors.push(Diagnostic::at(
+                Code::UnknownKey,
+                top.0,
+                top.1,
+                "the policy has a key this portcullis does not read",
+                None,
+            )),
+        }
+    }
+    let mut cx = Compiler {
+        errors: std::mem::take(&mut built.errors),
+        spans: Spans::default(),
+    };
+    let policy = cx.policy(raw, top);
+    built.errors = cx.errors;
+    built.policy = Some((policy, cx.spans));
+    built
+}
+
+/// A parser or type error. `fallback` is the code when the message is not
+/// one of the kinds recognised here.
+fn yaml_error(e: &serde_saphyr::Error, fallback: Code) -> Diagnostic {
     let at = e.location().unwrap_or(Location::UNKNOWN);
+    let message = yaml_message(e);
+    let (code, hint) = if message.contains("duplicate") {
+        (
+            Code::DuplicateKey,
+            Some("merge the two entries into one key".to_string()),
+        )
+    } else if message.contains("missing field") {
+        (Code::MissingKey, None)
+    } else if fallback == Code::InvalidValue {
+        (
+            Code::InvalidValue,
+            Some("see docs/reference/policy.md for each key's type and values".to_string()),
+        )
+    } else {
+        (fallback, None)
+    };
+    Diagnostic::new(code, at, message, hint)
+}
+
+/// A YAML parser or type error's message without the position, which
+/// callers print themselves.
+pub(crate) fn yaml_message(e: &serde_saphyr::Error) -> String {
     // saphyr's text is "error: line L column C: message"; we print the position ourselves.
     let full = e.without_snippet().to_string();
     let mut message = full.trim().strip_prefix("error: ").unwrap_or(full.trim());
@@ -141,34 +204,44 @@ fn yaml_error(e: &serde_saphyr::Error) -> Diagnostic {
     if let Some((head, _)) = message.split_once(", set DuplicateKeyPolicy") {
         message = head;
     }
-    let message = message.to_string();
-    let hint = if message.contains("unknown field") {
-        Some("check the key's spelling and indentation (README, \"Policy format\")".into())
-    } else {
-        None
-    };
-    Diagnostic::error(at, message, hint)
+    message.to_string()
 }
 
-#[derive(Default)]
 struct Compiler {
     errors: Vec<Diagnostic>,
+    spans: Spans,
 }
 
 impl Compiler {
-    fn error(&mut self, at: Location, message: impl Into<String>, hint: Option<String>) {
-        self.errors.push(Diagnostic::error(at, message, hint));
+    fn error(
+        &mut self,
+        code: Code,
+        at: Location,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.errors.push(Diagnostic::new(code, at, message, hint));
     }
 
-    fn policy(&mut self, raw: RawPolicy) -> Policy {
-        if raw.version.value != VERSION {
-            self.error(
-                raw.version.referenced,
-                format!("unsupported policy version {}", raw.version.value),
+    fn policy(&mut self, raw: RawPolicy, top: (u64, u64)) -> Policy {
+        match &raw.version {
+            None => self.errors.push(Diagnostic::at(
+                Code::MissingKey,
+                top.0,
+                top.1,
+                "missing key `version`",
+                Some(format!("start the file with `version: {VERSION}`")),
+            )),
+            Some(v) if v.value != VERSION => self.error(
+                Code::BadVersion,
+                v.referenced,
+                format!("unsupported policy version {}", v.value),
                 Some(format!("this portcullis reads `version: {VERSION}`")),
-            );
+            ),
+            Some(_) => {}
         }
         let top_mode = mode(raw.mode.as_ref()).unwrap_or_default();
+        self.spans.mode = raw.mode.as_ref().map(|m| m.referenced.into());
         let default_ports = self.default_ports(raw.default_ports);
         let allow = self.rules(raw.allow.unwrap_or_default(), &default_ports);
         let deny = self.rules(raw.deny.unwrap_or_default(), &Ports::Any);
@@ -177,8 +250,22 @@ impl Compiler {
             .map(|cs| self.clients(cs, &default_ports, top_mode));
         let guard = match raw.ip_guard {
             Some(g) => {
-                let blocked = g.blocked.map_or_else(default_blocked, |b| self.blocked(b));
-                let allowed = self.nets(g.allowed.unwrap_or_default());
+                let blocked = match g.blocked {
+                    Some(b) => {
+                        let names_default = b.value.0.iter().any(|i| i.value.trim() == "default");
+                        self.spans.blocked = Some((b.referenced.into(), names_default));
+                        self.blocked(b)
+                    }
+                    None => default_blocked(),
+                };
+                let mut allowed = Vec::new();
+                for item in g.allowed.unwrap_or_default() {
+                    let at = item.referenced;
+                    if let Some(net) = self.net(item) {
+                        self.spans.guard_allowed.push((net, at.into()));
+                        allowed.push(net);
+                    }
+                }
                 IpGuard::new(blocked, allowed)
             }
             None => IpGuard::default(),
@@ -198,24 +285,26 @@ impl Compiler {
         }
     }
 
-    fn default_ports(&mut self, raw: Option<Vec<Spanned<i64>>>) -> Ports {
+    fn default_ports(&mut self, raw: Option<Spanned<Vec<Spanned<i64>>>>) -> Ports {
         let Some(list) = raw else {
             return Ports::Ranges(DEFAULT_PORTS.iter().map(|&p| p..=p).collect());
         };
         let mut ranges = Vec::new();
-        for p in &list {
+        for p in &list.value {
             match valid_port(p.value) {
                 Some(port) => ranges.push(port..=port),
                 None => self.error(
+                    Code::BadPort,
                     p.referenced,
                     format!("`{}` is not a port", p.value),
                     Some("ports are 1-65535".into()),
                 ),
             }
         }
-        if list.is_empty() {
+        if list.value.is_empty() {
             self.error(
-                Location::UNKNOWN,
+                Code::EmptyDefaultPorts,
+                list.referenced,
                 "`default_ports` is empty, so destinations without ports would match nothing",
                 Some("write `default_ports: [443]` or remove the key".into()),
             );
@@ -234,7 +323,7 @@ impl Compiler {
                     line: item.referenced.line(),
                     column: item.referenced.column(),
                 }),
-                Err(e) => self.error(item.referenced, e.message, e.hint),
+                Err(e) => self.error(e.code, item.referenced, e.message, e.hint),
             }
         }
         RuleSet::new(rules)
@@ -242,35 +331,48 @@ impl Compiler {
 
     fn clients(
         &mut self,
-        raw: Vec<RawClient>,
+        raw: Vec<Spanned<RawClient>>,
         default_ports: &Ports,
         top_mode: Mode,
     ) -> Vec<Client> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(raw.len());
-        for c in raw {
-            let name = c.name.value.trim().to_string();
+        for entry in raw {
+            let at = entry.referenced;
+            let c = entry.value;
+            let name = c.name.as_ref().map_or("", |n| n.value.trim()).to_string();
+            let name_at = c.name.as_ref().map_or(at, |n| n.referenced);
             if name.is_empty() {
                 self.error(
-                    c.name.referenced,
-                    "client name is empty",
+                    Code::EmptyClientName,
+                    name_at,
+                    "client has no name",
                     Some("name each client, e.g. `name: payments`".into()),
                 );
             } else if !seen.insert(name.clone()) {
                 self.error(
-                    c.name.referenced,
+                    Code::DuplicateClient,
+                    name_at,
                     format!("client `{name}` is defined twice"),
                     Some("merge the two entries".into()),
                 );
             }
-            if c.sources.value.is_empty() {
-                self.error(
-                    c.sources.referenced,
-                    format!("client `{name}` has no sources"),
-                    Some("list the client's addresses, e.g. `sources: [10.0.1.0/24]`".into()),
-                );
-            }
-            let sources = self.nets(c.sources.value);
+            let sources = match c.sources {
+                Some(s) if !s.value.is_empty() => self.nets(s.value),
+                other => {
+                    self.error(
+                        Code::NoSources,
+                        other.map_or(name_at, |s| s.referenced),
+                        format!("client `{name}` has no sources"),
+                        Some("list the client's addresses, e.g. `sources: [10.0.1.0/24]`".into()),
+                    );
+                    Vec::new()
+                }
+            };
+            self.spans.clients.push(ClientSpans {
+                at: name_at.into(),
+                mode: c.mode.as_ref().map(|m| m.referenced.into()),
+            });
             out.push(Client {
                 name: Arc::from(name),
                 sources,
@@ -293,27 +395,27 @@ impl Compiler {
             } else {
                 item.referenced
             };
-            self.net(Spanned::new(item.value, at, at), &mut out);
+            out.extend(self.net(Spanned::new(item.value, at, at)));
         }
         out
     }
 
     fn nets(&mut self, list: Vec<Text>) -> Vec<IpNet> {
-        let mut out = Vec::with_capacity(list.len());
-        for item in list {
-            self.net(item, &mut out);
-        }
-        out
+        list.into_iter().filter_map(|item| self.net(item)).collect()
     }
 
-    fn net(&mut self, item: Text, out: &mut Vec<IpNet>) {
+    fn net(&mut self, item: Text) -> Option<IpNet> {
         match parse_net(item.value.trim()) {
-            Ok(net) => out.push(net),
-            Err(e) => self.error(
-                item.referenced,
-                e,
-                Some("write a CIDR such as `10.0.1.0/24` or `fd00:1::/64`".into()),
-            ),
+            Ok(net) => Some(net),
+            Err(e) => {
+                self.error(
+                    Code::BadCidr,
+                    item.referenced,
+                    e,
+                    Some("write a CIDR such as `10.0.1.0/24` or `fd00:1::/64`".into()),
+                );
+                None
+            }
         }
     }
 }
@@ -323,4 +425,48 @@ fn mode(raw: Option<&Spanned<RawMode>>) -> Option<Mode> {
         RawMode::Enforce => Mode::Enforce,
         RawMode::Report => Mode::Report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(text: &str) -> Vec<&'static str> {
+        check(text)
+            .problems
+            .iter()
+            .map(|d| d.code.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_beside_a_type_error() {
+        assert_eq!(
+            codes("version: 1\nalow: [x.example]\nallow: oops\n"),
+            ["unknown-key", "invalid-value"]
+        );
+    }
+
+    #[test]
+    fn a_policy_with_an_unknown_key_never_loads() {
+        let errors = compile("version: 1\nallow: [a.example]\ntls: {sni_must_mach: false}\n")
+            .expect_err("an unknown key is an error");
+        assert_eq!(errors[0].code, Code::UnknownKey);
+        assert_eq!((errors[0].line, errors[0].column), (3, 7));
+    }
+
+    #[test]
+    fn warnings_come_with_errors_and_ignore_comments_apply() {
+        let text = "version: 1\nmode: report  # portcullis: ignore[report-mode]\nallow:\n  - \"*.co.uk\"\n  - a.example:0\n";
+        assert_eq!(codes(text), ["public-suffix-wildcard", "bad-port"]);
+        let checked = check(text);
+        assert!(checked.compiled.is_none());
+    }
+
+    #[test]
+    fn an_empty_or_comment_only_file_is_empty() {
+        assert_eq!(codes(""), ["empty-file"]);
+        assert_eq!(codes("# nothing\n\n---\n"), ["empty-file"]);
+        assert_eq!(codes("~\n"), ["invalid-value"]);
+    }
 }

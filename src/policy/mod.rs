@@ -1,9 +1,14 @@
 //! The pure decision core: a compiled policy and `decide`. No I/O, no runtime, no clock.
 
+pub mod cases;
 pub mod compile;
+pub mod diagnostic;
 pub mod diff;
+pub mod explain;
 pub mod host;
+pub mod ignore;
 pub mod ip_guard;
+pub mod keys;
 pub mod lint;
 pub mod pattern;
 pub mod raw;
@@ -14,7 +19,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-pub use compile::{Compiled, Diagnostic, Severity};
+pub use compile::{Checked, Compiled};
+pub use diagnostic::{Code, Diagnostic, Severity};
 pub use host::{Host, HostError};
 pub use ip_guard::IpGuard;
 use ruleset::{Rule, RuleSet, Target};
@@ -236,6 +242,11 @@ impl Policy {
         compile::compile(text)
     }
 
+    /// The `clients` entry called `name`.
+    pub fn client_named(&self, name: &str) -> Option<&Client> {
+        self.clients.as_ref()?.iter().find(|c| &*c.name == name)
+    }
+
     /// The first `clients` entry listing `addr`, in file order.
     pub fn client_for(&self, addr: IpAddr) -> Option<&Client> {
         let addr = addr.to_canonical();
@@ -247,7 +258,12 @@ impl Policy {
 
     /// Decides a request from `client_addr` to `host:port`.
     pub fn decide(&self, client_addr: IpAddr, host: &Host, port: u16) -> Decision {
-        let client = self.client_for(client_addr);
+        self.decide_for(self.client_for(client_addr), host, port)
+    }
+
+    /// Decides a request of `client` (the entry its source matched; `None`
+    /// when it matched none) to `host:port`.
+    pub fn decide_for(&self, client: Option<&Client>, host: &Host, port: u16) -> Decision {
         let mode = client.map_or(self.mode, |c| c.mode);
         let client_name = client.map(|c| c.name.clone());
         let (reason, rule) = match (&self.clients, client) {

@@ -1,4 +1,10 @@
 //! Serde mirror of the policy YAML (version 1): structure and locations only, no logic.
+//!
+//! Unknown keys are not serde errors here: `keys.rs` reports every one of
+//! them (with a "did you mean") and the rest of the file is still checked.
+//! The schema keeps `additionalProperties: false` through
+//! `#[schemars(deny_unknown_fields)]`. Keys the format requires are
+//! `Option`s for the same reason: `compile` reports them missing.
 
 use std::fmt;
 
@@ -13,7 +19,7 @@ pub type Text = Spanned<String>;
 // The `schemars` attributes describe the YAML a person writes (`Spanned` is
 // transparent there): `portcullis schema` and config/portcullis.schema.json.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 #[schemars(
     title = "portcullis policy",
     description = "portcullis egress policy, version 1: every destination not allowed here is denied."
@@ -22,13 +28,13 @@ pub type Text = Spanned<String>;
 pub struct RawPolicy {
     /// Policy format version: always `1`.
     #[schemars(with = "crate::schema::Version")]
-    pub version: Spanned<i64>,
+    pub version: Option<Spanned<i64>>,
     /// `enforce` denies what no rule allows; `report` allows everything but logs and counts what enforce would deny.
     #[schemars(with = "Option<RawMode>")]
     pub mode: Option<Spanned<RawMode>>,
     /// Ports a destination allows when it names none (default `[443]`).
     #[schemars(with = "Option<Vec<crate::schema::Port>>")]
-    pub default_ports: Option<Vec<Spanned<i64>>>,
+    pub default_ports: Option<Spanned<Vec<Spanned<i64>>>>,
     /// Destinations every client may reach.
     #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
     pub allow: Option<Vec<Text>>,
@@ -36,7 +42,8 @@ pub struct RawPolicy {
     #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
     pub deny: Option<Vec<Text>>,
     /// Per-client policies by source address (first match wins); when present, a source no client lists is refused.
-    pub clients: Option<Vec<RawClient>>,
+    #[schemars(with = "Option<Vec<RawClient>>")]
+    pub clients: Option<Vec<Spanned<RawClient>>>,
     /// Addresses never dialed, even when an allowed name resolves to them.
     pub ip_guard: Option<RawIpGuard>,
     /// Checks on TLS ClientHellos inside CONNECT tunnels.
@@ -56,15 +63,14 @@ pub enum RawMode {
 
 /// A client: its source addresses and the destinations it may reach.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "Client")]
+#[schemars(deny_unknown_fields, rename = "Client")]
 pub struct RawClient {
     /// Unique name: the `client` label in metrics and the audit log.
     #[schemars(with = "String", length(min = 1))]
-    pub name: Text,
+    pub name: Option<Text>,
     /// Source addresses (CIDRs) of this client's connections.
     #[schemars(with = "Vec<crate::schema::Cidr>", length(min = 1))]
-    pub sources: Spanned<Vec<Text>>,
+    pub sources: Option<Spanned<Vec<Text>>>,
     /// Overrides the top-level `mode` for this client.
     #[schemars(with = "Option<RawMode>")]
     pub mode: Option<Spanned<RawMode>>,
@@ -75,8 +81,7 @@ pub struct RawClient {
 
 /// Addresses never dialed, even when an allowed name resolves to them.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "IpGuard")]
+#[schemars(deny_unknown_fields, rename = "IpGuard")]
 pub struct RawIpGuard {
     /// Never dial these: `default` (private, loopback, link-local incl. cloud metadata, ...), a list that replaces it, or `[default, ...]` to extend it.
     #[schemars(with = "Option<OneOrMany>")]
@@ -88,8 +93,7 @@ pub struct RawIpGuard {
 
 /// Checks on TLS ClientHellos inside CONNECT tunnels.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(rename = "Tls")]
+#[schemars(deny_unknown_fields, rename = "Tls")]
 pub struct RawTls {
     /// In CONNECT tunnels, a TLS ClientHello's SNI must equal the CONNECT host (default `true`).
     pub sni_must_match: Option<bool>,

@@ -264,6 +264,36 @@ impl RuleSet {
     }
 }
 
+impl RuleSet {
+    /// Every rule whose pattern matches `host`, whatever its ports, in file
+    /// order (for "allowed only on other ports"), found through the index.
+    pub fn matching_host(&self, host: &Host) -> Vec<&Rule> {
+        let mut ids: Vec<u32> = Vec::new();
+        match host {
+            Host::Name(name) => {
+                ids.extend(self.exact.get(&**name).into_iter().flatten());
+                let slashed = name.replace('.', "/");
+                let cand = Candidate::new(&slashed);
+                for tail in proper_suffixes(name) {
+                    ids.extend(self.suffix.get(tail).into_iter().flatten());
+                    let globs = self.globs.get(tail).into_iter().flatten();
+                    ids.extend(
+                        globs
+                            .filter(|(_, g)| g.is_match_candidate(&cand))
+                            .map(|(i, _)| *i),
+                    );
+                }
+            }
+            Host::Ip(ip) => ids.extend(self.nets.iter().filter(
+                |&&i| matches!(&self.rules[i as usize].pattern, Pattern::Net(n) if n.contains(ip)),
+            )),
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|i| &self.rules[i as usize]).collect()
+    }
+}
+
 /// `a.b.c` -> `b.c`, `c`: the suffixes a `*.` rule or a glob tail can be keyed on.
 fn proper_suffixes(name: &str) -> impl Iterator<Item = &str> {
     name.match_indices('.')

@@ -1,5 +1,7 @@
-//! `portcullis explain`: the decision, the client, the rule, and the exit code.
+//! `portcullis explain`: the decision, the client, the rule, why, and the exit code.
 //! Guard ranges (metadata, private) are exercised here, never over the network.
+
+use serde_json::Value;
 
 use crate::support::{TempPolicy, portcullis, stderr, stdout};
 
@@ -45,7 +47,14 @@ fn allow_prints_rule_and_client_and_exits_zero() {
     assert_eq!(field(&out, "decision"), "allow");
     assert_eq!(field(&out, "reason"), "allowed");
     assert_eq!(field(&out, "client"), "payments (10.0.1.7)");
-    assert_eq!(field(&out, "rule"), "api.paypal.com (line 12, column 13)");
+    assert_eq!(
+        field(&out, "rule"),
+        "api.paypal.com (client allow rule, line 12, column 13)"
+    );
+    assert_eq!(
+        field(&out, "why"),
+        "allowed by the client allow rule `api.paypal.com` (line 12)"
+    );
 }
 
 #[test]
@@ -55,9 +64,135 @@ fn deny_exits_three_and_names_the_deny_rule() {
     assert_eq!(code, Some(3), "{out}");
     assert_eq!(field(&out, "decision"), "deny");
     assert_eq!(field(&out, "reason"), "not_allowed");
-    assert!(field(&out, "rule").starts_with("gist.githubusercontent.com (line 8"));
+    assert_eq!(
+        field(&out, "rule"),
+        "gist.githubusercontent.com (deny rule, line 8, column 5)"
+    );
+    assert_eq!(
+        field(&out, "why"),
+        "denied by the deny rule `gist.githubusercontent.com` (line 8); deny wins over the allow rule `*.githubusercontent.com` (line 4)"
+    );
+}
+
+#[test]
+fn a_host_allowed_only_on_other_ports_says_which() {
+    let p = TempPolicy::new(POLICY);
     let (code, out) = explain(&p, &["--client", "10.0.1.7", "api.paypal.com:80"]);
     assert_eq!((code, field(&out, "rule")), (Some(3), "(none)"));
+    assert_eq!(
+        field(&out, "why"),
+        "api.paypal.com is allowed only on other ports, not 80: 443 by `api.paypal.com` (line 12)"
+    );
+    let (code, out) = explain(&p, &["--client", "10.0.1.7", "nowhere.example:443"]);
+    assert_eq!(code, Some(3));
+    assert_eq!(field(&out, "why"), "no allow rule for nowhere.example:443");
+}
+
+#[test]
+fn a_client_name_picks_that_clients_rules() {
+    let p = TempPolicy::new(POLICY);
+    let (code, out) = explain(&p, &["--client", "payments", "api.paypal.com"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(field(&out, "client"), "payments (by name)");
+    // By name, even a client no source reaches first is explained on its own rules.
+    let (code, out) = explain(&p, &["--client", "everyone-else", "api.paypal.com"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(field(&out, "decision"), "report");
+    assert_eq!(field(&out, "client"), "everyone-else (by name)");
+    assert!(field(&out, "why").ends_with("; report mode lets it through and records it"));
+}
+
+#[test]
+fn an_unknown_client_name_is_an_error_with_a_suggestion() {
+    let p = TempPolicy::new(POLICY);
+    let (code, out) = explain(&p, &["--client", "payment", "api.paypal.com"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("no such client; did you mean `payments`?"),
+        "{out}"
+    );
+    let open = TempPolicy::new("version: 1\nallow: [api.stripe.com]\n");
+    let (code, out) = explain(&open, &["--client", "payments", "api.stripe.com"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("the policy has no `clients`"), "{out}");
+}
+
+#[test]
+fn a_url_is_a_destination() {
+    let p = TempPolicy::new(POLICY);
+    let (code, out) = explain(
+        &p,
+        &[
+            "--client",
+            "payments",
+            "https://api.paypal.com/v1/payments?x=1",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(field(&out, "target"), "api.paypal.com port 443");
+    let (code, out) = explain(&p, &["--client", "payments", "http://api.paypal.com/"]);
+    assert_eq!(code, Some(3), "{out}");
+    assert_eq!(field(&out, "target"), "api.paypal.com port 80");
+    let (code, out) = explain(&p, &["--client", "payments", "http://api.paypal.com:443/"]);
+    assert_eq!(
+        (code, field(&out, "target")),
+        (Some(0), "api.paypal.com port 443")
+    );
+    let (code, out) = explain(&p, &["--client", "payments", "ftp://api.paypal.com/"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("give the port"), "{out}");
+}
+
+#[test]
+fn json_carries_the_decision_and_what_it_rests_on() {
+    let p = TempPolicy::new(POLICY);
+    let out = portcullis(&[
+        "explain",
+        "--policy",
+        p.path_str(),
+        "--format",
+        "json",
+        "--client",
+        "10.0.1.7",
+        "https://gist.githubusercontent.com/x",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["decision"], "deny");
+    assert_eq!(doc["reason"], "not_allowed");
+    assert_eq!(doc["denied_by_rule"], true);
+    assert_eq!(doc["client"]["name"], "payments");
+    assert_eq!(doc["client"]["source"], "10.0.1.7");
+    assert_eq!(doc["rule"]["text"], "gist.githubusercontent.com");
+    assert_eq!(doc["rule"]["list"], "deny");
+    assert_eq!(
+        (doc["rule"]["line"].as_u64(), doc["rule"]["column"].as_u64()),
+        (Some(8), Some(5))
+    );
+    assert_eq!(doc["overridden"]["text"], "*.githubusercontent.com");
+    assert_eq!(doc["target"]["host"], "gist.githubusercontent.com");
+    assert_eq!(doc["target"]["port"], 443);
+    assert!(
+        doc["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("denied by the deny rule")
+    );
+    let out = portcullis(&[
+        "explain",
+        "--policy",
+        p.path_str(),
+        "--format",
+        "json",
+        "--client",
+        "payments",
+        "api.paypal.com:8443",
+    ]);
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["rule"], Value::Null);
+    assert_eq!(doc["other_ports"][0]["text"], "api.paypal.com");
+    assert_eq!(doc["other_ports"][0]["ports"], "443");
+    assert_eq!(doc["other_ports"][0]["list"], "client_allow");
 }
 
 #[test]
@@ -113,7 +248,7 @@ fn usage_errors_exit_two() {
     let broken = TempPolicy::new("version: 1\nallow: [\"*\"]\n");
     let (code, out) = explain(&broken, &["api.stripe.com"]);
     assert_eq!(code, Some(2));
-    assert!(out.contains(":2:9: error:"), "{out}");
+    assert!(out.contains(":2:9: error[bad-wildcard]:"), "{out}");
 }
 
 #[test]

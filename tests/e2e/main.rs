@@ -8,6 +8,7 @@ mod audit_evidence;
 mod cli_check;
 mod cli_diff;
 mod cli_explain;
+mod cli_test;
 mod edges;
 mod exposition;
 mod hostile;

@@ -140,7 +140,8 @@ async fn an_invalid_file_keeps_the_last_good_policy_until_a_valid_one_arrives() 
         .await;
     let error = rec["error"].as_str().unwrap();
     assert!(
-        error.contains("policy.yaml:3:5: error:") && error.contains("policy.yaml:4:5: error:"),
+        error.contains("policy.yaml:3:5: error[bad-wildcard]:")
+            && error.contains("policy.yaml:4:5: error[bad-port]:"),
         "{error}"
     );
     assert!(

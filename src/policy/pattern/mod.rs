@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 
 use ipnet::IpNet;
 
+use super::diagnostic::Code;
 use super::host::{Host, HostError, normalize_name};
 use super::ip_guard::parse_net;
 
@@ -154,6 +155,8 @@ fn label_matches(pat: &[u8], label: &[u8]) -> bool {
 /// A problem with one destination string, with a hint on what to write instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PatternError {
+    /// Which kind of problem (`check`'s code).
+    pub code: Code,
     /// What is wrong.
     pub message: String,
     /// What to write instead, when there is an obvious fix.
@@ -161,8 +164,9 @@ pub struct PatternError {
 }
 
 impl PatternError {
-    fn new(message: impl Into<String>, hint: impl Into<Option<String>>) -> Self {
+    fn new(code: Code, message: impl Into<String>, hint: impl Into<Option<String>>) -> Self {
         PatternError {
+            code,
             message: message.into(),
             hint: hint.into(),
         }
@@ -175,6 +179,7 @@ pub fn parse_destination(text: &str) -> Result<(Pattern, Option<Ports>), Pattern
     let text = text.trim();
     if text.is_empty() {
         return Err(PatternError::new(
+            Code::BadDestination,
             "empty destination",
             "write a host name such as `api.example.com` or `api.example.com:443`".to_string(),
         ));
@@ -189,6 +194,7 @@ fn split_host_ports(text: &str) -> Result<(&str, Option<&str>), PatternError> {
     if text.starts_with('[') {
         let close = text.find(']').ok_or_else(|| {
             PatternError::new(
+                Code::BadDestination,
                 format!("`{text}` opens `[` without closing it"),
                 "write IPv6 as `[2001:db8::/32]:443`".to_string(),
             )
@@ -198,6 +204,7 @@ fn split_host_ports(text: &str) -> Result<(&str, Option<&str>), PatternError> {
             Some(ports) => Ok((&text[..=close], Some(ports))),
             None if rest.is_empty() => Ok((&text[..=close], None)),
             None => Err(PatternError::new(
+                Code::BadDestination,
                 format!("unexpected `{rest}` after `]`"),
                 "write IPv6 as `[2001:db8::/32]:443`".to_string(),
             )),
@@ -205,6 +212,7 @@ fn split_host_ports(text: &str) -> Result<(&str, Option<&str>), PatternError> {
     }
     match text.rsplit_once(':') {
         Some((host, _)) if host.contains(':') => Err(PatternError::new(
+            Code::BadDestination,
             format!("`{text}` looks like an IPv6 address without brackets"),
             format!("write `[{text}]` or `[{text}]:443`"),
         )),
@@ -219,16 +227,17 @@ fn parse_pattern(host: &str) -> Result<Pattern, PatternError> {
         return match parse_net(inner) {
             Ok(net @ IpNet::V6(_)) => Ok(Pattern::Net(net)),
             Ok(IpNet::V4(_)) => Err(PatternError::new(
+                Code::BadDestination,
                 format!("`{host}`: brackets are for IPv6 only"),
                 format!("write `{inner}`"),
             )),
-            Err(e) => Err(PatternError::new(e, None)),
+            Err(e) => Err(PatternError::new(Code::BadCidr, e, None)),
         };
     }
     if host.contains('/') || host.parse::<IpAddr>().is_ok() {
         return parse_net(host)
             .map(Pattern::Net)
-            .map_err(|e| PatternError::new(e, None));
+            .map_err(|e| PatternError::new(Code::BadCidr, e, None));
     }
     if host.contains('*') {
         return parse_wildcard(host);
@@ -237,11 +246,16 @@ fn parse_pattern(host: &str) -> Result<Pattern, PatternError> {
         Ok(Host::Name(n)) => Ok(Pattern::Exact(n)),
         Ok(Host::Ip(_)) => unreachable!("IP literals were handled above"),
         Err(HostError::NonCanonicalIpv4) => Err(PatternError::new(
+            Code::BadDestination,
             format!("`{host}` is not a canonical IPv4 address"),
             "write dotted-quad form such as `203.0.113.7` or a CIDR such as `203.0.113.0/24`"
                 .to_string(),
         )),
-        Err(e) => Err(PatternError::new(format!("`{host}`: {e}"), None)),
+        Err(e) => Err(PatternError::new(
+            Code::BadDestination,
+            format!("`{host}`: {e}"),
+            None,
+        )),
     }
 }
 
@@ -253,6 +267,7 @@ fn parse_wildcard(host: &str) -> Result<Pattern, PatternError> {
     let host = host.strip_suffix('.').unwrap_or(host);
     if host == "*" {
         return Err(PatternError::new(
+            Code::BadWildcard,
             "`*` alone would allow every destination",
             "list the names the workload needs; use `mode: report` to discover them".to_string(),
         ));
@@ -263,6 +278,7 @@ fn parse_wildcard(host: &str) -> Result<Pattern, PatternError> {
     };
     if rest.contains("**") {
         return Err(PatternError::new(
+            Code::BadWildcard,
             format!("`{host}`: `**` is not supported"),
             wildcard_hint(),
         ));
@@ -270,6 +286,7 @@ fn parse_wildcard(host: &str) -> Result<Pattern, PatternError> {
     let labels: Vec<&str> = rest.split('.').collect();
     if labels.last().is_some_and(|l| l.contains('*')) {
         return Err(PatternError::new(
+            Code::BadWildcard,
             format!("`{host}`: a wildcard in the top-level label matches any registry"),
             wildcard_hint(),
         ));
@@ -283,14 +300,20 @@ fn parse_wildcard(host: &str) -> Result<Pattern, PatternError> {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_*".contains(&b));
             if !ok || lower.len() > super::host::MAX_LABEL_LEN {
                 return Err(PatternError::new(
+                    Code::BadWildcard,
                     format!("`{host}`: bad wildcard label `{label}`"),
                     wildcard_hint(),
                 ));
             }
             lower
         } else {
-            normalize_name(label)
-                .map_err(|e| PatternError::new(format!("`{host}`: {e}"), wildcard_hint()))?
+            normalize_name(label).map_err(|e| {
+                PatternError::new(
+                    Code::BadDestination,
+                    format!("`{host}`: {e}"),
+                    wildcard_hint(),
+                )
+            })?
         };
         out.push(norm);
     }
@@ -317,6 +340,7 @@ fn parse_ports(text: &str) -> Result<Ports, PatternError> {
                 Ok(p as u16)
             }
             _ => Err(PatternError::new(
+                Code::BadPort,
                 format!("`{s}` is not a port"),
                 hint().to_string(),
             )),
@@ -329,6 +353,7 @@ fn parse_ports(text: &str) -> Result<Ports, PatternError> {
                 let (lo, hi) = (port(lo)?, port(hi)?);
                 if lo > hi {
                     return Err(PatternError::new(
+                        Code::BadPort,
                         format!("port range `{item}` is backwards"),
                         format!("write `{hi}-{lo}`"),
                     ));

@@ -83,6 +83,10 @@ proptest! {
         };
         for (h, port) in hosts {
             let host = Host::parse(&h).unwrap();
+            // "allowed only on other ports": every rule for the host, whatever its ports
+            let indexed: Vec<&str> = p.allow.matching_host(&host).iter().map(|r| &*r.text).collect();
+            let all: Vec<&str> = p.allow.rules().iter().filter(|r| r.pattern.matches(&host)).map(|r| &*r.text).collect();
+            prop_assert_eq!(indexed, all, "{} in\n{}", h, yaml);
             let d = p.decide(ip(A), &host, port);
             let want = !naive(&deny, true, &host, port) && naive(&allow, false, &host, port);
             prop_assert_eq!(d.verdict == Allow, want, "{}:{} in\n{}", h, port, yaml);

@@ -1,0 +1,176 @@
+//! `portcullis explain`: how the policy decides one destination, and why.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use crate::cli::{ExplainArgs, OutputFormat};
+use crate::cmd::exit;
+use crate::policy::explain::{Explanation, Placed, parse_target};
+use crate::policy::{Client, Host, Policy, Verdict};
+use crate::policy_file::{load_policy, render};
+
+/// Who asks: a client picked by name, or a source address matched as the proxy would.
+enum Asker<'p> {
+    Named(&'p Client),
+    Source(IpAddr, Option<&'p Client>),
+}
+
+/// `portcullis explain`: prints the decision, client, rule and why; returns the exit code.
+pub fn explain(
+    args: &ExplainArgs,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> std::io::Result<i32> {
+    let compiled = match load_policy(&args.policy) {
+        Ok(c) => c,
+        Err(errors) => {
+            for d in &errors {
+                writeln!(err, "{}", render(&args.policy, d))?;
+            }
+            return Ok(exit::USAGE);
+        }
+    };
+    let policy = &compiled.policy;
+    let (host, port) = match parse_target(&args.target) {
+        Ok(t) => t,
+        Err(e) => {
+            writeln!(err, "portcullis explain: {e}")?;
+            return Ok(exit::USAGE);
+        }
+    };
+    let asker = match pick_client(policy, &args.client) {
+        Ok(a) => a,
+        Err(e) => {
+            writeln!(err, "portcullis explain: {e}")?;
+            return Ok(exit::USAGE);
+        }
+    };
+    let client = match asker {
+        Asker::Named(c) => Some(c),
+        Asker::Source(_, c) => c,
+    };
+    let e = policy.explain(client, &host, port);
+    match args.format {
+        OutputFormat::Text => write_text(out, policy, &asker, &e, &host, port)?,
+        OutputFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json(&asker, &e, &host, port))
+                .expect("JSON values serialise")
+        )?,
+    }
+    Ok(match e.decision.verdict {
+        Verdict::Allow | Verdict::Report => exit::OK,
+        Verdict::Deny => exit::DENY,
+    })
+}
+
+fn pick_client<'p>(policy: &'p Policy, arg: &str) -> Result<Asker<'p>, String> {
+    let arg = arg.trim();
+    if let Ok(ip) = arg.parse::<IpAddr>() {
+        return Ok(Asker::Source(ip, policy.client_for(ip)));
+    }
+    let Some(clients) = &policy.clients else {
+        return Err(format!(
+            "--client `{arg}`: the policy has no `clients`; give a source address, or leave --client out"
+        ));
+    };
+    if let Some(c) = policy.client_named(arg) {
+        return Ok(Asker::Named(c));
+    }
+    let names: Vec<&str> = clients.iter().map(|c| &*c.name).collect();
+    Err(
+        match crate::policy::keys::closest(arg, names.iter().copied()) {
+            Some(near) => format!("--client `{arg}`: no such client; did you mean `{near}`?"),
+            None => format!(
+                "--client `{arg}` is neither an IP address nor a client (clients: {})",
+                names.join(", ")
+            ),
+        },
+    )
+}
+
+fn write_text(
+    out: &mut impl Write,
+    policy: &Policy,
+    asker: &Asker<'_>,
+    e: &Explanation<'_>,
+    host: &str,
+    port: u16,
+) -> std::io::Result<()> {
+    writeln!(out, "decision: {}", e.decision.verdict.as_str())?;
+    writeln!(out, "reason:   {}", e.decision.reason.as_str())?;
+    writeln!(out, "client:   {}", client_line(policy, asker))?;
+    match &e.rule {
+        Some(r) => writeln!(out, "rule:     {}", rule_line(r))?,
+        None => writeln!(out, "rule:     (none)")?,
+    }
+    match &e.host {
+        Ok(h) => writeln!(out, "target:   {h} port {port}")?,
+        Err(err) => writeln!(out, "target:   `{host}` is not a valid destination: {err}")?,
+    }
+    writeln!(out, "why:      {}", e.summary(port))?;
+    if let Ok(Host::Name(_)) = &e.host
+        && e.decision.verdict.permits()
+    {
+        writeln!(
+            out,
+            "note:     at connect time the addresses `{host}` resolves to must also pass ip_guard"
+        )?;
+    }
+    Ok(())
+}
+
+fn client_line(policy: &Policy, asker: &Asker<'_>) -> String {
+    match (asker, &policy.clients) {
+        (Asker::Named(c), _) => format!("{} (by name)", c.name),
+        (Asker::Source(addr, _), None) => {
+            format!("{addr} (the policy has no `clients`: every source gets the top-level rules)")
+        }
+        (Asker::Source(addr, Some(c)), Some(_)) => format!("{} ({addr})", c.name),
+        (Asker::Source(addr, None), Some(_)) => format!("{addr} matches no `clients` entry"),
+    }
+}
+
+/// `TEXT (deny rule, line L, column C)`.
+fn rule_line(r: &Placed<'_>) -> String {
+    format!(
+        "{} ({}, line {}, column {})",
+        r.rule.text,
+        r.kind(),
+        r.rule.line,
+        r.rule.column
+    )
+}
+
+fn placed_json(r: &Placed<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "text": &*r.rule.text,
+        "list": r.list.as_str(),
+        "ports": r.rule.ports.to_string(),
+        "line": r.rule.line,
+        "column": r.rule.column,
+    })
+}
+
+fn json(asker: &Asker<'_>, e: &Explanation<'_>, host: &str, port: u16) -> serde_json::Value {
+    let (name, source) = match asker {
+        Asker::Named(c) => (Some(c.name.to_string()), None),
+        Asker::Source(ip, c) => (c.map(|c| c.name.to_string()), Some(ip.to_string())),
+    };
+    serde_json::json!({
+        "decision": e.decision.verdict.as_str(),
+        "reason": e.decision.reason.as_str(),
+        "client": { "name": name, "source": source },
+        "rule": e.rule.as_ref().map(placed_json),
+        "denied_by_rule": e.denied_by_rule(),
+        "overridden": e.overridden.as_ref().map(placed_json),
+        "other_ports": e.other_ports.iter().map(placed_json).collect::<Vec<_>>(),
+        "target": {
+            "host": e.host.as_ref().map_or_else(|_| host.to_string(), ToString::to_string),
+            "port": port,
+            "valid": e.host.is_ok(),
+        },
+        "summary": e.summary(port),
+    })
+}
