@@ -40,7 +40,13 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Suggest an allowlist from audit logs (e.g. of `mode: report`), for review.
     Suggest(SuggestArgs),
+    /// Print a new random proxy token and, on the next line, the `sha256:` digest a client's `tokens:` lists.
+    Token(TokenArgs),
 }
+
+/// `portcullis token` takes no arguments.
+#[derive(Debug, Args)]
+pub struct TokenArgs {}
 
 /// `portcullis suggest` arguments.
 #[derive(Debug, Args)]

@@ -4,5 +4,6 @@
 pub mod health;
 pub mod policy;
 pub mod suggest;
+pub mod token;
 
 pub use policy::{check, diff, exit, explain, split_target};

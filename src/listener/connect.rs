@@ -1,7 +1,6 @@
 //! `CONNECT host:port`: decide, dial, answer 200, then tunnel with the
 //! TLS handshake checks of SPEC 9.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +51,6 @@ pub(super) async fn connect(
         upstream,
         target: host,
         port,
-        peer: conn.peer,
         slot: conn.slot.clone(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -89,7 +87,6 @@ struct Tunnel {
     upstream: Upstream,
     target: Host,
     port: u16,
-    peer: SocketAddr,
     /// Keeps the client connection counted until the tunnel ends.
     slot: Arc<ConnSlot>,
 }
@@ -104,7 +101,6 @@ impl Tunnel {
             upstream,
             target,
             port,
-            peer,
             slot,
         } = self;
         match on_upgrade.await {
@@ -118,8 +114,10 @@ impl Tunnel {
                 };
                 let counters = Counters::default();
                 let cancel = shared.lifecycle.abort.child_token();
-                let registration = (shared.policy.open_tunnels.as_ref())
-                    .map(|open| open.register(peer.ip(), target.clone(), port, cancel.clone()));
+                let registration = (shared.policy.open_tunnels.as_ref()).map(|open| {
+                    let who = ex.credentials().clone();
+                    open.register(who, target.clone(), port, cancel.clone())
+                });
                 let inspect = inspection(&snap, target, shared.limits.header_timeout);
                 let end = tunnel::pump(
                     client,

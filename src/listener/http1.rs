@@ -13,10 +13,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::forward::{Pooled, forward};
-use super::{Body, Exchange, Refusal, connect, error_response};
+use super::{Body, Exchange, Refusal, connect, error_response, proxy_auth};
 use crate::limits::MAX_HEAD_BYTES;
 use crate::policy::host::split_host_port;
-use crate::policy::{Host, Reason};
+use crate::policy::{CertName, Host, Reason};
 use crate::state::{ConnSlot, PolicyStore, Shared, Snapshot};
 use crate::telemetry::audit::Event;
 use crate::telemetry::{Listener, Telemetry};
@@ -32,6 +32,10 @@ pub(super) struct Conn {
     pub slot: Arc<ConnSlot>,
     /// Idle keep-alive upstreams.
     pub upstreams: Mutex<Vec<Pooled>>,
+    /// The names of the client's verified certificate (`--listen-tls`); empty otherwise.
+    pub certificate: Arc<[CertName]>,
+    /// The VPC endpoint the connection came through (PROXY protocol v2); `None` otherwise.
+    pub vpc_endpoint: Option<Arc<str>>,
 }
 
 /// Serves an explicit-proxy client connection.
@@ -73,6 +77,8 @@ async fn serve(
         original_dst,
         slot: Arc::new(slot),
         upstreams: Mutex::new(Vec::new()),
+        certificate: Arc::from([]),
+        vpc_endpoint: None,
     });
     let svc = service_fn(move |req| {
         let conn = conn.clone();
@@ -145,8 +151,25 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     };
     let mut ex = Exchange::new(conn.listener, event, conn.peer);
     ex.requested(req.method().as_str());
+    ex.connection_credentials(conn.certificate.clone(), conn.vpc_endpoint.clone());
     if !ex.admit(&conn.shared.telemetry) {
         return refusal(&conn.shared.telemetry, ex, Reason::AuditUnavailable);
+    }
+    // Only a policy that lists tokens reads the header: elsewhere a client
+    // that always sends one keeps working as before.
+    if snap.policy.uses_tokens {
+        match proxy_auth::presented(req.headers()) {
+            Ok(Some(token)) => ex.presented(token),
+            Ok(None) => {}
+            Err(why) => {
+                if let Some(a) = req.uri().authority() {
+                    ex.target_raw(a.as_str(), a.port_u16());
+                }
+                ex.bad_credentials(&snap);
+                let refused = Refusal::new(Reason::ProxyAuthRequired, why);
+                return refusal(&conn.shared.telemetry, ex, refused);
+            }
+        }
     }
     match (conn.listener, req.method()) {
         (Listener::Explicit, &Method::CONNECT) => connect::connect(conn, snap, ex, req).await,
@@ -199,12 +222,12 @@ pub(super) fn decide_target(
         };
         return Err(Refusal::new(Reason::BadRequest, detail));
     };
-    let client = ex.client_ip();
     let decision = ex.decide(snap, &host, port);
     if decision.verdict.permits() {
         Ok((host, port))
     } else {
-        let detail = snap.policy.refusal_detail(client, &host, port, decision);
+        let decision = ex.decision().expect("just decided");
+        let detail = (snap.policy).refusal_detail(ex.credentials(), &host, port, decision);
         Err(Refusal::new(decision.reason, detail))
     }
 }

@@ -9,6 +9,7 @@ mod connect;
 mod exchange;
 mod forward;
 pub(crate) mod http1;
+mod proxy_auth;
 pub(crate) mod tls;
 
 pub(crate) use exchange::{Exchange, Refusal};
@@ -68,6 +69,12 @@ pub(crate) fn error_response(refusal: &Refusal, id: RequestId) -> Response<Body>
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if reason == Reason::ProxyAuthRequired {
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static(proxy_auth::CHALLENGE),
+        );
+    }
     resp
 }
 
@@ -83,6 +90,7 @@ fn http_status(reason: Reason) -> Option<StatusCode> {
         Reason::DnsError | Reason::ConnectError => Some(StatusCode::BAD_GATEWAY),
         Reason::ConnectTimeout => Some(StatusCode::GATEWAY_TIMEOUT),
         Reason::Overloaded | Reason::AuditUnavailable => Some(StatusCode::SERVICE_UNAVAILABLE),
+        Reason::ProxyAuthRequired => Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED),
         Reason::SniMismatch
         | Reason::EchRefused
         | Reason::NoSni

@@ -11,6 +11,7 @@ mod cli_explain;
 mod edges;
 mod exposition;
 mod hostile;
+mod identity;
 mod observability;
 mod proxy_clients;
 mod proxy_connect;

@@ -98,6 +98,44 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// The credential a client authenticated with, for `client_auth_total`.
+    AuthMethod {
+        /// A client certificate on `--listen-tls`.
+        Certificate => "certificate",
+        /// A proxy token in `Proxy-Authorization`.
+        Token => "token",
+        /// A VPC endpoint id from a PROXY protocol v2 header.
+        VpcEndpoint => "vpc_endpoint",
+    }
+}
+
+impl From<crate::policy::Credential> for AuthMethod {
+    fn from(c: crate::policy::Credential) -> Self {
+        match c {
+            crate::policy::Credential::Certificate => AuthMethod::Certificate,
+            crate::policy::Credential::Token => AuthMethod::Token,
+            crate::policy::Credential::VpcEndpoint => AuthMethod::VpcEndpoint,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    method: AuthMethod,
+    result: AuthResult,
+}
+
+label_enum! {
+    /// Whether a credential got its caller in.
+    AuthResult {
+        /// It matched the client that decided.
+        Ok => "ok",
+        /// Rejected: a failed TLS handshake, a malformed header, or no client matched.
+        Failed => "failed",
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectLabels {
     destination: Arc<str>,
@@ -142,6 +180,7 @@ pub struct Metrics {
     policy_reloads: Family<ReloadLabels, Counter>,
     policy_generation: Gauge,
     policy_rules: Family<ClientLabels, Gauge>,
+    client_auth: Family<AuthLabels, Counter>,
     /// The policy in force and the last reload, for `policy_info`, the last-reload gauges and `/status`.
     policy: Arc<PolicyStatus>,
     audit: AuditCounters,
@@ -182,6 +221,7 @@ impl Metrics {
             policy_reloads: Family::default(),
             policy_generation: Gauge::default(),
             policy_rules: Family::default(),
+            client_auth: Family::default(),
             policy: Arc::default(),
             audit: AuditCounters::default(),
         };
@@ -242,6 +282,11 @@ impl Metrics {
             Unit::Seconds,
             self.dns_lookup.clone(),
         );
+        registry.register(
+            "client_auth",
+            "Client credentials checked, by method and result",
+            self.client_auth.clone(),
+        );
     }
 
     /// The policy in force and its reloads.
@@ -289,6 +334,18 @@ impl Metrics {
         ] {
             drop(self.policy_reloads.get_or_create(&ReloadLabels { result }));
         }
+        for method in [
+            AuthMethod::Certificate,
+            AuthMethod::Token,
+            AuthMethod::VpcEndpoint,
+        ] {
+            for result in [AuthResult::Ok, AuthResult::Failed] {
+                drop(
+                    self.client_auth
+                        .get_or_create(&AuthLabels { method, result }),
+                );
+            }
+        }
         for listener in [
             Listener::Explicit,
             Listener::TransparentTls,
@@ -299,6 +356,19 @@ impl Metrics {
                     .get_or_create(&ListenerLabels { listener }),
             );
         }
+    }
+
+    /// Counts one credential checked: `ok` when it got its caller in.
+    pub fn client_auth(&self, method: impl Into<AuthMethod>, ok: bool) {
+        let result = if ok {
+            AuthResult::Ok
+        } else {
+            AuthResult::Failed
+        };
+        let method = method.into();
+        self.client_auth
+            .get_or_create(&AuthLabels { method, result })
+            .inc();
     }
 
     /// Publishes the effective connection limit.

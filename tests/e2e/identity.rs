@@ -1,0 +1,4 @@
+//! Client identity on the shared service: proxy tokens in `Proxy-Authorization`
+//! ([`tokens`]) and client certificates on `--listen-tls`.
+
+mod tokens;
