@@ -19,7 +19,8 @@ use crate::policy::{Host, Reason};
 use crate::state::{ConnSlot, Shared, Snapshot};
 use crate::telemetry::Ending;
 use crate::tls_peek::{ClientFlight, Expect};
-use crate::tunnel::{self, ClientSide, Counters, End, Inspect};
+use crate::tunnel::{self, ClientSide, ClientStream, Counters, End, Inspect};
+use tokio_rustls::server::TlsStream;
 
 pub(super) async fn connect(
     conn: Arc<Conn>,
@@ -152,11 +153,20 @@ impl Tunnel {
     }
 }
 
-/// The client's socket, with what hyper read past the CONNECT head.
+/// The client's socket (TCP, or TLS on `--listen-tls`), with what hyper read past the CONNECT head.
 fn client_side(upgraded: Upgraded) -> Option<ClientSide> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            return Some(ClientSide {
+                stream: ClientStream::Tcp(parts.io.into_inner()),
+                prefix: parts.read_buf,
+            });
+        }
+        Err(upgraded) => upgraded,
+    };
+    let parts = upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>().ok()?;
     Some(ClientSide {
-        stream: parts.io.into_inner(),
+        stream: ClientStream::Tls(Box::new(parts.io.into_inner())),
         prefix: parts.read_buf,
     })
 }

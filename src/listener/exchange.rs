@@ -315,7 +315,8 @@ impl Exchange {
     fn handshake_detail(&self, reason: Reason, cause: &str, counters: &Counters) -> String {
         match (reason, counters.sni.get(), self.host.as_deref()) {
             (Reason::SniMismatch, Some(sni), Some(host))
-                if self.listener == Listener::Explicit && sni != host =>
+                if matches!(self.listener, Listener::Explicit | Listener::ExplicitTls)
+                    && sni != host =>
             {
                 format!("ClientHello names SNI {sni}, CONNECT named {host}")
             }

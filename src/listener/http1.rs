@@ -58,6 +58,27 @@ pub(crate) async fn serve_transparent(
     serve(shared, stream, peer, slot, Listener::TransparentHttp).await
 }
 
+/// Serves a client connection of the TLS listener, whose certificate had `certificate`'s names.
+pub(crate) async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    slot: ConnSlot,
+    certificate: Arc<[CertName]>,
+) {
+    let conn = Conn {
+        shared: shared.clone(),
+        listener: Listener::ExplicitTls,
+        peer,
+        original_dst: None,
+        slot: Arc::new(slot),
+        upstreams: Mutex::new(Vec::new()),
+        certificate,
+        vpc_endpoint: None,
+    };
+    serve_io(conn, stream).await
+}
+
 /// Serves one client connection until it closes or the proxy drains.
 async fn serve(
     shared: Arc<Shared>,
@@ -70,7 +91,7 @@ async fn serve(
         Listener::TransparentHttp => super::original_dst(&stream),
         _ => None,
     };
-    let conn = Arc::new(Conn {
+    let conn = Conn {
         shared: shared.clone(),
         listener,
         peer,
@@ -79,7 +100,18 @@ async fn serve(
         upstreams: Mutex::new(Vec::new()),
         certificate: Arc::from([]),
         vpc_endpoint: None,
-    });
+    };
+    serve_io(conn, stream).await
+}
+
+/// Speaks HTTP/1 on `io` (a TCP or TLS stream) for `conn`.
+async fn serve_io<I>(conn: Conn, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = conn.shared.clone();
+    let (listener, peer) = (conn.listener, conn.peer);
+    let conn = Arc::new(conn);
     let svc = service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
@@ -90,7 +122,7 @@ async fn serve(
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES.max(8192) * 4)
         .half_close(false)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(http);
     tokio::select! {
@@ -172,7 +204,9 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         }
     }
     match (conn.listener, req.method()) {
-        (Listener::Explicit, &Method::CONNECT) => connect::connect(conn, snap, ex, req).await,
+        (Listener::Explicit | Listener::ExplicitTls, &Method::CONNECT) => {
+            connect::connect(conn, snap, ex, req).await
+        }
         // A redirected client speaks to the origin: CONNECT makes no sense there.
         (_, &Method::CONNECT) => {
             ex.bad_request(&snap);

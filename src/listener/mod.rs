@@ -9,6 +9,7 @@ mod connect;
 mod exchange;
 mod forward;
 pub(crate) mod http1;
+pub(crate) mod mtls;
 mod proxy_auth;
 pub(crate) mod tls;
 

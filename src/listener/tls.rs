@@ -143,7 +143,7 @@ async fn relay(
 ) {
     let counters = Counters::default();
     let client = tunnel::ClientSide {
-        stream,
+        stream: tunnel::ClientStream::Tcp(stream),
         prefix: bytes::Bytes::new(),
     };
     let inspect = Inspect {

@@ -348,6 +348,7 @@ impl Metrics {
         }
         for listener in [
             Listener::Explicit,
+            Listener::ExplicitTls,
             Listener::TransparentTls,
             Listener::TransparentHttp,
         ] {
