@@ -134,4 +134,22 @@ mod tests {
         assert!(got.user.starts_with("abx"), "{}", got.user);
         assert_eq!(got.user.chars().count(), MAX_USER_CHARS);
     }
+
+    proptest::proptest! {
+        /// Whatever bytes a client sends, the parser answers without panicking,
+        /// and an error never quotes them.
+        #[test]
+        fn any_header_value_is_parsed_or_refused(value in proptest::collection::vec(0x20u8..0x7f, 0..64)) {
+            let text = String::from_utf8(value).unwrap();
+            for prefixed in [text.clone(), format!("Basic {text}"), format!("Bearer {text}")] {
+                if let Ok(v) = HeaderValue::from_str(&prefixed) {
+                    let mut h = HeaderMap::new();
+                    h.insert(PROXY_AUTHORIZATION, v);
+                    if let Err(why) = presented(&h) {
+                        proptest::prop_assert!(text.len() < 4 || !why.contains(&text));
+                    }
+                }
+            }
+        }
+    }
 }
