@@ -446,3 +446,40 @@ async fn a_replaced_client_ca_is_taken_without_a_restart_and_a_broken_one_is_not
         text(&out.stderr)
     );
 }
+
+/// Python's `ssl` module as an HTTPS-proxy client (its `urllib` cannot
+/// speak TLS to a proxy): a client certificate, then an absolute-form GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_ssl_with_a_client_certificate_fetches_through_the_tls_listener() {
+    let s = setup(&[]).await;
+    let origin = HttpOrigin::start().await;
+    let script = "import socket, ssl, sys\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])\n\
+        raw = socket.create_connection(('127.0.0.1', int(sys.argv[4])), timeout=20)\n\
+        conn = ctx.wrap_socket(raw, server_hostname='localhost')\n\
+        t = sys.argv[5]\n\
+        conn.sendall(('GET http://%s/ HTTP/1.1\\r\\nHost: %s\\r\\nConnection: close\\r\\n\\r\\n' % (t, t)).encode())\n\
+        data = b''\n\
+        while True:\n\
+        \x20   chunk = conn.recv(4096)\n\
+        \x20   if not chunk: break\n\
+        \x20   data += chunk\n\
+        print(data.split(b'\\r\\n')[0].decode(), data.endswith(b'ok'))\n";
+    let target = format!("origin.test:{}", origin.addr().port());
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &s.pems.path("server-ca.pem")])
+        .args([&s.pems.path("good.pem"), &s.pems.path("good.key")])
+        .args([&s.tls.port().to_string(), &target])
+        .output()
+        .await
+        .expect("run python3");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "HTTP/1.1 200 OK True",
+        "{}",
+        text(&out.stderr)
+    );
+    let record = s.proxy.wait_audit(|r| r["status"] == 200, WAIT).await;
+    assert_eq!(record["identity"], SPIFFE, "{record}");
+}
