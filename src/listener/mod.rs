@@ -292,7 +292,8 @@ async fn refuse_overloaded(
     let refusal = Refusal::from(Reason::Overloaded);
     ex.refused(refusal.clone(), Some(503));
     ex.finish(&telemetry);
-    if kind == Listener::TransparentTls {
+    // A TLS client would read plain HTTP as garbage: close without an answer.
+    if matches!(kind, Listener::TransparentTls | Listener::ExplicitTls) {
         return;
     }
     let body = error_body(&refusal);

@@ -483,3 +483,24 @@ async fn python_ssl_with_a_client_certificate_fetches_through_the_tls_listener()
     let record = s.proxy.wait_audit(|r| r["status"] == 200, WAIT).await;
     assert_eq!(record["identity"], SPIFFE, "{record}");
 }
+
+/// Beyond `--max-connections`, a TLS client is closed without a plain-text
+/// answer it could not read (the overload is audited and counted as usual).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_tls_listener_closes_without_writing_plain_text() {
+    let s = setup(&["--max-connections", "1"]).await;
+    let mut held = connect(s.tls).await;
+    held.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut refused = connect(s.tls).await;
+    let answer = expect_closed(&mut refused, WAIT).await;
+    assert!(
+        answer.is_empty(),
+        "plain text sent to a TLS client: {}",
+        text(&answer)
+    );
+    let record = s
+        .proxy
+        .wait_audit(|r| r["reason"] == "overloaded", WAIT)
+        .await;
+    assert_eq!(record["listener"], "explicit_tls", "{record}");
+}
