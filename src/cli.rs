@@ -42,7 +42,13 @@ pub enum Command {
     Schema(SchemaArgs),
     /// Suggest an allowlist from audit logs (e.g. of `mode: report`), for review.
     Suggest(SuggestArgs),
+    /// Print a new random proxy token and, on the next line, the `sha256:` digest a client's `tokens:` lists.
+    Token(TokenArgs),
 }
+
+/// `portcullis token` takes no arguments.
+#[derive(Debug, Args)]
+pub struct TokenArgs {}
 
 /// `portcullis suggest` arguments.
 #[derive(Debug, Args)]
@@ -125,6 +131,23 @@ pub struct RunArgs {
     /// Admin listener: /metrics, /healthz, /readyz.
     #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
+    /// HTTPS proxy listener requiring a client certificate (mTLS), speaking the
+    /// `--listen` protocol inside TLS; off when absent. Needs --tls-cert, --tls-key and --tls-client-ca.
+    #[arg(
+        long,
+        env = "PORTCULLIS_LISTEN_TLS",
+        requires_all = ["tls_cert", "tls_key", "tls_client_ca"]
+    )]
+    pub listen_tls: Option<SocketAddr>,
+    /// PEM certificate chain of the --listen-tls server; reloaded when it changes.
+    #[arg(long, env = "PORTCULLIS_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the --listen-tls server; reloaded when it changes.
+    #[arg(long, env = "PORTCULLIS_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that --listen-tls client certificates must chain to; reloaded when it changes.
+    #[arg(long, env = "PORTCULLIS_TLS_CLIENT_CA", value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Transparent TLS listener (destination from SNI); off when absent.
     #[arg(long, env = "PORTCULLIS_TRANSPARENT_TLS")]
     pub transparent_tls: Option<SocketAddr>,

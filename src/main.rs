@@ -44,6 +44,9 @@ fn main() -> ExitCode {
             &mut std::io::stdout().lock(),
             &mut std::io::stderr().lock(),
         ),
+        Command::Token(_) => {
+            cmd::token::run(&mut std::io::stdout().lock(), &mut std::io::stderr().lock())
+        }
         Command::Run(args) => return run(*args),
     };
     match code {

@@ -9,7 +9,6 @@
 mod watch;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -18,7 +17,7 @@ use std::time::Duration;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{Host, Policy, diff};
+use crate::policy::{Credentials, Host, Policy, diff};
 use crate::policy_file::{render, sha256_hex};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::audit::{AuditRecord, ReloadDetails};
@@ -319,7 +318,7 @@ pub(crate) struct OpenTunnels {
 }
 
 struct OpenTunnel {
-    client: IpAddr,
+    client: Credentials,
     host: Host,
     port: u16,
     cancel: CancellationToken,
@@ -361,7 +360,7 @@ impl OpenTunnels {
     /// Tracks a tunnel; `cancel` is cancelled if a reload revokes it.
     pub(crate) fn register(
         &self,
-        client: IpAddr,
+        client: Credentials,
         host: Host,
         port: u16,
         cancel: CancellationToken,
@@ -394,7 +393,7 @@ impl OpenTunnels {
         for t in open.values() {
             if !snap
                 .policy
-                .decide(t.client, &t.host, t.port)
+                .decide(&t.client, &t.host, t.port)
                 .verdict
                 .permits()
             {

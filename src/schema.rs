@@ -137,6 +137,56 @@ impl JsonSchema for Cidr {
     }
 }
 
+/// A `certificates:` selector.
+pub struct CertificateSelector;
+
+impl JsonSchema for CertificateSelector {
+    fn schema_name() -> Cow<'static, str> {
+        "CertificateSelector".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^(dns:.+|cn:.+|[A-Za-z][A-Za-z0-9+.-]*://.+)$",
+            "description": "A name of the client certificate: a URI SAN as written (`spiffe://…`), `dns:NAME` for a DNS SAN, or `cn:NAME` for the subject common name.",
+            "examples": ["spiffe://acme.internal/ns/payments/sa/api", "dns:payments.internal", "cn:payments"]
+        })
+    }
+}
+
+/// A `tokens:` selector.
+pub struct TokenDigest;
+
+impl JsonSchema for TokenDigest {
+    fn schema_name() -> Cow<'static, str> {
+        "TokenDigest".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^sha256:[0-9a-fA-F]{64}$",
+            "description": "`sha256:` and the hex SHA-256 of a proxy token (`portcullis token` prints one); the token itself is never written in the policy."
+        })
+    }
+}
+
+/// A `vpc_endpoints:` selector.
+pub struct VpcEndpoint;
+
+impl JsonSchema for VpcEndpoint {
+    fn schema_name() -> Cow<'static, str> {
+        "VpcEndpoint".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^vpce-([0-9a-fA-F]{8}|[0-9a-fA-F]{17})$",
+            "description": "An AWS VPC endpoint id, from the PROXY protocol v2 header an AWS NLB sends.",
+            "examples": ["vpce-0a1b2c3d4e5f67890"]
+        })
+    }
+}
+
 /// `blocked: default`, `blocked: 192.0.2.0/24` or a list of those.
 impl JsonSchema for OneOrMany {
     fn schema_name() -> Cow<'static, str> {

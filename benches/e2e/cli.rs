@@ -107,7 +107,7 @@ pub struct Options {
     #[arg(long)]
     pub skip_direct: bool,
 
-    /// Only these figures (comma list of: throughput, tunnels, http, idle).
+    /// Only these figures (comma list of: throughput, tunnels, http, idle, mtls).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 
@@ -155,7 +155,7 @@ impl Options {
     /// Sanity checks clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
         for name in &self.only {
-            if !["throughput", "tunnels", "http", "idle"].contains(&name.as_str()) {
+            if !["throughput", "tunnels", "http", "idle", "mtls"].contains(&name.as_str()) {
                 return Err(format!("--only: unknown figure {name:?}"));
             }
         }

@@ -18,6 +18,7 @@ mod client;
 mod dns;
 mod http;
 mod idle;
+mod mtls;
 mod origin;
 mod report;
 mod suite;
@@ -177,8 +178,31 @@ async fn run(opts: &Options) -> Result<(), String> {
     for t in targets {
         t.stop().await;
     }
+    let mtls = match &bin {
+        Some(bin) if opts.wants("mtls") => {
+            eprintln!("e2e: mTLS connections (a portcullis with --listen-tls)");
+            let figure = mtls::run(
+                bin,
+                dns,
+                origins.raw,
+                &opts.portcullis_args,
+                opts.workers,
+                opts.warmup(),
+                opts.measure(),
+            )
+            .await;
+            if let Err(e) = &figure {
+                eprintln!("e2e: mTLS figure: {e}");
+            }
+            figure.ok()
+        }
+        _ => None,
+    };
 
     println!("\n{}", report::table(&reports, &opts.streams));
+    if let Some(m) = &mtls {
+        println!("{}", mtls::table(m));
+    }
     let settings = json!({
         "seconds": opts.seconds,
         "warmup_ms": opts.warmup_ms,
@@ -196,7 +220,8 @@ async fn run(opts: &Options) -> Result<(), String> {
         "git_dirty_paths": git(&["status", "--porcelain"]).map(|s| s.lines().count()),
         "portcullis_args": opts.portcullis_args,
     });
-    let doc = report::json(&reports, &opts.streams, settings);
+    let mut doc = report::json(&reports, &opts.streams, settings);
+    doc["mtls"] = json!(mtls);
     let text = serde_json::to_string_pretty(&doc).expect("serialisable report");
     if let Some(path) = &opts.json {
         std::fs::write(path, &text).map_err(|e| format!("--json {}: {e}", path.display()))?;

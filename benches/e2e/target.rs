@@ -29,6 +29,8 @@ pub struct Target {
     child: Option<Child>,
     scratch: Option<PathBuf>,
     _stderr: Option<tokio::task::JoinHandle<()>>,
+    /// The proxy's stderr lines (start-up ones kept), when it was started here.
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Target {
@@ -45,6 +47,7 @@ impl Target {
             child: None,
             scratch: None,
             _stderr: None,
+            lines: Arc::default(),
         }
     }
 
@@ -112,6 +115,7 @@ impl Target {
             child: Some(child),
             scratch: Some(scratch),
             _stderr: Some(reader),
+            lines: lines.clone(),
         };
         let text = || {
             lines
@@ -201,6 +205,7 @@ impl Target {
             child: Some(child),
             scratch: None,
             _stderr: None,
+            lines: Arc::default(),
         })
     }
 
@@ -234,6 +239,12 @@ impl Target {
     }
 
     /// Utime + stime of the proxy process, in seconds.
+    /// The address the proxy announced for `listener` (e.g. `explicit_tls`).
+    pub fn listening(&self, listener: &str) -> Option<SocketAddr> {
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        lines.iter().find_map(|l| listening_addr(l, listener))
+    }
+
     pub fn cpu_seconds(&self) -> Option<f64> {
         crate::sysstat::cpu_seconds(self.pid?)
     }

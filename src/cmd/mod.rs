@@ -8,6 +8,7 @@ pub mod health;
 pub mod policy;
 pub mod suggest;
 pub mod test;
+pub mod token;
 
 pub use check::check;
 pub use diff::diff;

@@ -1,7 +1,6 @@
 //! `CONNECT host:port`: decide, dial, answer 200, then tunnel with the
 //! TLS handshake checks of SPEC 9.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,8 @@ use crate::policy::{Host, Reason};
 use crate::state::{ConnSlot, Shared, Snapshot};
 use crate::telemetry::Ending;
 use crate::tls_peek::{ClientFlight, Expect};
-use crate::tunnel::{self, ClientSide, Counters, End, Inspect};
+use crate::tunnel::{self, ClientSide, ClientStream, Counters, End, Inspect};
+use tokio_rustls::server::TlsStream;
 
 pub(super) async fn connect(
     conn: Arc<Conn>,
@@ -52,7 +52,6 @@ pub(super) async fn connect(
         upstream,
         target: host,
         port,
-        peer: conn.peer,
         slot: conn.slot.clone(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -89,7 +88,6 @@ struct Tunnel {
     upstream: Upstream,
     target: Host,
     port: u16,
-    peer: SocketAddr,
     /// Keeps the client connection counted until the tunnel ends.
     slot: Arc<ConnSlot>,
 }
@@ -104,7 +102,6 @@ impl Tunnel {
             upstream,
             target,
             port,
-            peer,
             slot,
         } = self;
         match on_upgrade.await {
@@ -118,8 +115,10 @@ impl Tunnel {
                 };
                 let counters = Counters::default();
                 let cancel = shared.lifecycle.abort.child_token();
-                let registration = (shared.policy.open_tunnels.as_ref())
-                    .map(|open| open.register(peer.ip(), target.clone(), port, cancel.clone()));
+                let registration = (shared.policy.open_tunnels.as_ref()).map(|open| {
+                    let who = ex.credentials().clone();
+                    open.register(who, target.clone(), port, cancel.clone())
+                });
                 let inspect = inspection(&snap, target, shared.limits.header_timeout);
                 let end = tunnel::pump(
                     client,
@@ -154,11 +153,20 @@ impl Tunnel {
     }
 }
 
-/// The client's socket, with what hyper read past the CONNECT head.
+/// The client's socket (TCP, or TLS on `--listen-tls`), with what hyper read past the CONNECT head.
 fn client_side(upgraded: Upgraded) -> Option<ClientSide> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            return Some(ClientSide {
+                stream: ClientStream::Tcp(parts.io.into_inner()),
+                prefix: parts.read_buf,
+            });
+        }
+        Err(upgraded) => upgraded,
+    };
+    let parts = upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>().ok()?;
     Some(ClientSide {
-        stream: parts.io.into_inner(),
+        stream: ClientStream::Tls(Box::new(parts.io.into_inner())),
         prefix: parts.read_buf,
     })
 }

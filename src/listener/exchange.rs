@@ -1,11 +1,11 @@
 //! `Exchange`: one connection or request from accept to its audit record, changed only by its transitions.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::dial::DialError;
-use crate::policy::{Decision, Host, Reason, Verdict};
+use crate::policy::{CertName, Credentials, Decision, Host, PresentedToken, Reason, Verdict};
 use crate::reload::Revocation;
 use crate::state::Snapshot;
 use crate::telemetry::audit::Event;
@@ -74,10 +74,11 @@ pub(crate) struct Exchange {
     listener: Listener,
     event: Event,
     client_addr: SocketAddr,
-    /// The AWS VPC endpoint the connection came through (PROXY protocol v2):
-    /// an input of the client match, for the policy's `vpc_endpoints` (not
-    /// read yet: `decide` matches clients by address only).
-    vpc_endpoint: Option<Arc<str>>,
+    /// Who the client is: its address and the credentials it presented.
+    creds: Credentials,
+    /// For each credential kind presented (certificate, token, VPC
+    /// endpoint): whether it got the caller in, once decided.
+    auth: [Option<bool>; 3],
     method: Option<String>,
     /// The destination as normalised, or as received when it did not parse.
     host: Option<String>,
@@ -110,7 +111,8 @@ impl Exchange {
             listener,
             event,
             client_addr,
-            vpc_endpoint: None,
+            creds: Credentials::from(client_addr.ip()),
+            auth: [None; 3],
             method: None,
             host: None,
             port: None,
@@ -145,14 +147,35 @@ impl Exchange {
         self.id
     }
 
-    /// The client's address.
-    pub(crate) fn client_ip(&self) -> IpAddr {
-        self.client_addr.ip()
+    /// Records what the connection proved about the client: the names of
+    /// its verified certificate and the VPC endpoint it came through.
+    pub(crate) fn connection_credentials(
+        &mut self,
+        certificate: Arc<[CertName]>,
+        vpc_endpoint: Option<Arc<str>>,
+    ) {
+        self.creds.certificate = certificate;
+        self.creds.vpc_endpoint = vpc_endpoint;
+    }
+
+    /// Records the proxy token the request presented.
+    pub(crate) fn presented(&mut self, token: PresentedToken) {
+        self.creds.token = Some(token);
+    }
+
+    /// Who the client is, as decisions see it.
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.creds
+    }
+
+    /// The decision, once made.
+    pub(crate) fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
     }
 
     /// Records the VPC endpoint a PROXY protocol header named.
     pub(crate) fn came_through(&mut self, vpc_endpoint: Option<Arc<str>>) {
-        self.vpc_endpoint = vpc_endpoint;
+        self.creds.vpc_endpoint = vpc_endpoint;
     }
 
     /// Records the request method.
@@ -193,8 +216,18 @@ impl Exchange {
         self.generation = Some(snap.generation);
         self.policy_sha256 = Some(snap.sha256.clone());
         self.has_clients = snap.policy.clients.is_some();
-        let decision = snap.policy.decide(self.client_addr.ip(), host, port);
+        let decision = snap.policy.decide(&self.creds, host, port);
         self.reason = decision.reason;
+        if self.has_clients {
+            let presented = self.creds.presented();
+            for (k, auth) in self.auth.iter_mut().enumerate() {
+                *auth = match (presented[k], &decision.client) {
+                    (false, _) => None,
+                    (true, None) => Some(false),
+                    (true, Some(_)) => decision.used[k].then_some(true),
+                };
+            }
+        }
         self.decision.insert(decision)
     }
 
@@ -203,8 +236,15 @@ impl Exchange {
         self.generation = Some(snap.generation);
         self.policy_sha256 = Some(snap.sha256.clone());
         self.has_clients = snap.policy.clients.is_some();
-        self.decision = Some(snap.policy.bad_request(self.client_addr.ip()));
+        self.decision = Some(snap.policy.bad_request(&self.creds));
         self.reason = Reason::BadRequest;
+    }
+
+    /// Records a request refused for a malformed `Proxy-Authorization`
+    /// header: a failed token, whatever else the request says.
+    pub(crate) fn bad_credentials(&mut self, snap: &Snapshot) {
+        self.bad_request(snap);
+        self.auth[1] = Some(false);
     }
 
     /// Records the upstream the exchange was dialed to.
@@ -280,7 +320,8 @@ impl Exchange {
     fn handshake_detail(&self, reason: Reason, cause: &str, counters: &Counters) -> String {
         match (reason, counters.sni.get(), self.host.as_deref()) {
             (Reason::SniMismatch, Some(sni), Some(host))
-                if self.listener == Listener::Explicit && sni != host =>
+                if matches!(self.listener, Listener::Explicit | Listener::ExplicitTls)
+                    && sni != host =>
             {
                 format!("ClientHello names SNI {sni}, CONNECT named {host}")
             }
@@ -321,9 +362,9 @@ impl Exchange {
         let enforce_reason = (self.decision.as_ref())
             .filter(|d| d.verdict == Verdict::Report)
             .map(|d| d.reason);
-        let (client, rule) = match self.decision {
-            Some(d) => (d.client, d.rule),
-            None => (None, None),
+        let (client, rule, identity) = match self.decision {
+            Some(d) => (d.client, d.rule, d.identity.map(|i| i.name)),
+            None => (None, None, None),
         };
         // A refusal has a detail and no end; an admitted exchange has an end
         // (and, when a reload revoked it, a detail naming that reload).
@@ -333,6 +374,8 @@ impl Exchange {
             event: self.event,
             client_addr: self.client_addr,
             client,
+            identity,
+            auth: self.auth,
             has_clients: self.has_clients,
             method: self.method,
             host: self.host,

@@ -13,10 +13,10 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::forward::{Pooled, forward};
-use super::{Body, Exchange, Peer, Refusal, connect, error_response};
+use super::{Body, Exchange, Peer, Refusal, connect, error_response, proxy_auth};
 use crate::limits::MAX_HEAD_BYTES;
 use crate::policy::host::split_host_port;
-use crate::policy::{Host, Reason};
+use crate::policy::{CertName, Host, Reason};
 use crate::state::{ConnSlot, PolicyStore, Shared, Snapshot};
 use crate::telemetry::audit::Event;
 use crate::telemetry::{Listener, Telemetry};
@@ -35,6 +35,8 @@ pub(super) struct Conn {
     pub slot: Arc<ConnSlot>,
     /// Idle keep-alive upstreams.
     pub upstreams: Mutex<Vec<Pooled>>,
+    /// The names of the client's verified certificate (`--listen-tls`); empty otherwise.
+    pub certificate: Arc<[CertName]>,
 }
 
 /// Serves an explicit-proxy client connection.
@@ -57,6 +59,27 @@ pub(crate) async fn serve_transparent(
     serve(shared, stream, peer, slot, Listener::TransparentHttp).await
 }
 
+/// Serves a client connection of the TLS listener, whose certificate had `certificate`'s names.
+pub(crate) async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: Peer,
+    slot: ConnSlot,
+    certificate: Arc<[CertName]>,
+) {
+    let conn = Conn {
+        shared: shared.clone(),
+        listener: Listener::ExplicitTls,
+        peer: peer.addr,
+        vpc_endpoint: peer.vpc_endpoint,
+        original_dst: None,
+        slot: Arc::new(slot),
+        upstreams: Mutex::new(Vec::new()),
+        certificate,
+    };
+    serve_io(conn, stream).await
+}
+
 /// Serves one client connection until it closes or the proxy drains.
 async fn serve(
     shared: Arc<Shared>,
@@ -73,7 +96,7 @@ async fn serve(
         Listener::TransparentHttp => super::original_dst(&stream),
         _ => None,
     };
-    let conn = Arc::new(Conn {
+    let conn = Conn {
         shared: shared.clone(),
         listener,
         peer,
@@ -81,7 +104,19 @@ async fn serve(
         original_dst,
         slot: Arc::new(slot),
         upstreams: Mutex::new(Vec::new()),
-    });
+        certificate: Arc::from([]),
+    };
+    serve_io(conn, stream).await
+}
+
+/// Speaks HTTP/1 on `io` (a TCP or TLS stream) for `conn`.
+async fn serve_io<I>(conn: Conn, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = conn.shared.clone();
+    let (listener, peer) = (conn.listener, conn.peer);
+    let conn = Arc::new(conn);
     let svc = service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(conn, req).await) }
@@ -92,7 +127,7 @@ async fn serve(
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES.max(8192) * 4)
         .half_close(false)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(http);
     tokio::select! {
@@ -152,13 +187,31 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         Event::Request
     };
     let mut ex = Exchange::new(conn.listener, event, conn.peer);
-    ex.came_through(conn.vpc_endpoint.clone());
     ex.requested(req.method().as_str());
+    ex.connection_credentials(conn.certificate.clone(), conn.vpc_endpoint.clone());
     if !ex.admit(&conn.shared.telemetry) {
         return refusal(&conn.shared.telemetry, ex, Reason::AuditUnavailable);
     }
+    // Only a policy that lists tokens reads the header: elsewhere a client
+    // that always sends one keeps working as before.
+    if snap.policy.uses_tokens {
+        match proxy_auth::presented(req.headers()) {
+            Ok(Some(token)) => ex.presented(token),
+            Ok(None) => {}
+            Err(why) => {
+                if let Some(a) = req.uri().authority() {
+                    ex.target_raw(a.as_str(), a.port_u16());
+                }
+                ex.bad_credentials(&snap);
+                let refused = Refusal::new(Reason::ProxyAuthRequired, why);
+                return refusal(&conn.shared.telemetry, ex, refused);
+            }
+        }
+    }
     match (conn.listener, req.method()) {
-        (Listener::Explicit, &Method::CONNECT) => connect::connect(conn, snap, ex, req).await,
+        (Listener::Explicit | Listener::ExplicitTls, &Method::CONNECT) => {
+            connect::connect(conn, snap, ex, req).await
+        }
         // A redirected client speaks to the origin: CONNECT makes no sense there.
         (_, &Method::CONNECT) => {
             ex.bad_request(&snap);
@@ -208,12 +261,12 @@ pub(super) fn decide_target(
         };
         return Err(Refusal::new(Reason::BadRequest, detail));
     };
-    let client = ex.client_ip();
     let decision = ex.decide(snap, &host, port);
     if decision.verdict.permits() {
         Ok((host, port))
     } else {
-        let detail = snap.policy.refusal_detail(client, &host, port, decision);
+        let decision = ex.decision().expect("just decided");
+        let detail = (snap.policy).refusal_detail(ex.credentials(), &host, port, decision);
         Err(Refusal::new(decision.reason, detail))
     }
 }

@@ -9,6 +9,8 @@ mod connect;
 mod exchange;
 mod forward;
 pub(crate) mod http1;
+pub(crate) mod mtls;
+mod proxy_auth;
 pub(crate) mod proxy_protocol;
 pub(crate) mod tls;
 
@@ -91,6 +93,12 @@ pub(crate) fn error_response(refusal: &Refusal, id: RequestId) -> Response<Body>
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if reason == Reason::ProxyAuthRequired {
+        h.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static(proxy_auth::CHALLENGE),
+        );
+    }
     resp
 }
 
@@ -106,6 +114,7 @@ fn http_status(reason: Reason) -> Option<StatusCode> {
         Reason::DnsError | Reason::ConnectError => Some(StatusCode::BAD_GATEWAY),
         Reason::ConnectTimeout => Some(StatusCode::GATEWAY_TIMEOUT),
         Reason::Overloaded | Reason::AuditUnavailable => Some(StatusCode::SERVICE_UNAVAILABLE),
+        Reason::ProxyAuthRequired => Some(StatusCode::PROXY_AUTHENTICATION_REQUIRED),
         Reason::SniMismatch
         | Reason::EchRefused
         | Reason::NoSni
@@ -146,7 +155,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     kind: Listener,
     serve: F,
 ) where
-    F: Fn(Arc<Shared>, TcpStream, Peer, ConnSlot) -> Fut + Copy + Send + 'static,
+    F: Fn(Arc<Shared>, TcpStream, Peer, ConnSlot) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     // One descriptor held back: when the process runs out, it is given up
@@ -215,7 +224,7 @@ pub(crate) async fn accept_loop<F, Fut>(
                 peer,
                 permit,
                 kind,
-                serve,
+                serve.clone(),
             );
             tracker.spawn(task.instrument(span));
             continue;
@@ -369,7 +378,8 @@ async fn refuse_overloaded(
     let refusal = Refusal::from(Reason::Overloaded);
     ex.refused(refusal.clone(), Some(503));
     ex.finish(&telemetry);
-    if kind == Listener::TransparentTls {
+    // A TLS client would read plain HTTP as garbage: close without an answer.
+    if matches!(kind, Listener::TransparentTls | Listener::ExplicitTls) {
         return;
     }
     let body = error_body(&refusal);

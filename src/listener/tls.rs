@@ -64,10 +64,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Peer
         let refused = Refusal::from(Reason::AuditUnavailable);
         return refuse_with_alert(&shared.telemetry, ex, stream, refused, INTERNAL_ERROR).await;
     }
-    let client = ex.client_ip();
-    let decision = ex.decide(&snap, &host, port);
-    if !decision.verdict.permits() {
-        let detail = snap.policy.refusal_detail(client, &host, port, decision);
+    if !ex.decide(&snap, &host, port).verdict.permits() {
+        let decision = ex.decision().expect("just decided");
+        let detail = (snap.policy).refusal_detail(ex.credentials(), &host, port, decision);
         let refused = Refusal::new(decision.reason, detail);
         return refuse_with_alert(&shared.telemetry, ex, stream, refused, ACCESS_DENIED).await;
     }
@@ -144,7 +143,7 @@ async fn relay(
 ) {
     let counters = Counters::default();
     let client = tunnel::ClientSide {
-        stream,
+        stream: tunnel::ClientStream::Tcp(stream),
         prefix: bytes::Bytes::new(),
     };
     let inspect = Inspect {

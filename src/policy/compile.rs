@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
+use super::identity::{self, CertName, Selectors, TokenDigest};
 use super::ignore::Ignores;
 use super::ip_guard::{default_blocked, parse_net};
 use super::lint::{self, ClientSpans, Spans};
@@ -274,7 +275,9 @@ impl Compiler {
             sni_must_match: t.sni_must_match.unwrap_or(true),
             ech_allowed: t.ech == Some(RawEch::Allow),
         });
+        let uses_tokens = (clients.iter().flatten()).any(|c| !c.selectors.tokens.is_empty());
         Policy {
+            uses_tokens,
             mode: top_mode,
             default_ports,
             allow,
@@ -357,28 +360,80 @@ impl Compiler {
                     Some("merge the two entries".into()),
                 );
             }
-            let sources = match c.sources {
-                Some(s) if !s.value.is_empty() => self.nets(s.value),
-                other => {
-                    self.error(
-                        Code::NoSources,
-                        other.map_or(name_at, |s| s.referenced),
-                        format!("client `{name}` has no sources"),
-                        Some("list the client's addresses, e.g. `sources: [10.0.1.0/24]`".into()),
-                    );
-                    Vec::new()
-                }
-            };
+            let selectors = self.selectors(&c, &name, name_at);
             self.spans.clients.push(ClientSpans {
                 at: name_at.into(),
                 mode: c.mode.as_ref().map(|m| m.referenced.into()),
             });
             out.push(Client {
                 name: Arc::from(name),
-                sources,
+                selectors,
                 mode: mode(c.mode.as_ref()).unwrap_or(top_mode),
                 allow: self.rules(c.allow.unwrap_or_default(), default_ports),
             });
+        }
+        out
+    }
+
+    /// How a caller is recognised as client `name`: every kind it lists must match.
+    fn selectors(&mut self, c: &RawClient, name: &str, name_at: Location) -> Selectors {
+        let kinds = [
+            ("sources", &c.sources, "`sources: [10.0.1.0/24]`"),
+            (
+                "certificates",
+                &c.certificates,
+                "`certificates: [\"spiffe://acme.internal/ns/payments/sa/api\"]`",
+            ),
+            (
+                "tokens",
+                &c.tokens,
+                "`tokens: [\"sha256:…\"]` (`portcullis token` makes one)",
+            ),
+            (
+                "vpc_endpoints",
+                &c.vpc_endpoints,
+                "`vpc_endpoints: [vpce-0a1b2c3d4e5f67890]`",
+            ),
+        ];
+        for (key, list, example) in &kinds {
+            if let Some(list) = list
+                && list.value.is_empty()
+            {
+                self.error(
+                    Code::NoSelector,
+                    list.referenced,
+                    format!("client `{name}` has no {key}: an empty list matches nobody"),
+                    Some(format!("list values, e.g. {example}, or remove the key")),
+                );
+            }
+        }
+        if kinds.iter().all(|(_, list, _)| list.is_none()) {
+            self.error(
+                Code::NoSelector,
+                name_at,
+                format!("client `{name}` has no selector: nothing says which callers it is"),
+                Some("give it `sources`, `certificates`, `tokens` or `vpc_endpoints` (all listed kinds must match)".into()),
+            );
+        }
+        let items = |list: &Option<Spanned<Vec<Text>>>| {
+            list.as_ref().map_or(&[][..], |l| &l.value[..]).to_vec()
+        };
+        Selectors {
+            sources: self.nets(items(&c.sources)),
+            certificates: self.parsed(items(&c.certificates), CertName::parse_selector),
+            tokens: self.parsed(items(&c.tokens), TokenDigest::parse_selector),
+            vpc_endpoints: self.parsed(items(&c.vpc_endpoints), identity::parse_vpc_endpoint),
+        }
+    }
+
+    /// Each item parsed by `parse`, or a `bad-selector` error at its place.
+    fn parsed<T>(&mut self, list: Vec<Text>, parse: fn(&str) -> Result<T, String>) -> Vec<T> {
+        let mut out = Vec::with_capacity(list.len());
+        for item in list {
+            match parse(&item.value) {
+                Ok(v) => out.push(v),
+                Err(e) => self.error(Code::BadSelector, item.referenced, e, None),
+            }
         }
         out
     }

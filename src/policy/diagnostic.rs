@@ -86,8 +86,10 @@ codes! {
     EmptyClientName = "empty-client-name", Error;
     /// Two clients with the same name.
     DuplicateClient = "duplicate-client", Error;
-    /// A client without source addresses.
-    NoSources = "no-sources", Error;
+    /// A client with no selector, or an empty selector list: it matches nobody.
+    NoSelector = "no-selector", Error;
+    /// A certificate name, token digest or VPC endpoint id that does not parse.
+    BadSelector = "bad-selector", Error;
     /// The same destination twice in one list.
     DuplicateRule = "duplicate-rule", Warning;
     /// A rule that makes another rule of its list unnecessary.

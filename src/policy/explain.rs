@@ -151,6 +151,8 @@ impl Policy {
                 reason: Reason::BadRequest,
                 rule: None,
                 client: client.map(|c| c.name.clone()),
+                identity: None,
+                used: [false; 3],
             },
             host: parsed.clone(),
             client,

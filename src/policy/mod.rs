@@ -6,6 +6,7 @@ pub mod diagnostic;
 pub mod diff;
 pub mod explain;
 pub mod host;
+pub mod identity;
 pub mod ignore;
 pub mod ip_guard;
 pub mod keys;
@@ -14,14 +15,14 @@ pub mod pattern;
 pub mod raw;
 pub mod ruleset;
 
-use std::net::IpAddr;
 use std::sync::Arc;
-
-use ipnet::IpNet;
 
 pub use compile::{Checked, Compiled};
 pub use diagnostic::{Code, Diagnostic, Severity};
 pub use host::{Host, HostError};
+pub use identity::{
+    Caller, CertName, Credential, Credentials, Identity, PresentedToken, Selectors, TokenDigest,
+};
 pub use ip_guard::IpGuard;
 use ruleset::{Rule, RuleSet, Target};
 
@@ -86,11 +87,14 @@ pub enum Reason {
     TlsViolation,
     /// The audit log cannot take the exchange's record (`--audit-overflow refuse`).
     AuditUnavailable,
+    /// The policy lists proxy tokens and the request matches no client: it
+    /// presented no token, a malformed one, or one no matching client lists.
+    ProxyAuthRequired,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Allowed,
         Reason::NotAllowed,
         Reason::ClientNotAllowed,
@@ -106,6 +110,7 @@ impl Reason {
         Reason::PolicyRevoked,
         Reason::TlsViolation,
         Reason::AuditUnavailable,
+        Reason::ProxyAuthRequired,
     ];
 
     /// The snake_case label used in metrics and the audit `reason`.
@@ -126,6 +131,7 @@ impl Reason {
             Reason::PolicyRevoked => "policy_revoked",
             Reason::TlsViolation => "tls_violation",
             Reason::AuditUnavailable => "audit_unavailable",
+            Reason::ProxyAuthRequired => "proxy_auth_required",
         }
     }
 
@@ -148,6 +154,9 @@ impl Reason {
             Reason::TlsViolation => "TLS handshake broke the rules the proxy checks",
             Reason::AuditUnavailable => {
                 "the audit log cannot keep up; the proxy refuses what it cannot record, retry shortly"
+            }
+            Reason::ProxyAuthRequired => {
+                "proxy authentication required: send Proxy-Authorization with a token the policy lists"
             }
         }
     }
@@ -200,8 +209,13 @@ pub struct Decision {
     pub reason: Reason,
     /// The destination that decided, as written in the file.
     pub rule: Option<Arc<str>>,
-    /// The `clients` entry the source matched; `None` when the policy has no `clients`.
+    /// The `clients` entry the caller matched; `None` when the policy has no `clients`.
     pub client: Option<Arc<str>>,
+    /// The credential that matched the client; `None` when the source alone did.
+    pub identity: Option<Identity>,
+    /// Whether the matched client lists certificate, token and VPC endpoint
+    /// selectors (in that order): the credentials that took part in the match.
+    pub used: [bool; 3],
 }
 
 /// A `clients` entry.
@@ -209,8 +223,8 @@ pub struct Decision {
 pub struct Client {
     /// Unique name: the `client` label in metrics and the audit log.
     pub name: Arc<str>,
-    /// Source ranges this entry covers.
-    pub sources: Vec<IpNet>,
+    /// How a caller is recognised as this client.
+    pub selectors: Selectors,
     /// This client's mode (the top-level one unless overridden).
     pub mode: Mode,
     /// Destinations this client may reach on top of the top-level `allow`.
@@ -234,6 +248,9 @@ pub struct Policy {
     pub guard: IpGuard,
     /// ClientHello checks inside CONNECT tunnels.
     pub tls: TlsPolicy,
+    /// Some client lists `tokens`: a caller that matches no client is asked
+    /// to authenticate (`407`) rather than refused.
+    pub uses_tokens: bool,
 }
 
 impl Policy {
@@ -247,26 +264,66 @@ impl Policy {
         self.clients.as_ref()?.iter().find(|c| &*c.name == name)
     }
 
-    /// The first `clients` entry listing `addr`, in file order.
-    pub fn client_for(&self, addr: IpAddr) -> Option<&Client> {
-        let addr = addr.to_canonical();
+    /// The first `clients` entry `caller` matches, in file order, with the
+    /// credential that named it.
+    pub fn matched<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+    ) -> Option<(&Client, Option<Identity>)> {
+        let caller = caller.into();
         self.clients
             .as_ref()?
             .iter()
-            .find(|c| c.sources.iter().any(|n| n.contains(&addr)))
+            .find_map(|c| Some((c, c.selectors.matches(&caller)?)))
     }
 
-    /// Decides a request from `client_addr` to `host:port`.
-    pub fn decide(&self, client_addr: IpAddr, host: &Host, port: u16) -> Decision {
-        self.decide_for(self.client_for(client_addr), host, port)
+    /// The first `clients` entry `caller` matches, in file order.
+    pub fn client_for<'c>(&self, caller: impl Into<Caller<'c>>) -> Option<&Client> {
+        self.matched(caller).map(|(c, _)| c)
     }
 
-    /// Decides a request of `client` (the entry its source matched; `None`
-    /// when it matched none) to `host:port`.
+    /// Decides a request from `caller` (an address, or a [`Caller`] with
+    /// its credentials) to `host:port`.
+    pub fn decide<'c>(&self, caller: impl Into<Caller<'c>>, host: &Host, port: u16) -> Decision {
+        let matched = self.matched(caller);
+        let client = matched.as_ref().map(|(c, _)| *c);
+        let (verdict, reason, rule) = self.judge(client, host, port);
+        let (client, identity, used) = Self::named(matched);
+        Decision {
+            verdict,
+            reason,
+            rule,
+            client,
+            identity,
+            used,
+        }
+    }
+
+    /// Decides a request of `client` (a `clients` entry chosen by name, as
+    /// `explain --client NAME` does; `None`: a caller no client matched) to `host:port`.
     pub fn decide_for(&self, client: Option<&Client>, host: &Host, port: u16) -> Decision {
+        let (verdict, reason, rule) = self.judge(client, host, port);
+        let (client, identity, used) = Self::named(client.map(|c| (c, None)));
+        Decision {
+            verdict,
+            reason,
+            rule,
+            client,
+            identity,
+            used,
+        }
+    }
+
+    /// The verdict, reason and deciding rule for `client` (the matched entry) to `host:port`.
+    fn judge(
+        &self,
+        client: Option<&Client>,
+        host: &Host,
+        port: u16,
+    ) -> (Verdict, Reason, Option<Arc<str>>) {
         let mode = client.map_or(self.mode, |c| c.mode);
-        let client_name = client.map(|c| c.name.clone());
         let (reason, rule) = match (&self.clients, client) {
+            (Some(_), None) if self.uses_tokens => (Reason::ProxyAuthRequired, None),
             (Some(_), None) => (Reason::ClientNotAllowed, None),
             _ => self.match_rules(client, host, port),
         };
@@ -278,29 +335,45 @@ impl Policy {
             (_, Mode::Report) => Verdict::Report,
             (_, Mode::Enforce) => Verdict::Deny,
         };
-        Decision {
-            verdict,
-            reason,
-            rule: rule.map(|r| r.text.clone()),
-            client: client_name,
+        (verdict, reason, rule.map(|r| r.text.clone()))
+    }
+
+    fn named(
+        matched: Option<(&Client, Option<Identity>)>,
+    ) -> (Option<Arc<str>>, Option<Identity>, [bool; 3]) {
+        match matched {
+            Some((c, identity)) => {
+                let s = &c.selectors;
+                let used = [
+                    Credential::Certificate,
+                    Credential::Token,
+                    Credential::VpcEndpoint,
+                ]
+                .map(|k| s.uses(k));
+                (Some(c.name.clone()), identity, used)
+            }
+            None => (None, None, [false; 3]),
         }
     }
 
     /// Parses `host` first; a malformed host is denied as `bad_request` in every mode.
-    pub fn decide_str(&self, client_addr: IpAddr, host: &str, port: u16) -> Decision {
+    pub fn decide_str<'c>(&self, caller: impl Into<Caller<'c>>, host: &str, port: u16) -> Decision {
         match Host::parse(host) {
-            Ok(host) => self.decide(client_addr, &host, port),
-            Err(_) => self.bad_request(client_addr),
+            Ok(host) => self.decide(caller, &host, port),
+            Err(_) => self.bad_request(caller),
         }
     }
 
     /// The decision for a request too malformed to look at.
-    pub fn bad_request(&self, client_addr: IpAddr) -> Decision {
+    pub fn bad_request<'c>(&self, caller: impl Into<Caller<'c>>) -> Decision {
+        let (client, identity, used) = Self::named(self.matched(caller));
         Decision {
             verdict: Verdict::Deny,
             reason: Reason::BadRequest,
             rule: None,
-            client: self.client_for(client_addr).map(|c| c.name.clone()),
+            client,
+            identity,
+            used,
         }
     }
 
@@ -309,21 +382,27 @@ impl Policy {
     /// `detail` and the refusal body. Runs only for refusals; the one extra
     /// lookup (does the host match a rule on other ports?) uses the same
     /// index as the decision.
-    pub fn refusal_detail(
+    pub fn refusal_detail<'c>(
         &self,
-        client_addr: IpAddr,
+        caller: impl Into<Caller<'c>>,
         host: &Host,
         port: u16,
         decision: &Decision,
     ) -> String {
+        let caller = caller.into();
         match (decision.reason, &decision.rule) {
             (Reason::ClientNotAllowed, _) => {
-                format!("source {} matches no client", client_addr.to_canonical())
+                format!("{} matches no client", caller.describe())
             }
+            (Reason::ProxyAuthRequired, _) if caller.token.is_none() => format!(
+                "{} matches no client; send a token (Proxy-Authorization)",
+                caller.describe()
+            ),
+            (Reason::ProxyAuthRequired, _) => format!("{} matches no client", caller.describe()),
             (Reason::NotAllowed, Some(rule)) => format!("deny rule `{rule}`"),
             (Reason::NotAllowed, None) => {
                 let target = Target::new(host, port);
-                let client = self.client_for(client_addr);
+                let client = self.client_for(caller);
                 let elsewhere = (self.allow.find_any_port(&target))
                     .or_else(|| client.and_then(|c| c.allow.find_any_port(&target)));
                 match elsewhere {

@@ -41,7 +41,7 @@ pub struct RawPolicy {
     /// Destinations nobody reaches, whatever allows them (deny wins); without ports: every port.
     #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
     pub deny: Option<Vec<Text>>,
-    /// Per-client policies by source address (first match wins); when present, a source no client lists is refused.
+    /// Per-client policies by source address, certificate, token or VPC endpoint (first match wins); when present, a caller no client matches is refused.
     #[schemars(with = "Option<Vec<RawClient>>")]
     pub clients: Option<Vec<Spanned<RawClient>>>,
     /// Addresses never dialed, even when an allowed name resolves to them.
@@ -61,7 +61,7 @@ pub enum RawMode {
     Report,
 }
 
-/// A client: its source addresses and the destinations it may reach.
+/// A client: how it is recognised (every selector kind it lists must match) and the destinations it may reach.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields, rename = "Client")]
 pub struct RawClient {
@@ -69,8 +69,20 @@ pub struct RawClient {
     #[schemars(with = "String", length(min = 1))]
     pub name: Option<Text>,
     /// Source addresses (CIDRs) of this client's connections.
-    #[schemars(with = "Vec<crate::schema::Cidr>", length(min = 1))]
+    #[schemars(with = "Option<Vec<crate::schema::Cidr>>", length(min = 1))]
     pub sources: Option<Spanned<Vec<Text>>>,
+    /// Names of the client certificate (on `--listen-tls`): a URI SAN such as `spiffe://…`, `dns:NAME` (DNS SAN) or `cn:NAME` (subject CN).
+    #[schemars(
+        with = "Option<Vec<crate::schema::CertificateSelector>>",
+        length(min = 1)
+    )]
+    pub certificates: Option<Spanned<Vec<Text>>>,
+    /// SHA-256 digests of proxy tokens (`sha256:` and 64 hex digits; `portcullis token` makes one), sent as the password of `Proxy-Authorization: Basic` or as `Bearer`.
+    #[schemars(with = "Option<Vec<crate::schema::TokenDigest>>", length(min = 1))]
+    pub tokens: Option<Spanned<Vec<Text>>>,
+    /// AWS VPC endpoint ids (`vpce-…`) the connection came through (PROXY protocol v2).
+    #[schemars(with = "Option<Vec<crate::schema::VpcEndpoint>>", length(min = 1))]
+    pub vpc_endpoints: Option<Spanned<Vec<Text>>>,
     /// Overrides the top-level `mode` for this client.
     #[schemars(with = "Option<RawMode>")]
     pub mode: Option<Spanned<RawMode>>,

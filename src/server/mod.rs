@@ -44,6 +44,9 @@ pub enum RunError {
     /// The SIGHUP handler could not be installed.
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(std::io::Error),
+    /// The `--listen-tls` certificate, key or client CA does not load.
+    #[error("cannot set up --listen-tls: {0}")]
+    Tls(#[from] crate::listener::mtls::TlsError),
     /// The worker threads could not be started.
     #[error("cannot start worker threads: {0}")]
     Workers(std::io::Error),

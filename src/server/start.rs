@@ -16,6 +16,7 @@ use super::config::Config;
 use super::workers::{spawn_accept_loops, start_workers};
 use crate::cli::RunArgs;
 use crate::dial::Dialer;
+use crate::listener::mtls::{TlsFiles, TlsServer};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::audit::{AuditLog, QueueLimit};
 use crate::telemetry::diag::DiagStats;
@@ -63,6 +64,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let resolver = resolve::Resolver::new(&args.nameservers)?.with_metrics(metrics.clone());
     let instance = telemetry::instance::identify(args.instance_id.as_deref()).await;
 
+    let tls = tls_server(&args)?;
     let bound = Bound::bind(&args).await?;
     let own_addrs = bound.announce();
     let config = Config::from_args(&args, bound.data_count());
@@ -91,7 +93,25 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
         args.revalidate_on_reload,
     ));
     reload::announce(&shared.telemetry, &args.policy, &shared.policy.load(), None);
-    serve(shared, bound, config.workers, &args, hup).await
+    serve(shared, bound, tls, config.workers, &args, hup).await
+}
+
+/// The `--listen-tls` configuration, when that listener is asked for.
+fn tls_server(args: &RunArgs) -> Result<Option<Arc<TlsServer>>, RunError> {
+    let (Some(_), Some(cert), Some(key), Some(client_ca)) = (
+        args.listen_tls,
+        &args.tls_cert,
+        &args.tls_key,
+        &args.tls_client_ca,
+    ) else {
+        return Ok(None);
+    };
+    let files = TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: client_ca.clone(),
+    };
+    Ok(Some(Arc::new(TlsServer::load(files)?)))
 }
 
 /// Starts the admin listener, the workers' accept loops, the reloader and
@@ -99,6 +119,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
 async fn serve(
     shared: Arc<Shared>,
     bound: Bound,
+    tls: Option<Arc<TlsServer>>,
     workers: usize,
     args: &RunArgs,
     hup: Signal,
@@ -114,8 +135,14 @@ async fn serve(
     let admin_task = tokio::spawn(admin::serve(status, shared.limits.header_timeout, admin));
     let accepting = TaskTracker::new();
     let stop_workers = CancellationToken::new();
-    let workers = match start_workers(workers, &shared, &accepting, &stop_workers, &data_listeners)
-    {
+    let workers = match start_workers(
+        workers,
+        &shared,
+        &tls,
+        &accepting,
+        &stop_workers,
+        &data_listeners,
+    ) {
         Ok(workers) => workers,
         Err(e) => {
             // Threads already started stop accepting and end.
@@ -124,7 +151,7 @@ async fn serve(
             return Err(e);
         }
     };
-    spawn_accept_loops(&shared, &accepting, data_listeners);
+    spawn_accept_loops(&shared, &tls, &accepting, data_listeners);
     let reloader = reload::Reloader::start(shared.clone(), args.policy.clone(), hup).await;
     let reloader = tokio::spawn(reloader.run());
     let loss_reporter = tokio::spawn(report_audit_losses(shared.telemetry.audit.clone()));
@@ -143,6 +170,7 @@ async fn serve(
 /// Every listener the arguments ask for, bound.
 struct Bound {
     explicit: TcpListener,
+    explicit_tls: Option<TcpListener>,
     admin: TcpListener,
     transparent_tls: Option<TcpListener>,
     transparent_http: Option<TcpListener>,
@@ -152,6 +180,10 @@ impl Bound {
     async fn bind(args: &RunArgs) -> Result<Bound, RunError> {
         let explicit = bind("explicit", args.listen).await?;
         let admin = bind("admin", args.admin).await?;
+        let explicit_tls = match args.listen_tls {
+            Some(addr) => Some(bind("explicit_tls", addr).await?),
+            None => None,
+        };
         let transparent_tls = match args.transparent_tls {
             Some(addr) => Some(bind("transparent_tls", addr).await?),
             None => None,
@@ -162,6 +194,7 @@ impl Bound {
         };
         Ok(Bound {
             explicit,
+            explicit_tls,
             admin,
             transparent_tls,
             transparent_http,
@@ -182,6 +215,7 @@ impl Bound {
         [
             Some(("explicit", &self.explicit)),
             Some(("admin", &self.admin)),
+            self.explicit_tls.as_ref().map(|l| ("explicit_tls", l)),
             self.transparent_tls
                 .as_ref()
                 .map(|l| ("transparent_tls", l)),
@@ -197,7 +231,8 @@ impl Bound {
 
     /// Data listeners: each costs descriptors on every worker.
     fn data_count(&self) -> usize {
-        1 + usize::from(self.transparent_tls.is_some())
+        1 + usize::from(self.explicit_tls.is_some())
+            + usize::from(self.transparent_tls.is_some())
             + usize::from(self.transparent_http.is_some())
     }
 
@@ -205,6 +240,7 @@ impl Bound {
     fn split(self) -> (TcpListener, Vec<(Listener, TcpListener)>) {
         let data = [
             Some((Listener::Explicit, self.explicit)),
+            self.explicit_tls.map(|l| (Listener::ExplicitTls, l)),
             self.transparent_tls.map(|l| (Listener::TransparentTls, l)),
             self.transparent_http
                 .map(|l| (Listener::TransparentHttp, l)),

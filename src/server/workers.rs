@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::RunError;
+use crate::listener::mtls::{self, TlsServer};
 use crate::listener::{accept_loop, http1, tls};
 use crate::state::Shared;
 use crate::telemetry::Listener;
@@ -21,6 +22,7 @@ use crate::telemetry::Listener;
 pub(super) fn start_workers(
     workers: usize,
     shared: &Arc<Shared>,
+    tls: &Option<Arc<TlsServer>>,
     accepting: &TaskTracker,
     stop: &CancellationToken,
     listeners: &[(Listener, TcpListener)],
@@ -39,6 +41,7 @@ pub(super) fn start_workers(
             .build()
             .map_err(RunError::Workers)?;
         let shared = shared.clone();
+        let tls = tls.clone();
         let accepting = accepting.clone();
         let stop = stop.clone();
         let (done, stopped_rx) = tokio::sync::oneshot::channel();
@@ -54,7 +57,7 @@ pub(super) fn start_workers(
                             Err(e) => tracing::error!(worker = i, error = %e, "cannot listen"),
                         }
                     }
-                    spawn_accept_loops(&shared, &accepting, registered);
+                    spawn_accept_loops(&shared, &tls, &accepting, registered);
                     tokio::select! {
                         () = shared.lifecycle.tracker.wait() => {}
                         () = stop.cancelled() => {}
@@ -73,6 +76,7 @@ pub(super) fn start_workers(
 /// connections accepted are served there.
 pub(super) fn spawn_accept_loops(
     shared: &Arc<Shared>,
+    tls: &Option<Arc<TlsServer>>,
     accepting: &TaskTracker,
     listeners: Vec<(Listener, TcpListener)>,
 ) {
@@ -81,6 +85,18 @@ pub(super) fn spawn_accept_loops(
         match kind {
             Listener::Explicit => {
                 accepting.spawn(accept_loop(shared, l, kind, http1::serve_explicit))
+            }
+            Listener::ExplicitTls => {
+                let Some(tls) = tls.clone() else {
+                    tracing::error!("the TLS listener is bound without its configuration");
+                    continue;
+                };
+                accepting.spawn(accept_loop(
+                    shared,
+                    l,
+                    kind,
+                    move |sh, stream, peer, slot| mtls::serve(sh, tls.clone(), stream, peer, slot),
+                ))
             }
             Listener::TransparentTls => accepting.spawn(accept_loop(shared, l, kind, tls::serve)),
             Listener::TransparentHttp => {

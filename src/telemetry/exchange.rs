@@ -8,7 +8,7 @@ use super::audit::{AuditLog, AuditRecord, Event};
 use super::destination::destination_of;
 use super::metrics::Metrics;
 use super::{DEFAULT_CLIENT, Ending, Listener, RequestId, UNKNOWN_CLIENT};
-use crate::policy::{Reason, Verdict};
+use crate::policy::{Credential, Reason, Verdict};
 
 /// Everything an exchange recorded, once it is over.
 #[derive(Debug)]
@@ -18,6 +18,11 @@ pub struct Finished {
     pub client_addr: SocketAddr,
     /// The `clients` entry the source matched, when the policy named one.
     pub client: Option<Arc<str>>,
+    /// The credential that matched the client (the audit `identity`).
+    pub identity: Option<String>,
+    /// For the certificate, the token and the VPC endpoint, when presented:
+    /// whether it got the caller in (`client_auth_total`).
+    pub auth: [Option<bool>; 3],
     /// Whether the deciding policy has a `clients` section: an unmatched
     /// source is then `_unknown`, not `default`.
     pub has_clients: bool,
@@ -91,6 +96,16 @@ impl Finished {
             self.reason,
             destination,
         );
+        let kinds = [
+            Credential::Certificate,
+            Credential::Token,
+            Credential::VpcEndpoint,
+        ];
+        for (kind, ok) in kinds.into_iter().zip(self.auth) {
+            if let Some(ok) = ok {
+                metrics.client_auth(kind, ok);
+            }
+        }
         if self.egress > 0 || self.ingress > 0 {
             metrics.tunnel_bytes(&client, destination, self.egress, self.ingress);
         }
@@ -103,6 +118,7 @@ impl From<Finished> for AuditRecord {
         rec.listener = Some(f.listener);
         rec.client = f.client.as_deref().map(str::to_string);
         rec.client_addr = Some(f.client_addr);
+        rec.identity = f.identity;
         rec.method = f.method;
         rec.host = f.host;
         rec.port = f.port;

@@ -112,6 +112,8 @@ label_enum! {
     Listener {
         /// `--listen`: CONNECT and absolute-form HTTP.
         Explicit => "explicit",
+        /// `--listen-tls`: the same protocol inside TLS, with a client certificate.
+        ExplicitTls => "explicit_tls",
         /// `--transparent-tls`: destination taken from the ClientHello's SNI.
         TransparentTls => "transparent_tls",
         /// `--transparent-http`: destination taken from the `Host` header.

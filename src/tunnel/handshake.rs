@@ -6,7 +6,7 @@ use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -74,6 +74,108 @@ pub(super) async fn inspect(
         let _ = counters.sni.set(sni.to_string());
     }
     inspected
+}
+
+/// [`inspect`] for a client stream that is not a TCP socket (TLS over one).
+pub(super) async fn inspect_io<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    upstream: &mut TcpStream,
+    mut flight: ClientFlight,
+    header_timeout: Duration,
+    counters: &Counters,
+    touch: &impl Fn(),
+) -> Result<Open, Stop> {
+    let inspected = relay_io(
+        client,
+        upstream,
+        &mut flight,
+        header_timeout,
+        counters,
+        touch,
+    )
+    .await;
+    if let Some(sni) = flight.last_sni() {
+        let _ = counters.sni.set(sni.to_string());
+    }
+    inspected
+}
+
+/// [`relay`] with reads that wait on the stream itself; `read_buf` is
+/// cancel-safe, so losing the race to the upstream loses no client byte.
+async fn relay_io<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    upstream: &mut TcpStream,
+    flight: &mut ClientFlight,
+    header_timeout: Duration,
+    counters: &Counters,
+    touch: &impl Fn(),
+) -> Result<Open, Stop> {
+    let mut watch = ServerWatch::new();
+    let mut open = Open::BOTH;
+    let mut deadline: Option<Instant> = None;
+    flight.inspect()?;
+    loop {
+        let ready = flight.ready();
+        if !ready.is_empty() {
+            upstream.write_all(ready).await?;
+            let n = ready.len() as u64;
+            counters.egress.fetch_add(n, Ordering::Relaxed);
+            touch();
+            flight.advance();
+        }
+        let hello_seen = flight.first_hello().is_some();
+        let settled = hello_seen && watch.state() == ServerState::Established;
+        if flight.is_tls() == Some(false) || settled || !open.client {
+            return Ok(open);
+        }
+        if !hello_seen && !flight.buffer().is_empty() {
+            deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+        }
+        let hello_due = async {
+            match deadline {
+                Some(at) if !hello_seen => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let buf = flight.buffer();
+        buf.reserve(4096);
+        tokio::select! {
+            read = client.read_buf(buf) => {
+                if read? == 0 {
+                    flight.closed()?;
+                    counters.closed(Side::Client);
+                    open.client = false;
+                    upstream.shutdown().await?;
+                } else {
+                    flight.inspect()?;
+                }
+            }
+            readable = upstream.readable(), if open.upstream => {
+                readable?;
+                let mut buf = vec![0u8; BUF];
+                match upstream.try_read(&mut buf) {
+                    Ok(0) => {
+                        counters.closed(Side::Upstream);
+                        open.upstream = false;
+                        client.shutdown().await?;
+                    }
+                    Ok(n) => {
+                        if hello_seen {
+                            watch.feed(&buf[..n]);
+                        } else {
+                            watch.spoke_first();
+                        }
+                        client.write_all(&buf[..n]).await?;
+                        counters.ingress.fetch_add(n as u64, Ordering::Relaxed);
+                        touch();
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            () = hello_due => return Err(Violation::tls("ClientHello timeout").into()),
+        }
+    }
 }
 
 async fn relay(

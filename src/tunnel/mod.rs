@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
@@ -82,8 +82,14 @@ impl Counters {
 /// The client side of a tunnel: its socket, and bytes already read from it
 /// (what hyper buffered after the CONNECT head).
 pub(crate) struct ClientSide {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     pub prefix: Bytes,
+}
+
+/// The client's stream: a TCP socket, or TLS over one (`--listen-tls`).
+pub(crate) enum ClientStream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 /// How the client's handshake is inspected.
@@ -124,15 +130,148 @@ pub(crate) async fn pump(
 
 async fn relay(
     client: ClientSide,
+    upstream: TcpStream,
+    counters: &Counters,
+    inspect: Option<Inspect>,
+    touch: &impl Fn(),
+) -> End {
+    let ClientSide { stream, prefix } = client;
+    match stream {
+        ClientStream::Tcp(client) => {
+            relay_tcp(client, prefix, upstream, counters, inspect, touch).await
+        }
+        ClientStream::Tls(client) => {
+            relay_io(*client, prefix, upstream, counters, inspect, touch).await
+        }
+    }
+}
+
+/// A client stream the relay only reads and writes (TLS over TCP).
+trait ClientIo: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> ClientIo for T {}
+
+/// Relays between a client stream of any kind and the upstream: the same
+/// inspection and counting as [`relay_tcp`], through user-space buffers.
+async fn relay_io<C: ClientIo>(
+    mut client: C,
+    prefix: Bytes,
     mut upstream: TcpStream,
     counters: &Counters,
     inspect: Option<Inspect>,
     touch: &impl Fn(),
 ) -> End {
-    let ClientSide {
-        stream: mut client,
-        prefix,
-    } = client;
+    let open =
+        match first_flight(&mut client, prefix, &mut upstream, counters, inspect, touch).await {
+            Ok(open) => open,
+            Err(handshake::Stop::Io(kind)) => return End::Failed(kind),
+            Err(handshake::Stop::Refused(v)) => {
+                // Bounded: the refusal must not wait on a client that reads nothing.
+                let alert = tls_peek::alert(tls_peek::ACCESS_DENIED);
+                let _ = tokio::time::timeout(ALERT_WAIT, async {
+                    client.write_all(&alert).await?;
+                    client.shutdown().await
+                })
+                .await;
+                return End::Refused(v);
+            }
+        };
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut up_r, mut up_w) = upstream.into_split();
+    let egress = async {
+        if open.client {
+            copy_io(&mut client_r, &mut up_w, &counters.egress, touch).await?;
+        }
+        counters.closed(Side::Client);
+        Ok(())
+    };
+    let ingress = async {
+        if open.upstream {
+            copy_io(&mut up_r, &mut client_w, &counters.ingress, touch).await?;
+        }
+        counters.closed(Side::Upstream);
+        Ok(())
+    };
+    let joined: std::io::Result<((), ())> = tokio::try_join!(egress, ingress);
+    match (joined, counters.first_closed()) {
+        (_, Some(side)) => End::Closed(side),
+        (Err(e), None) => End::Failed(e.kind()),
+        (Ok(_), None) => End::Closed(Side::Client),
+    }
+}
+
+/// How long a refused client of a TLS stream gets to take its alert.
+const ALERT_WAIT: Duration = Duration::from_secs(1);
+
+/// Copies until EOF, then shuts the write side down. The buffer is held
+/// only while a read is answered: an idle tunnel waits without one.
+async fn copy_io<R, W>(
+    r: &mut R,
+    w: &mut W,
+    count: &AtomicU64,
+    touch: &impl Fn(),
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = Vec::new();
+    loop {
+        buf.reserve(BUF);
+        let n = r.read_buf(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        buf.clear();
+        if buf.capacity() > BUF {
+            buf.shrink_to(0);
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        touch();
+    }
+}
+
+/// Passes on what hyper read after the CONNECT head and, with `inspect`,
+/// judges the client's TLS handshake; the directions still open are handed back.
+async fn first_flight<C: ClientIo>(
+    client: &mut C,
+    prefix: Bytes,
+    upstream: &mut TcpStream,
+    counters: &Counters,
+    inspect: Option<Inspect>,
+    touch: &impl Fn(),
+) -> Result<handshake::Open, handshake::Stop> {
+    match inspect {
+        Some(Inspect {
+            mut flight,
+            header_timeout,
+        }) => {
+            flight.buffer().extend_from_slice(&prefix);
+            drop(prefix);
+            handshake::inspect_io(client, upstream, flight, header_timeout, counters, touch).await
+        }
+        None => {
+            if !prefix.is_empty() {
+                upstream.write_all(&prefix).await?;
+                counters
+                    .egress
+                    .fetch_add(prefix.len() as u64, Ordering::Relaxed);
+                touch();
+            }
+            Ok(handshake::Open::BOTH)
+        }
+    }
+}
+
+/// Relays between TCP sockets: zero-copy once the handshake is settled.
+async fn relay_tcp(
+    mut client: TcpStream,
+    prefix: Bytes,
+    mut upstream: TcpStream,
+    counters: &Counters,
+    inspect: Option<Inspect>,
+    touch: &impl Fn(),
+) -> End {
     let mut open = handshake::Open::BOTH;
     match inspect {
         Some(Inspect {

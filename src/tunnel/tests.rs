@@ -20,7 +20,7 @@ async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
 
 fn client(stream: TcpStream, prefix: &'static [u8]) -> ClientSide {
     ClientSide {
-        stream,
+        stream: ClientStream::Tcp(stream),
         prefix: Bytes::from_static(prefix),
     }
 }

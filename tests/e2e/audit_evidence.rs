@@ -35,7 +35,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Every key is there; `identity` is always `null` (no client credentials yet).
+/// Every key is there; `identity` is `null` (the source address alone matched).
 fn assert_every_key(record: &Value) {
     let object = record.as_object().expect("audit record is an object");
     for key in AUDIT_KEYS {

@@ -111,7 +111,7 @@ fn every_problem_is_reported_in_one_run_with_did_you_mean() {
         ("7:5", "bad-port"),
         ("8:5", "shadowed-rule"),
         ("10:5", "match-all-range"),
-        ("12:11", "no-sources"),
+        ("12:11", "no-selector"),
         ("13:5", "unknown-key"),
         ("14:11", "duplicate-client"),
         ("15:15", "bad-cidr"),

@@ -12,6 +12,7 @@ mod cli_test;
 mod edges;
 mod exposition;
 mod hostile;
+mod identity;
 mod observability;
 mod proxy_clients;
 mod proxy_connect;

@@ -156,7 +156,7 @@ fn client(s: &Suggester<'_>, list: &List, unlisted: &str, out: &mut String) {
                 .iter()
                 .flatten()
                 .find(|c| &*c.name == name)
-                .map(|c| c.sources.clone())
+                .map(|c| c.selectors.sources.clone())
                 .unwrap_or_default(),
         ),
         (Group::Client { name, .. }, None) => (

@@ -85,7 +85,7 @@ fn report_records_become_a_commented_policy_that_allows_them() {
     );
     assert!(yaml.contains("from 7 audit records"), "{yaml}");
     let policy = assert_clean(&yaml);
-    let ip = "10.0.0.5".parse().unwrap();
+    let ip: std::net::IpAddr = "10.0.0.5".parse().unwrap();
     for (host, port) in [
         ("api.stripe.com", 443),
         ("registry.npmjs.org", 80),
@@ -203,7 +203,11 @@ fn clients_get_their_own_lists_with_the_sources_seen() {
         "{yaml}"
     );
     assert!(yaml.contains("allow: []\nclients:\n"), "{yaml}");
-    let decide = |ip: &str, host: &str| policy.decide_str(ip.parse().unwrap(), host, 443).verdict;
+    let decide = |ip: &str, host: &str| {
+        policy
+            .decide_str(ip.parse::<std::net::IpAddr>().unwrap(), host, 443)
+            .verdict
+    };
     assert_eq!(decide("10.0.1.7", "api.paypal.com"), Verdict::Allow);
     assert_eq!(decide("fd00:1::5", "api.stripe.com"), Verdict::Allow);
     assert_eq!(decide("10.0.2.7", "api.paypal.com"), Verdict::Deny);

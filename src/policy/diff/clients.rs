@@ -39,7 +39,7 @@ impl<'p> Roster<'p> {
             .flatten()
             .map(|client| Entry {
                 client,
-                sources: AddrSet::from_nets(&client.sources),
+                sources: AddrSet::from_nets(&client.selectors.sources),
             })
             .collect();
         let matched = first_match(entries.iter().map(|e| &e.sources));

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use super::super::diagnostic::{Code, Diagnostic};
 use super::super::ip_guard::{IpGuard, default_blocked};
-use super::super::{Mode, Policy};
+use super::super::{Client, Credential, Mode, Policy};
 use super::{At, Spans, warn_at};
 
 /// Addresses that hand out credentials or instance identity to whoever asks
@@ -153,14 +153,26 @@ fn unreachable_clients(policy: &Policy, spans: &Spans, out: &mut Vec<Diagnostic>
         return;
     };
     for (i, (client, at)) in clients.iter().zip(&spans.clients).enumerate() {
-        if client.sources.is_empty() {
-            continue; // already an error
+        if client.selectors.sources.is_empty() {
+            continue; // no sources: matched by credentials, never taken by address
         }
+        // Only a client recognised by address alone takes every connection from its sources.
+        let by_address = |c: &&Client| {
+            [
+                Credential::Certificate,
+                Credential::Token,
+                Credential::VpcEndpoint,
+            ]
+            .iter()
+            .all(|k| !c.selectors.uses(*k))
+        };
         let earlier: Vec<IpNet> = clients[..i]
             .iter()
-            .flat_map(|c| c.sources.iter().copied())
+            .filter(by_address)
+            .flat_map(|c| c.selectors.sources.iter().copied())
             .collect();
         let taken = client
+            .selectors
             .sources
             .iter()
             .all(|s| matches!(uncovered(*s, &earlier), Some(rest) if rest.is_empty()));
@@ -170,10 +182,10 @@ fn unreachable_clients(policy: &Policy, spans: &Spans, out: &mut Vec<Diagnostic>
         let takers: Vec<String> = clients[..i]
             .iter()
             .zip(&spans.clients)
+            .filter(|(c, _)| by_address(c))
             .filter(|(c, _)| {
-                c.sources
-                    .iter()
-                    .any(|e| client.sources.iter().any(|s| overlap(e, s)))
+                (c.selectors.sources.iter())
+                    .any(|e| client.selectors.sources.iter().any(|s| overlap(e, s)))
             })
             .map(|(c, at)| format!("client `{}` (line {})", c.name, at.at.line))
             .collect();

@@ -483,4 +483,5 @@ clients:
 }
 
 mod guard_and_clients;
+mod identity;
 mod index;

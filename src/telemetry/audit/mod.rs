@@ -96,7 +96,8 @@ pub struct AuditRecord {
     pub instance: Option<Arc<str>>,
     /// SHA-256 of the policy that decided (on `policy_reload`, the one in force afterwards).
     pub policy_sha256: Option<Arc<str>>,
-    /// The credential that matched a client: none exists yet, so always `null`.
+    /// The credential that matched the client (`spiffe://…`, `dns:…`, `cn:…`,
+    /// `token:USER`, `vpce-…`); `null` when the source address alone did.
     pub identity: Option<String>,
     /// A short cause of a network or TLS failure; on `policy_reload`, why the file was rejected.
     pub error: Option<String>,

@@ -99,6 +99,44 @@ label_enum! {
     }
 }
 
+label_enum! {
+    /// The credential a client authenticated with, for `client_auth_total`.
+    AuthMethod {
+        /// A client certificate on `--listen-tls`.
+        Certificate => "certificate",
+        /// A proxy token in `Proxy-Authorization`.
+        Token => "token",
+        /// A VPC endpoint id from a PROXY protocol v2 header.
+        VpcEndpoint => "vpc_endpoint",
+    }
+}
+
+impl From<crate::policy::Credential> for AuthMethod {
+    fn from(c: crate::policy::Credential) -> Self {
+        match c {
+            crate::policy::Credential::Certificate => AuthMethod::Certificate,
+            crate::policy::Credential::Token => AuthMethod::Token,
+            crate::policy::Credential::VpcEndpoint => AuthMethod::VpcEndpoint,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    method: AuthMethod,
+    result: AuthResult,
+}
+
+label_enum! {
+    /// Whether a credential got its caller in.
+    AuthResult {
+        /// It matched the client that decided.
+        Ok => "ok",
+        /// Rejected: a failed TLS handshake, a malformed header, or no client matched.
+        Failed => "failed",
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectLabels {
     destination: Arc<str>,
@@ -149,6 +187,7 @@ pub struct Metrics {
     policy_generation: Gauge,
     policy_rules: Family<ClientLabels, Gauge>,
     proxy_protocol_errors: Family<ProxyProtocolLabels, Counter>,
+    client_auth: Family<AuthLabels, Counter>,
     /// The policy in force and the last reload, for `policy_info`, the last-reload gauges and `/status`.
     policy: Arc<PolicyStatus>,
     audit: AuditCounters,
@@ -190,6 +229,7 @@ impl Metrics {
             policy_generation: Gauge::default(),
             policy_rules: Family::default(),
             proxy_protocol_errors: Family::default(),
+            client_auth: Family::default(),
             policy: Arc::default(),
             audit: AuditCounters::default(),
         };
@@ -255,6 +295,11 @@ impl Metrics {
             "Connections closed for their PROXY protocol header (--proxy-protocol), by what was wrong",
             self.proxy_protocol_errors.clone(),
         );
+        registry.register(
+            "client_auth",
+            "Client credentials checked, by method and result",
+            self.client_auth.clone(),
+        );
     }
 
     /// The policy in force and its reloads.
@@ -302,8 +347,21 @@ impl Metrics {
         ] {
             drop(self.policy_reloads.get_or_create(&ReloadLabels { result }));
         }
+        for method in [
+            AuthMethod::Certificate,
+            AuthMethod::Token,
+            AuthMethod::VpcEndpoint,
+        ] {
+            for result in [AuthResult::Ok, AuthResult::Failed] {
+                drop(
+                    self.client_auth
+                        .get_or_create(&AuthLabels { method, result }),
+                );
+            }
+        }
         for listener in [
             Listener::Explicit,
+            Listener::ExplicitTls,
             Listener::TransparentTls,
             Listener::TransparentHttp,
         ] {
@@ -324,6 +382,19 @@ impl Metrics {
     pub(crate) fn proxy_protocol_error(&self, reason: HeaderProblem) {
         let labels = ProxyProtocolLabels { reason };
         self.proxy_protocol_errors.get_or_create(&labels).inc();
+    }
+
+    /// Counts one credential checked: `ok` when it got its caller in.
+    pub fn client_auth(&self, method: impl Into<AuthMethod>, ok: bool) {
+        let result = if ok {
+            AuthResult::Ok
+        } else {
+            AuthResult::Failed
+        };
+        let method = method.into();
+        self.client_auth
+            .get_or_create(&AuthLabels { method, result })
+            .inc();
     }
 
     /// Publishes the effective connection limit.
