@@ -408,3 +408,50 @@ async fn the_transparent_listeners_take_the_header_too() {
     assert!(answer.is_empty(), "answered {answer:?}");
     assert_eq!(origin.requests(), 1);
 }
+
+/// The AWS TLV's VPC endpoint id is a credential: a client listing it in
+/// `vpc_endpoints` is matched by it (whatever the source), audited with it as
+/// `identity`, and a connection through another endpoint is not that client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vpc_endpoint_of_the_aws_tlv_selects_its_client() {
+    let dns = TestDns::start().await;
+    dns.set_a("echo.test", &[LOCAL], 60);
+    let echo = TcpEcho::start().await;
+    let partner = format!(
+        r#"clients:
+  - name: partner
+    vpc_endpoints: [{VPCE}]
+    allow: ["echo.test:*"]
+"#
+    );
+    let policy = loopback_policy(&[], &partner);
+    let proxy = Proxy::start(&policy, dns.addr(), &["--proxy-protocol"]).await;
+    let target = format!("echo.test:{}", echo.addr().port());
+
+    let mut stream = connect(proxy.addr()).await;
+    send(&mut stream, &v2(tenant_addr(20, 2020), &aws_vpce(VPCE))).await;
+    tunnel_on(&mut stream, &target).await;
+    echo_roundtrip(&mut stream, b"through the endpoint").await;
+    drop(stream);
+    let rec = record_of(&proxy, "192.0.2.20:2020").await;
+    assert_eq!(
+        (&rec["client"], &rec["identity"], &rec["reason"]),
+        (
+            &Value::from("partner"),
+            &Value::from(VPCE),
+            &Value::from("allowed")
+        ),
+        "{rec}"
+    );
+
+    // Another endpoint (or none): no client.
+    let other = "vpce-0123456789abcdef0";
+    let mut stream = connect(proxy.addr()).await;
+    send(&mut stream, &v2(tenant_addr(21, 2121), &aws_vpce(other))).await;
+    send_connect(&mut stream, &target).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 403, "{}", head.raw);
+    let rec = record_of(&proxy, "192.0.2.21:2121").await;
+    assert_eq!(rec["reason"], "client_not_allowed", "{rec}");
+    assert!(rec["identity"].is_null(), "{rec}");
+}
