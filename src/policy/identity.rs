@@ -80,6 +80,12 @@ impl fmt::Display for CertName {
 pub struct TokenDigest([u8; 32]);
 
 impl TokenDigest {
+    /// The digest as a reviewer sees it: `sha256:` and its first 12 hex digits.
+    pub fn short(&self) -> String {
+        let hex: String = self.0[..6].iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}…")
+    }
+
     /// The digest of `token`.
     pub fn of(token: &[u8]) -> TokenDigest {
         TokenDigest(Sha256::digest(token).into())

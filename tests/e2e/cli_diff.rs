@@ -135,6 +135,31 @@ fn each_kind_of_change_is_exactly_one_change_and_exits_one() {
             "  ~ sources widened: 10.0.2.0/24 → 0.0.0.0/0 (every IPv4 address)",
         ),
         (
+            "a certificate selector added (the client narrowed)",
+            BASE.into(),
+            edit(
+                "sources: [10.0.2.0/24]",
+                "sources: [10.0.2.0/24]\n    certificates: [\"spiffe://acme.internal/batch\"]",
+            ),
+            "selector",
+            Some("batch"),
+            "  ~ certificates narrowed: (none) → spiffe://acme.internal/batch",
+        ),
+        (
+            "a second VPC endpoint accepted (the client widened)",
+            edit(
+                "sources: [10.0.2.0/24]",
+                "sources: [10.0.2.0/24]\n    vpc_endpoints: [vpce-0a1b2c3d4e5f67890]",
+            ),
+            edit(
+                "sources: [10.0.2.0/24]",
+                "sources: [10.0.2.0/24]\n    vpc_endpoints: [vpce-0a1b2c3d4e5f67890, vpce-0123456789abcdef0]",
+            ),
+            "selector",
+            Some("batch"),
+            "  ~ vpc_endpoints widened: vpce-0a1b2c3d4e5f67890 → vpce-0a1b2c3d4e5f67890, vpce-0123456789abcdef0",
+        ),
+        (
             "sources narrowed",
             BASE.into(),
             edit("sources: [10.0.1.0/24]", "sources: [10.0.1.0/25]"),

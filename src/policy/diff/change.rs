@@ -104,7 +104,7 @@ pub enum Kind {
     },
     /// A selector of one client: which connections are that client.
     Selector {
-        /// `sources` (certificates, tokens and VPC endpoints to come).
+        /// `sources`, `certificates`, `tokens` or `vpc_endpoints`.
         selector: &'static str,
         /// `widened` (covers more, nothing less), `narrowed`, or `changed`.
         direction: &'static str,

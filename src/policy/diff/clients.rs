@@ -251,3 +251,67 @@ fn own_allow(client: &Client) -> Vec<String> {
         .filter(|text| seen.insert(text.clone()))
         .collect()
 }
+
+/// Changes to the credential selectors (`certificates`, `tokens`,
+/// `vpc_endpoints`) of one client. A kind a client does not list is not
+/// required, so listing one narrows who the client is, and dropping one
+/// widens it; within a kind, more values widen and fewer narrow.
+pub(super) fn credentials(old: &Roster<'_>, was: usize, new: &Roster<'_>, at: usize) -> Vec<Kind> {
+    let (before, after) = (
+        &old.entries[was].client.selectors,
+        &new.entries[at].client.selectors,
+    );
+    let kinds: [(&'static str, Vec<String>, Vec<String>); 3] = [
+        (
+            "certificates",
+            before.certificates.iter().map(|c| c.to_string()).collect(),
+            after.certificates.iter().map(|c| c.to_string()).collect(),
+        ),
+        (
+            "tokens",
+            before.tokens.iter().map(|t| t.short()).collect(),
+            after.tokens.iter().map(|t| t.short()).collect(),
+        ),
+        (
+            "vpc_endpoints",
+            before.vpc_endpoints.clone(),
+            after.vpc_endpoints.clone(),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (selector, old_list, new_list) in kinds {
+        let added: Vec<String> = (new_list.iter())
+            .filter(|v| !old_list.contains(v))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = (old_list.iter())
+            .filter(|v| !new_list.contains(v))
+            .cloned()
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            continue;
+        }
+        let direction = match (old_list.is_empty(), new_list.is_empty()) {
+            // Not required before, required now: fewer callers are this client.
+            (true, false) => "narrowed",
+            // Required before, any caller now (if its other selectors match).
+            (false, true) => "widened",
+            _ if removed.is_empty() => "widened",
+            _ if added.is_empty() => "narrowed",
+            _ => "changed",
+        };
+        out.push(Kind::Selector {
+            selector,
+            direction,
+            old: old_list,
+            new: new_list,
+            added,
+            removed,
+            every_v4: false,
+            every_v6: false,
+            takes: Vec::new(),
+            gives: Vec::new(),
+        });
+    }
+    out
+}

@@ -84,6 +84,9 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
         if let Some(kind) = clients::sources(&old_roster, was, &new_roster, at) {
             out.push(name, kind);
         }
+        for kind in clients::credentials(&old_roster, was, &new_roster, at) {
+            out.push(name, kind);
+        }
         let (old_mode, new_mode) = (before.client.mode, entry.client.mode);
         // A client that follows the top-level mode changes with it: that
         // change is printed once, at the top level.
