@@ -2,6 +2,7 @@
 
 pub mod cases;
 pub mod compile;
+pub mod date;
 pub mod diagnostic;
 pub mod diff;
 pub mod explain;
