@@ -447,6 +447,18 @@ impl Policy {
         self.allow.len() + self.deny.len() + clients
     }
 
+    /// Every rule, top-level `allow` and `deny` first, then each client's
+    /// `allow`, whose `expires` day is before `today` (they stay enforced).
+    pub fn expired_rules(&self, today: date::Date) -> Vec<&Rule> {
+        let clients = self.clients.iter().flatten().map(|c| &c.allow);
+        [&self.allow, &self.deny]
+            .into_iter()
+            .chain(clients)
+            .flat_map(|set| set.rules())
+            .filter(|r| r.expired(today))
+            .collect()
+    }
+
     /// Number of allow rules that apply to each client (`policy_rules` metric).
     /// The pseudo-client `default` counts the top-level rules.
     pub fn rule_counts(&self) -> Vec<(String, usize)> {
