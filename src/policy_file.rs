@@ -6,6 +6,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use crate::policy::date::Date;
 use crate::policy::{Checked, Code, Compiled, Diagnostic, Policy};
 
 /// Reads and compiles a policy file; `Err` holds every problem found.
@@ -20,10 +21,19 @@ pub fn load_policy_with_hash(path: &Path) -> Result<(Compiled, String), Vec<Diag
     Policy::from_yaml(&text).map(|c| (c, sha))
 }
 
-/// Reads a policy file and reports every error and warning (`check`).
-pub fn check_policy(path: &Path) -> Checked {
+/// Today (UTC), by the system clock: rules whose `expires` day is before
+/// it have expired.
+pub fn today() -> Date {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Date::from_unix_seconds(now)
+}
+
+/// Reads a policy file and reports every error and warning (`check`), as of `today`.
+pub fn check_policy(path: &Path, today: Date) -> Checked {
     match read(path) {
-        Ok(text) => crate::policy::compile::check(&text),
+        Ok(text) => crate::policy::compile::check(&text, today),
         Err(d) => Checked {
             compiled: None,
             problems: vec![d],

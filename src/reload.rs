@@ -247,7 +247,24 @@ pub(crate) fn announce(
     changes: Option<serde_json::Value>,
 ) {
     let generation = snap.generation;
-    telemetry.metrics.policy_loaded(snap);
+    let expired = snap.policy.expired_rules(crate::policy_file::today());
+    // At start the policy's warnings, these among them, are logged already.
+    if generation > 1 {
+        for rule in &expired {
+            let day = rule.expires().map(|d| d.to_string()).unwrap_or_default();
+            tracing::warn!(
+                path = %path.display(),
+                generation,
+                rule = %rule.text,
+                line = rule.line,
+                expires = %day,
+                owner = rule.owner().unwrap_or(""),
+                ticket = rule.ticket().unwrap_or(""),
+                "expired-rule: the rule's expires day has passed; it is still enforced"
+            );
+        }
+    }
+    telemetry.metrics.policy_loaded(snap, expired.len());
     let details = ReloadDetails {
         result: ReloadResult::Ok,
         path: Some(path.display().to_string()),

@@ -18,7 +18,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::cli::SchemaKind;
 use crate::policy::cases::RawCase;
-use crate::policy::raw::{OneOrMany, RawPolicy};
+use crate::policy::raw::{OneOrMany, RawPolicy, RawRule, RawRuleMeta};
 
 /// Where the published schema lives in the repository.
 pub const SCHEMA_PATH: &str = "config/portcullis.schema.json";
@@ -117,6 +117,35 @@ impl JsonSchema for Destination {
             "description": "A destination: `HOST` (on default_ports), `HOST:443,80`, `HOST:8000-8100` or `HOST:*`. HOST is an exact name (`api.stripe.com`), `*.example.com` (any name below it, not the apex), a glob with `*` inside one label (`api-*.example.com`), an IPv4 range (`203.0.113.0/24`) or an IPv6 range or literal in brackets (`[2001:db8::/32]`). Quote values that start with `*` or `[`.",
             "examples": ["api.stripe.com", "*.githubusercontent.com", "registry.npmjs.org:443,80", "203.0.113.0/24:443"]
         })
+    }
+}
+
+/// A calendar day, `YYYY-MM-DD`.
+pub struct Day;
+
+impl JsonSchema for Day {
+    fn schema_name() -> Cow<'static, str> {
+        "Day".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+            "description": "A day, YYYY-MM-DD (UTC).",
+            "examples": ["2027-01-31"]
+        })
+    }
+}
+
+/// A rule: a destination, or a mapping with the destination and its metadata.
+impl JsonSchema for RawRule {
+    fn schema_name() -> Cow<'static, str> {
+        "RuleEntry".into()
+    }
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        let plain = g.subschema_for::<Destination>();
+        let meta = g.subschema_for::<RawRuleMeta>();
+        json_schema!({ "anyOf": [plain, meta] })
     }
 }
 

@@ -15,7 +15,7 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
     let mut valid = true;
     let mut warned = false;
     for path in &args.paths {
-        let checked = check_policy(path);
+        let checked = check_policy(path, crate::policy_file::today());
         let errors = count(&checked.problems, Severity::Error);
         let warnings = count(&checked.problems, Severity::Warning);
         valid &= errors == 0;

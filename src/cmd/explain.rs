@@ -102,7 +102,18 @@ fn write_text(
     writeln!(out, "reason:   {}", e.decision.reason.as_str())?;
     writeln!(out, "client:   {}", client_line(policy, asker))?;
     match &e.rule {
-        Some(r) => writeln!(out, "rule:     {}", rule_line(r))?,
+        Some(r) => {
+            writeln!(out, "rule:     {}", rule_line(r))?;
+            if let Some(owner) = r.rule.owner() {
+                writeln!(out, "owner:    {owner}")?;
+            }
+            if let Some(ticket) = r.rule.ticket() {
+                writeln!(out, "ticket:   {ticket}")?;
+            }
+            if let Some(day) = r.rule.expires() {
+                writeln!(out, "expires:  {day}")?;
+            }
+        }
         None => writeln!(out, "rule:     (none)")?,
     }
     match &e.host {
@@ -150,6 +161,9 @@ fn placed_json(r: &Placed<'_>) -> serde_json::Value {
         "ports": r.rule.ports.to_string(),
         "line": r.rule.line,
         "column": r.rule.column,
+        "owner": r.rule.owner(),
+        "ticket": r.rule.ticket(),
+        "expires": r.rule.expires().map(|d| d.to_string()),
     })
 }
 

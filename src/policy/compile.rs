@@ -6,13 +6,14 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde_saphyr::{Location, Spanned};
 
+use super::date::Date;
 use super::identity::{self, CertName, Selectors, TokenDigest};
 use super::ignore::Ignores;
 use super::ip_guard::{default_blocked, parse_net};
 use super::lint::{self, ClientSpans, Spans};
 use super::pattern::{Ports, parse_destination, valid_port};
-use super::raw::{RawClient, RawEch, RawMode, RawPolicy, Text};
-use super::ruleset::{Rule, RuleSet};
+use super::raw::{RawClient, RawEch, RawMode, RawPolicy, RawRule, Text};
+use super::ruleset::{Rule, RuleMeta, RuleSet};
 use super::{Client, IpGuard, Mode, Policy, TlsPolicy, keys};
 
 /// The only policy format version this build reads.
@@ -34,8 +35,11 @@ pub struct Compiled {
 
 impl Compiled {
     /// Every warning, in file order, less those an ignore comment silences.
-    pub fn warnings(&self) -> Vec<Diagnostic> {
-        let mut out = self.ignores.apply(lint::lint(&self.policy, &self.spans));
+    /// `today` decides which rules have expired.
+    pub fn warnings(&self, today: Date) -> Vec<Diagnostic> {
+        let mut out = self
+            .ignores
+            .apply(lint::lint(&self.policy, &self.spans, today));
         out.sort_by_key(|d| (d.line, d.column));
         out
     }
@@ -53,14 +57,14 @@ pub struct Checked {
 /// Checks a policy file's text: every error and every warning in one pass.
 /// Warnings are worked out even when there are errors, on the rules that
 /// did compile; only a text that is not YAML, or a value of the wrong type,
-/// stops the check early.
-pub fn check(text: &str) -> Checked {
+/// stops the check early. `today` decides which rules have expired.
+pub fn check(text: &str, today: Date) -> Checked {
     let built = build(text);
     let mut problems = built.errors;
     let warnings = built
         .policy
         .as_ref()
-        .map(|(policy, spans)| built.ignores.apply(lint::lint(policy, spans)));
+        .map(|(policy, spans)| built.ignores.apply(lint::lint(policy, spans, today)));
     problems.extend(warnings.into_iter().flatten());
     problems.sort_by_key(|d| (d.line, d.column));
     let compiled = match built.policy {
@@ -315,21 +319,70 @@ impl Compiler {
         Ports::Ranges(ranges)
     }
 
-    fn rules(&mut self, list: Vec<Text>, default_ports: &Ports) -> RuleSet {
+    fn rules(&mut self, list: Vec<Spanned<RawRule>>, default_ports: &Ports) -> RuleSet {
         let mut rules = Vec::with_capacity(list.len());
         for item in list {
-            match parse_destination(&item.value) {
+            let Some((dest, meta)) = self.entry(item) else {
+                continue;
+            };
+            match parse_destination(&dest.value) {
                 Ok((pattern, ports)) => rules.push(Rule {
-                    text: Arc::from(item.value.trim()),
+                    text: Arc::from(dest.value.trim()),
                     pattern,
                     ports: ports.unwrap_or_else(|| default_ports.clone()),
-                    line: item.referenced.line(),
-                    column: item.referenced.column(),
+                    line: dest.referenced.line(),
+                    column: dest.referenced.column(),
+                    meta,
                 }),
-                Err(e) => self.error(e.code, item.referenced, e.message, e.hint),
+                Err(e) => self.error(e.code, dest.referenced, e.message, e.hint),
             }
         }
         RuleSet::new(rules)
+    }
+
+    /// An entry's destination and metadata; `None` (with an error) when
+    /// the mapping has no `dest` or a bad `expires`.
+    fn entry(&mut self, item: Spanned<RawRule>) -> Option<(Text, Option<Arc<RuleMeta>>)> {
+        let at = item.referenced;
+        let m = match item.value {
+            RawRule::Plain(text) => return Some((Spanned::new(text, at, item.defined), None)),
+            RawRule::Meta(m) => *m,
+        };
+        let expires = match &m.expires {
+            None => None,
+            Some(e) => match Date::parse(e.value.trim()) {
+                Ok(day) => Some(day),
+                Err(message) => {
+                    self.error(
+                        Code::InvalidValue,
+                        e.referenced,
+                        format!("`expires`: {message}"),
+                        Some(
+                            "write the last day the rule is needed, e.g. `expires: 2027-01-31`"
+                                .into(),
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        let Some(dest) = m.dest else {
+            self.error(
+                Code::MissingKey,
+                at,
+                "missing key `dest` in a rule written as a mapping",
+                Some("name the destination, e.g. `dest: api.stripe.com:443`".into()),
+            );
+            return None;
+        };
+        let text = |t: Option<Text>| t.map(|t| Arc::from(t.value.trim()));
+        let meta = RuleMeta {
+            owner: text(m.owner),
+            ticket: text(m.ticket),
+            expires,
+            note: text(m.note),
+        };
+        Some((dest, Some(Arc::new(meta))))
     }
 
     fn clients(
@@ -487,7 +540,7 @@ mod tests {
     use super::*;
 
     fn codes(text: &str) -> Vec<&'static str> {
-        check(text)
+        check(text, Date::from_days(0))
             .problems
             .iter()
             .map(|d| d.code.as_str())
@@ -514,7 +567,7 @@ mod tests {
     fn warnings_come_with_errors_and_ignore_comments_apply() {
         let text = "version: 1\nmode: report  # portcullis: ignore[report-mode]\nallow:\n  - \"*.co.uk\"\n  - a.example:0\n";
         assert_eq!(codes(text), ["public-suffix-wildcard", "bad-port"]);
-        let checked = check(text);
+        let checked = check(text, Date::from_days(0));
         assert!(checked.compiled.is_none());
     }
 
@@ -523,5 +576,35 @@ mod tests {
         assert_eq!(codes(""), ["empty-file"]);
         assert_eq!(codes("# nothing\n\n---\n"), ["empty-file"]);
         assert_eq!(codes("~\n"), ["invalid-value"]);
+    }
+
+    #[test]
+    fn rules_may_carry_metadata_and_expire_without_changing_decisions() {
+        let text = "version: 1\nallow:\n  - a.example\n  - {dest: b.example, owner: o, ticket: T-1, expires: 2027-01-31, note: n}\ndeny:\n  - {dest: c.example, expires: 2020-01-01}\n";
+        let compiled = compile(text).expect("valid");
+        let policy = &compiled.policy;
+        let b = &policy.allow.rules()[1];
+        assert_eq!((b.owner(), b.ticket()), (Some("o"), Some("T-1")));
+        assert_eq!((b.line, b.column), (4, 12));
+        assert_eq!(policy.allow.rules()[0].meta, None);
+        let day = |t| Date::parse(t).unwrap();
+        assert_eq!(policy.expired_rules(day("2027-01-31")).len(), 1);
+        assert_eq!(policy.expired_rules(day("2027-02-01")).len(), 2);
+        // Expired or not, b.example is allowed and c.example denied.
+        let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+        assert!(policy.decide_str(ip, "b.example", 443).verdict.permits());
+        assert!(!policy.decide_str(ip, "c.example", 443).verdict.permits());
+        let codes = |today| {
+            compiled
+                .warnings(day(today))
+                .iter()
+                .map(|d| (d.line, d.code.as_str()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(codes("2020-01-01"), vec![]);
+        assert_eq!(
+            codes("2027-02-01"),
+            vec![(4, "expired-rule"), (6, "expired-rule")]
+        );
     }
 }

@@ -110,6 +110,8 @@ codes! {
     ReportMode = "report-mode", Warning;
     /// A client whose every source an earlier client takes.
     UnreachableClient = "unreachable-client", Warning;
+    /// A rule whose `expires` day has passed (it is still enforced).
+    ExpiredRule = "expired-rule", Warning;
     /// An ignore comment naming a code that does not exist.
     UnknownIgnore = "unknown-ignore", Warning;
 }

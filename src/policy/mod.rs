@@ -2,6 +2,7 @@
 
 pub mod cases;
 pub mod compile;
+pub mod date;
 pub mod diagnostic;
 pub mod diff;
 pub mod explain;
@@ -444,6 +445,18 @@ impl Policy {
     pub fn rule_count(&self) -> usize {
         let clients: usize = self.clients.iter().flatten().map(|c| c.allow.len()).sum();
         self.allow.len() + self.deny.len() + clients
+    }
+
+    /// Every rule, top-level `allow` and `deny` first, then each client's
+    /// `allow`, whose `expires` day is before `today` (they stay enforced).
+    pub fn expired_rules(&self, today: date::Date) -> Vec<&Rule> {
+        let clients = self.clients.iter().flatten().map(|c| &c.allow);
+        [&self.allow, &self.deny]
+            .into_iter()
+            .chain(clients)
+            .flat_map(|set| set.rules())
+            .filter(|r| r.expired(today))
+            .collect()
     }
 
     /// Number of allow rules that apply to each client (`policy_rules` metric).

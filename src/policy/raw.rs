@@ -10,7 +10,7 @@ use std::fmt;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
 
 /// A YAML string with its location, for diagnostics.
@@ -36,11 +36,11 @@ pub struct RawPolicy {
     #[schemars(with = "Option<Vec<crate::schema::Port>>")]
     pub default_ports: Option<Spanned<Vec<Spanned<i64>>>>,
     /// Destinations every client may reach.
-    #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
-    pub allow: Option<Vec<Text>>,
+    #[schemars(with = "Option<Vec<RawRule>>")]
+    pub allow: Option<Vec<Spanned<RawRule>>>,
     /// Destinations nobody reaches, whatever allows them (deny wins); without ports: every port.
-    #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
-    pub deny: Option<Vec<Text>>,
+    #[schemars(with = "Option<Vec<RawRule>>")]
+    pub deny: Option<Vec<Spanned<RawRule>>>,
     /// Per-client policies by source address, certificate, token or VPC endpoint (first match wins); when present, a caller no client matches is refused.
     #[schemars(with = "Option<Vec<RawClient>>")]
     pub clients: Option<Vec<Spanned<RawClient>>>,
@@ -87,8 +87,72 @@ pub struct RawClient {
     #[schemars(with = "Option<RawMode>")]
     pub mode: Option<Spanned<RawMode>>,
     /// Destinations this client may reach, in addition to the top-level `allow`.
-    #[schemars(with = "Option<Vec<crate::schema::Destination>>")]
-    pub allow: Option<Vec<Text>>,
+    #[schemars(with = "Option<Vec<RawRule>>")]
+    pub allow: Option<Vec<Spanned<RawRule>>>,
+}
+
+/// An `allow` or `deny` entry: a destination, or a mapping with the
+/// destination and who owns it (`dest`, `owner`, `ticket`, `expires`, `note`).
+#[derive(Debug)]
+pub enum RawRule {
+    /// `- api.stripe.com:443`
+    Plain(String),
+    /// `- {dest: api.stripe.com:443, owner: payments-team, ...}`
+    Meta(Box<RawRuleMeta>),
+}
+
+/// The mapping form of a rule: the destination and its metadata.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "Rule")]
+pub struct RawRuleMeta {
+    /// The destination, written as in the plain form.
+    #[schemars(with = "crate::schema::Destination")]
+    pub dest: Option<Text>,
+    /// Who owns the rule: a team or a person.
+    #[schemars(with = "Option<String>")]
+    pub owner: Option<Text>,
+    /// The change request or ticket that asked for it.
+    #[schemars(with = "Option<String>")]
+    pub ticket: Option<Text>,
+    /// The day (YYYY-MM-DD, UTC) after which `check` warns the rule has expired; it stays enforced.
+    #[schemars(with = "Option<crate::schema::Day>")]
+    pub expires: Option<Text>,
+    /// Free text: why the rule exists.
+    #[schemars(with = "Option<String>")]
+    pub note: Option<Text>,
+}
+
+impl<'de> Deserialize<'de> for RawRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRule;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a destination, or a mapping with `dest` and its owner, ticket, expires and note")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawRule, E> {
+                Ok(RawRule::Plain(v.to_string()))
+            }
+            // A bare number (`- 443`) is a destination `check` refuses, not a type error.
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawRule, E> {
+                Ok(RawRule::Plain(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawRule, E> {
+                Ok(RawRule::Plain(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawRule, E> {
+                Ok(RawRule::Plain(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawRule, E> {
+                Ok(RawRule::Plain(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRule, A::Error> {
+                RawRuleMeta::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|m| RawRule::Meta(Box::new(m)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Addresses never dialed, even when an allowed name resolves to them.

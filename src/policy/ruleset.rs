@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use globset::{Candidate, GlobBuilder, GlobMatcher};
 
+use super::date::Date;
 use super::host::Host;
 use super::pattern::{Pattern, Ports};
 
@@ -21,6 +22,43 @@ pub struct Rule {
     pub line: u64,
     /// 1-based column in the file.
     pub column: u64,
+    /// Owner, ticket, expiry and note, when the rule is written as a mapping.
+    pub meta: Option<Arc<RuleMeta>>,
+}
+
+/// What the mapping form of a rule says about it besides its destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleMeta {
+    /// Who owns the rule.
+    pub owner: Option<Arc<str>>,
+    /// The ticket that asked for it.
+    pub ticket: Option<Arc<str>>,
+    /// The last day it is meant to be needed; it stays enforced after.
+    pub expires: Option<Date>,
+    /// Why it exists.
+    pub note: Option<Arc<str>>,
+}
+
+impl Rule {
+    /// Who owns the rule, when the file says.
+    pub fn owner(&self) -> Option<&str> {
+        self.meta.as_ref()?.owner.as_deref()
+    }
+
+    /// The rule's ticket, when the file says.
+    pub fn ticket(&self) -> Option<&str> {
+        self.meta.as_ref()?.ticket.as_deref()
+    }
+
+    /// The rule's `expires` day, when the file gives one.
+    pub fn expires(&self) -> Option<Date> {
+        self.meta.as_ref()?.expires
+    }
+
+    /// Whether the rule's `expires` day is before `today`.
+    pub fn expired(&self, today: Date) -> bool {
+        self.expires().is_some_and(|d| d < today)
+    }
 }
 
 impl Rule {

@@ -49,7 +49,7 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     // Installed before anything is served: SIGHUP's default action is to exit.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RunError::Signal)?;
-    for w in &compiled.warnings() {
+    for w in &compiled.warnings(policy_file::today()) {
         tracing::warn!(policy = %args.policy.display(), "{w}");
     }
     let metrics = Arc::new(Metrics::new(args.max_destination_labels).with_diagnostics(diagnostics));

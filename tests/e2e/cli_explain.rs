@@ -268,3 +268,30 @@ fn example_policy_explains_as_documented() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
 }
+
+#[test]
+fn the_deciding_rule_shows_its_owner_and_ticket() {
+    let p = TempPolicy::new(
+        "version: 1\nallow:\n  - api.github.com\n  - dest: api.stripe.com\n    owner: payments-team\n    ticket: SEC-123\n    expires: 2020-01-01\n",
+    );
+    let (code, out) = explain(&p, &["api.stripe.com:443"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        field(&out, "rule"),
+        "api.stripe.com (allow rule, line 4, column 11)"
+    );
+    assert_eq!(field(&out, "owner"), "payments-team");
+    assert_eq!(field(&out, "ticket"), "SEC-123");
+    assert_eq!(field(&out, "expires"), "2020-01-01");
+    let (_, json) = explain(&p, &["--format", "json", "api.stripe.com:443"]);
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["rule"]["owner"], "payments-team");
+    assert_eq!(doc["rule"]["ticket"], "SEC-123");
+    assert_eq!(doc["rule"]["expires"], "2020-01-01");
+    // A plain rule has none.
+    let (_, out) = explain(&p, &["api.github.com:443"]);
+    assert!(!out.contains("owner:"), "{out}");
+    let (_, json) = explain(&p, &["--format", "json", "api.github.com:443"]);
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["rule"]["owner"], Value::Null);
+}

@@ -268,3 +268,45 @@ async fn without_revalidation_open_tunnels_outlive_their_rule() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_rules_stay_enforced_and_are_counted_and_logged_at_start_and_reload() {
+    let (dns, echo) = world(&["old.test", "older.test"]).await;
+    let dir = PolicyDir::new("expired");
+    let port = echo.addr().port();
+    let with = |extra: &str| {
+        format!(
+            "version: 1\nallow:\n  - {{dest: \"old.test:*\", owner: team-a, ticket: SEC-1, expires: 2020-01-01}}\n{extra}ip_guard:\n  allowed: [127.0.0.0/8]\n"
+        )
+    };
+    std::fs::write(dir.file(), with("")).unwrap();
+    let proxy = start(&dir, &dns, &[]).await;
+    proxy
+        .wait_metric("portcullis_policy_expired_rules", &[], |n| n == 1.0, WAIT)
+        .await;
+    // Expired, still enforced: the tunnel opens.
+    let mut tunnel = open_tunnel(proxy.addr(), &format!("old.test:{port}")).await;
+    echo_roundtrip(&mut tunnel, b"still allowed").await;
+
+    std::fs::write(
+        dir.file(),
+        with("  - {dest: \"older.test:*\", owner: team-b, expires: 2019-05-01}\n"),
+    )
+    .unwrap();
+    wait_generation(&proxy, 2.0).await;
+    proxy
+        .wait_metric("portcullis_policy_expired_rules", &[], |n| n == 2.0, WAIT)
+        .await;
+    crate::support::client::eventually(WAIT, "expired rules logged at reload", || async {
+        let log = proxy.stderr_text();
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("expired-rule") && l.contains("older.test"))
+    })
+    .await;
+    let log = proxy.stderr_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("expired-rule") && l.contains("old.test")),
+        "start-up warning:\n{log}"
+    );
+}

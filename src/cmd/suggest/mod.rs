@@ -416,7 +416,7 @@ pub fn run(args: &SuggestArgs, out: &mut impl Write, err: &mut impl Write) -> io
     let text = suggester.render(&opts);
     let code = match Policy::from_yaml(&text) {
         Ok(compiled) => {
-            for w in compiled.warnings() {
+            for w in compiled.warnings(crate::policy_file::today()) {
                 writeln!(
                     err,
                     "portcullis suggest: note: the suggestion has a warning: {w}"

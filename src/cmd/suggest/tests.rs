@@ -32,7 +32,11 @@ fn suggest(records: &[Value], current: Option<&Policy>, opts: &Options) -> Strin
 /// Compiles the suggestion and asserts `check` has nothing to say.
 fn assert_clean(yaml: &str) -> Policy {
     let compiled = Policy::from_yaml(yaml).unwrap_or_else(|e| panic!("{e:?}\n{yaml}"));
-    assert_eq!(compiled.warnings(), vec![], "{yaml}");
+    assert_eq!(
+        compiled.warnings(crate::policy_file::today()),
+        vec![],
+        "{yaml}"
+    );
     compiled.policy
 }
 

@@ -7,6 +7,7 @@ mod rules;
 use ipnet::IpNet;
 
 use super::Policy;
+use super::date::Date;
 use super::diagnostic::{Code, Diagnostic};
 use super::ruleset::Rule;
 
@@ -197,12 +198,45 @@ impl From<serde_saphyr::Location> for At {
 }
 
 /// Every warning about `policy`, in file order.
-pub(crate) fn lint(policy: &Policy, spans: &Spans) -> Vec<Diagnostic> {
+pub(crate) fn lint(policy: &Policy, spans: &Spans, today: Date) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     rules::lint(policy, &mut out);
     reach::lint(policy, spans, &mut out);
+    expired(policy, today, &mut out);
     out.sort_by_key(|d| (d.line, d.column));
     out
+}
+
+/// `expired-rule`: a rule whose `expires` day is before `today`. It is still
+/// enforced; the warning asks its owner to renew or remove it.
+fn expired(policy: &Policy, today: Date, out: &mut Vec<Diagnostic>) {
+    for rule in policy.expired_rules(today) {
+        let Some(day) = rule.expires() else { continue };
+        let mut whose = Vec::new();
+        if let Some(owner) = rule.owner() {
+            whose.push(format!("owner {owner}"));
+        }
+        if let Some(ticket) = rule.ticket() {
+            whose.push(format!("ticket {ticket}"));
+        }
+        let whose = match whose.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", whose.join(", ")),
+        };
+        out.push(Diagnostic::at(
+            Code::ExpiredRule,
+            rule.line,
+            rule.column,
+            format!(
+                "`{}`{whose} expired on {day}; it is still enforced",
+                rule.text
+            ),
+            Some(
+                "remove the rule if it is no longer needed, or move `expires` to a later day"
+                    .into(),
+            ),
+        ));
+    }
 }
 
 /// Why a wildcard `*.tail` reaches names that no single owner controls.

@@ -186,6 +186,7 @@ pub struct Metrics {
     policy_reloads: Family<ReloadLabels, Counter>,
     policy_generation: Gauge,
     policy_rules: Family<ClientLabels, Gauge>,
+    policy_expired_rules: Gauge,
     proxy_protocol_errors: Family<ProxyProtocolLabels, Counter>,
     client_auth: Family<AuthLabels, Counter>,
     /// The policy in force and the last reload, for `policy_info`, the last-reload gauges and `/status`.
@@ -228,6 +229,7 @@ impl Metrics {
             policy_reloads: Family::default(),
             policy_generation: Gauge::default(),
             policy_rules: Family::default(),
+            policy_expired_rules: Gauge::default(),
             proxy_protocol_errors: Family::default(),
             client_auth: Family::default(),
             policy: Arc::default(),
@@ -319,6 +321,11 @@ impl Metrics {
             "policy_rules",
             "Allow rules in force per client",
             self.policy_rules.clone(),
+        );
+        registry.register(
+            "policy_expired_rules",
+            "Rules in force whose expires day has passed",
+            self.policy_expired_rules.clone(),
         );
         registry.register_collector(Box::new(PolicyCollector(self.policy.clone())));
     }
@@ -499,7 +506,10 @@ impl Metrics {
     /// Publishes the policy now in force (at start, and after each reload that loaded
     /// one): its generation, SHA-256, mode, and the rule count per client. Clients the
     /// previous policy had and this one lacks disappear from `policy_rules`.
-    pub(crate) fn policy_loaded(&self, snap: &Snapshot) {
+    /// `expired` is the number of its rules whose `expires` day has passed.
+    pub(crate) fn policy_loaded(&self, snap: &Snapshot, expired: usize) {
+        self.policy_expired_rules
+            .set(i64::try_from(expired).unwrap_or(i64::MAX));
         self.policy.went_live(snap, SystemTime::now());
         self.policy_generation
             .set(i64::try_from(snap.generation).unwrap_or(i64::MAX));

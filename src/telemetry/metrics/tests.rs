@@ -79,7 +79,7 @@ fn encodes_the_spec_names_and_labels() {
     m.dns_lookup(DnsResult::NxDomain, Duration::from_millis(2));
     m.policy_reload(ReloadResult::Ok, None);
     m.policy_reload(ReloadResult::Error, Some("bad"));
-    m.policy_loaded(&snapshot(PAYMENTS, 7, "aa"));
+    m.policy_loaded(&snapshot(PAYMENTS, 7, "aa"), 0);
     let guard = m.connection_opened(Listener::TransparentHttp);
 
     let text = m.encode();
@@ -109,7 +109,7 @@ fn encodes_the_spec_names_and_labels() {
     }
 
     drop(guard);
-    m.policy_loaded(&snapshot("version: 1\nallow: [a.example]\n", 8, "bb"));
+    m.policy_loaded(&snapshot("version: 1\nallow: [a.example]\n", 8, "bb"), 0);
     let text = m.encode();
     let lines = metric_lines(&text);
     assert!(lines.contains(&r#"portcullis_active_connections{listener="transparent_http"} 0"#));
@@ -230,7 +230,7 @@ fn policy_info_and_last_reload_follow_the_policy_in_force() {
     );
     assert!(!text.contains("portcullis_policy_last_reload"), "{text}");
 
-    m.policy_loaded(&snapshot("version: 1\nallow: [a.example]\n", 1, "aa"));
+    m.policy_loaded(&snapshot("version: 1\nallow: [a.example]\n", 1, "aa"), 0);
     let text = m.encode();
     let info = |sha: &str, mode: &str| {
         format!(r#"portcullis_policy_info{{sha256="{sha}",mode="{mode}"}}"#)
@@ -278,7 +278,7 @@ fn policy_info_and_last_reload_follow_the_policy_in_force() {
 
     let report = PAYMENTS.replace("version: 1", "version: 1\nmode: report");
     m.policy_reload(ReloadResult::Ok, None);
-    m.policy_loaded(&snapshot(&report, 2, "bb"));
+    m.policy_loaded(&snapshot(&report, 2, "bb"), 0);
     let text = m.encode();
     assert_eq!(value(&text, &info("bb", "report")), Some(1.0), "{text}");
     assert!(
