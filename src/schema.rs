@@ -199,6 +199,24 @@ impl JsonSchema for TokenDigest {
     }
 }
 
+/// A `deny_message`: one printable line.
+pub struct DenyMessage;
+
+impl JsonSchema for DenyMessage {
+    fn schema_name() -> Cow<'static, str> {
+        "DenyMessage".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$",
+            "description": "One line of at most 200 printable characters added to refusals, e.g. `ask for access in #egress-requests`.",
+        })
+    }
+}
+
 /// A `vpc_endpoints:` selector.
 pub struct VpcEndpoint;
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use crate::cli::{ExplainArgs, OutputFormat};
 use crate::cmd::exit;
 use crate::policy::explain::{Explanation, Placed, parse_target};
-use crate::policy::{Client, Host, Policy, Verdict};
+use crate::policy::{Caller, Client, Host, Policy, Verdict};
 use crate::policy_file::{load_policy, render};
 
 /// Who asks: a client picked by name, or a source address matched as the proxy would.
@@ -49,7 +49,10 @@ pub fn explain(
         Asker::Named(c) => Some(c),
         Asker::Source(_, c) => c,
     };
-    let e = policy.explain(client, &host, port);
+    let mut e = policy.explain(client, &host, port);
+    if let Asker::Source(ip, _) = &asker {
+        e.caller = Some(Caller::from(*ip).describe());
+    }
     match args.format {
         OutputFormat::Text => write_text(out, policy, &asker, &e, &host, port)?,
         OutputFormat::Json => writeln!(

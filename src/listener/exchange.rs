@@ -101,6 +101,8 @@ pub(crate) struct Exchange {
     detail: Option<String>,
     error: Option<String>,
     end: Option<Ending>,
+    /// The policy's `deny_message` for this caller, added to a refusal's body.
+    deny_message: Option<Arc<str>>,
 }
 
 impl Exchange {
@@ -131,7 +133,20 @@ impl Exchange {
             detail: None,
             error: None,
             end: None,
+            deny_message: None,
         }
+    }
+
+    /// The `deny_message` a refusal of this exchange carries: the matched
+    /// client's, else the policy's.
+    pub(crate) fn deny_message(&self) -> Option<&str> {
+        self.deny_message.as_deref()
+    }
+
+    /// Takes the policy's top-level `deny_message`, for a refusal before
+    /// any decision (the audit log full).
+    pub(crate) fn undecided_on(&mut self, snap: &Snapshot) {
+        self.deny_message = snap.policy.deny_message_for(None);
     }
 
     /// Whether the audit log has room for one more exchange; `false`: refuse
@@ -218,6 +233,7 @@ impl Exchange {
         self.has_clients = snap.policy.clients.is_some();
         let decision = snap.policy.decide(&self.creds, host, port);
         self.reason = decision.reason;
+        self.deny_message = snap.policy.deny_message_for(decision.client.as_deref());
         if self.has_clients {
             let presented = self.creds.presented();
             for (k, auth) in self.auth.iter_mut().enumerate() {
@@ -236,7 +252,9 @@ impl Exchange {
         self.generation = Some(snap.generation);
         self.policy_sha256 = Some(snap.sha256.clone());
         self.has_clients = snap.policy.clients.is_some();
-        self.decision = Some(snap.policy.bad_request(&self.creds));
+        let decision = snap.policy.bad_request(&self.creds);
+        self.deny_message = snap.policy.deny_message_for(decision.client.as_deref());
+        self.decision = Some(decision);
         self.reason = Reason::BadRequest;
     }
 

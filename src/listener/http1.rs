@@ -189,6 +189,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let mut ex = Exchange::new(conn.listener, event, conn.peer);
     ex.requested(req.method().as_str());
     ex.connection_credentials(conn.certificate.clone(), conn.vpc_endpoint.clone());
+    ex.undecided_on(&snap);
     if !ex.admit(&conn.shared.telemetry) {
         return refusal(&conn.shared.telemetry, ex, Reason::AuditUnavailable);
     }
@@ -233,7 +234,7 @@ pub(super) fn refusal(
     refusal: impl Into<Refusal>,
 ) -> Response<Body> {
     let refusal = refusal.into();
-    let resp = error_response(&refusal, ex.id());
+    let resp = error_response(&refusal, ex.id(), ex.deny_message());
     ex.refused(refusal, Some(resp.status().as_u16()));
     ex.finish(telemetry);
     resp

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::ext::ReasonPhrase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
@@ -80,11 +81,23 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// The error response: status, `X-Portcullis-Reason`, `X-Portcullis-Request-Id`,
 /// a one-line body naming the reason and the detail, `Connection: close`.
-pub(crate) fn error_response(refusal: &Refusal, id: RequestId) -> Response<Body> {
+pub(crate) fn error_response(
+    refusal: &Refusal,
+    id: RequestId,
+    deny_message: Option<&str>,
+) -> Response<Body> {
     let reason = refusal.reason;
     let status = http_status(reason).unwrap_or(StatusCode::FORBIDDEN);
-    let mut resp = Response::new(full(error_body(refusal)));
+    let mut body = error_body(refusal);
+    if let Some(message) = deny_message {
+        body.push_str(message);
+        body.push('\n');
+    }
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
+    if let Some(phrase) = reason_phrase(status, reason) {
+        resp.extensions_mut().insert(phrase);
+    }
     let h = resp.headers_mut();
     h.insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
     h.insert(REQUEST_ID_HEADER, request_id_value(id));
@@ -100,6 +113,15 @@ pub(crate) fn error_response(refusal: &Refusal, id: RequestId) -> Response<Body>
         );
     }
     resp
+}
+
+/// The status line's reason phrase: the standard one and the reason code,
+/// `Forbidden (portcullis: not_allowed)`. Python, Java and git print the
+/// status line of a failed CONNECT and nothing else, so the cause reaches
+/// the person reading the error.
+fn reason_phrase(status: StatusCode, reason: Reason) -> Option<ReasonPhrase> {
+    let standard = status.canonical_reason().unwrap_or("Error");
+    ReasonPhrase::try_from(format!("{standard} (portcullis: {})", reason.as_str())).ok()
 }
 
 /// The HTTP status an explicit-proxy client receives for `reason`; `None`
@@ -384,7 +406,8 @@ async fn refuse_overloaded(
     }
     let body = error_body(&refusal);
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\n{REASON_HEADER}: {}\r\n{REQUEST_ID_HEADER}: {id}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 503 Service Unavailable (portcullis: {})\r\n{REASON_HEADER}: {}\r\n{REQUEST_ID_HEADER}: {id}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        Reason::Overloaded.as_str(),
         Reason::Overloaded.as_str(),
         body.len()
     );

@@ -224,7 +224,8 @@ fn run_one<'p>(policy: &'p Policy, case: &Spanned<RawCase>) -> Result<Outcome<'p
     };
     let (host, port) =
         parse_target(&c.dest.value).map_err(|e| CaseError::new(c.dest.referenced, e))?;
-    let got = policy.explain(client, &host, port);
+    let mut got = policy.explain(client, &host, port);
+    got.caller = Some(who.clone());
     let label = match &c.name {
         Some(n) => n.value.clone(),
         None => format!("{who} -> {}", c.dest.value.trim()),

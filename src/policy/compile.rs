@@ -21,6 +21,9 @@ pub const VERSION: i64 = 1;
 /// Ports a destination allows when it names none and `default_ports` is absent.
 pub const DEFAULT_PORTS: &[u16] = &[443];
 
+/// The longest `deny_message`, in characters.
+pub const DENY_MESSAGE_MAX: usize = 200;
+
 pub use super::diagnostic::{Code, Diagnostic, Severity};
 
 /// A policy that compiled. Its warnings are worked out on demand: `check`
@@ -248,11 +251,12 @@ impl Compiler {
         let top_mode = mode(raw.mode.as_ref()).unwrap_or_default();
         self.spans.mode = raw.mode.as_ref().map(|m| m.referenced.into());
         let default_ports = self.default_ports(raw.default_ports);
+        let top_message = self.deny_message(raw.deny_message);
         let allow = self.rules(raw.allow.unwrap_or_default(), &default_ports);
         let deny = self.rules(raw.deny.unwrap_or_default(), &Ports::Any);
         let clients = raw
             .clients
-            .map(|cs| self.clients(cs, &default_ports, top_mode));
+            .map(|cs| self.clients(cs, &default_ports, top_mode, top_message.as_ref()));
         let guard = match raw.ip_guard {
             Some(g) => {
                 let blocked = match g.blocked {
@@ -280,7 +284,11 @@ impl Compiler {
             ech_allowed: t.ech == Some(RawEch::Allow),
         });
         let uses_tokens = (clients.iter().flatten()).any(|c| !c.selectors.tokens.is_empty());
+        let has_deny_messages =
+            top_message.is_some() || (clients.iter().flatten()).any(|c| c.deny_message.is_some());
         Policy {
+            deny_message: top_message,
+            has_deny_messages,
             uses_tokens,
             mode: top_mode,
             default_ports,
@@ -289,6 +297,37 @@ impl Compiler {
             clients,
             guard,
             tls,
+        }
+    }
+
+    /// A `deny_message`: one line of at most [`DENY_MESSAGE_MAX`] printable
+    /// characters, since it goes into every refusal body as it is.
+    fn deny_message(&mut self, raw: Option<Text>) -> Option<Arc<str>> {
+        let raw = raw?;
+        let text = raw.value.trim();
+        let problem = if text.is_empty() {
+            Some("`deny_message` is empty".to_string())
+        } else if text.chars().any(char::is_control) {
+            Some("`deny_message` must be one line without control characters".to_string())
+        } else if text.chars().count() > DENY_MESSAGE_MAX {
+            Some(format!(
+                "`deny_message` is {} characters long; at most {DENY_MESSAGE_MAX} fit in a refusal",
+                text.chars().count()
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                self.error(
+                    Code::BadDenyMessage,
+                    raw.referenced,
+                    message,
+                    Some("say where to ask for access in one short line, e.g. `ask in #egress-requests`".into()),
+                );
+                None
+            }
+            None => Some(Arc::from(text)),
         }
     }
 
@@ -390,6 +429,7 @@ impl Compiler {
         raw: Vec<Spanned<RawClient>>,
         default_ports: &Ports,
         top_mode: Mode,
+        top_message: Option<&Arc<str>>,
     ) -> Vec<Client> {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(raw.len());
@@ -423,6 +463,9 @@ impl Compiler {
                 selectors,
                 mode: mode(c.mode.as_ref()).unwrap_or(top_mode),
                 allow: self.rules(c.allow.unwrap_or_default(), default_ports),
+                deny_message: self
+                    .deny_message(c.deny_message)
+                    .or_else(|| top_message.cloned()),
             });
         }
         out

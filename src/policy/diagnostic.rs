@@ -90,6 +90,8 @@ codes! {
     NoSelector = "no-selector", Error;
     /// A certificate name, token digest or VPC endpoint id that does not parse.
     BadSelector = "bad-selector", Error;
+    /// A `deny_message` that is not one printable line of at most 200 characters.
+    BadDenyMessage = "bad-deny-message", Error;
     /// The same destination twice in one list.
     DuplicateRule = "duplicate-rule", Warning;
     /// A rule that makes another rule of its list unnecessary.

@@ -78,6 +78,9 @@ pub struct Explanation<'p> {
     pub overridden: Option<Placed<'p>>,
     /// When no rule matched this port: the rules that allow the host on other ports.
     pub other_ports: Vec<Placed<'p>>,
+    /// Who asked, in words (`source 10.0.0.5, certificate cn:api`), for a
+    /// caller no client matches; `None`: "the caller".
+    pub caller: Option<String>,
 }
 
 impl Explanation<'_> {
@@ -86,50 +89,60 @@ impl Explanation<'_> {
         self.rule.is_some_and(|r| r.list == List::Deny)
     }
 
-    /// One sentence on why: what a reviewer or a developer needs to act on.
+    /// One sentence on why: the [cause](Self::cause), then what a reviewer
+    /// needs besides (the allow rule a deny rule overrides, which rule
+    /// allows which ports, report mode).
     pub fn summary(&self, port: u16) -> String {
         let mut s = self.cause(port);
+        if let Some(a) = &self.overridden {
+            s.push_str(&format!("; it overrides the {a}"));
+        }
+        if self.rule.is_none() && !self.other_ports.is_empty() {
+            let by: Vec<String> = (self.other_ports.iter())
+                .map(|p| {
+                    format!(
+                        "{} by `{}` (line {})",
+                        p.rule.ports, p.rule.text, p.rule.line
+                    )
+                })
+                .collect();
+            s.push_str(&format!(" ({})", by.join("; ")));
+        }
+        if self.decision.reason == Reason::BlockedIp {
+            s.push_str("; the proxy never dials guarded addresses, whichever rule allows them");
+        }
         if self.decision.verdict == Verdict::Report {
             s.push_str("; report mode lets it through and records it");
         }
         s
     }
 
-    fn cause(&self, port: u16) -> String {
+    /// The cause in the words a refusal uses (its body and the audit
+    /// `detail`): `no allow rule for HOST:PORT`, ``deny rule `R` (line N)``,
+    /// `HOST is allowed only on ports P`, `source ADDR matches no client`,
+    /// `ADDR is a guarded address`.
+    pub fn cause(&self, port: u16) -> String {
         let host = match &self.host {
             Ok(h) => h.to_string(),
             Err(e) => return format!("the destination is not a valid host: {e}"),
         };
         match (self.decision.reason, &self.rule) {
-            (Reason::ClientNotAllowed, _) => {
-                "the source matches no `clients` entry, so every destination is refused".into()
-            }
-            (_, Some(r)) if r.list == List::Deny => {
-                let mut s = format!("denied by the {r}");
-                if let Some(a) = &self.overridden {
-                    s.push_str(&format!("; deny wins over the {a}"));
-                }
-                s
-            }
-            (Reason::BlockedIp, Some(r)) => format!(
-                "the {r} matches, but the address is in `ip_guard.blocked`: the proxy never dials it"
+            (Reason::ClientNotAllowed | Reason::ProxyAuthRequired, _) => format!(
+                "{} matches no client",
+                self.caller.as_deref().unwrap_or("the caller")
             ),
+            (_, Some(r)) if r.list == List::Deny => format!("{r}"),
+            (Reason::BlockedIp, _) => format!("{host} is a guarded address"),
             (_, Some(r)) => format!("allowed by the {r}"),
             (_, None) if !self.other_ports.is_empty() => {
-                let ports: Vec<String> = self
-                    .other_ports
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{} by `{}` (line {})",
-                            p.rule.ports, p.rule.text, p.rule.line
-                        )
-                    })
-                    .collect();
-                format!(
-                    "{host} is allowed only on other ports, not {port}: {}",
-                    ports.join("; ")
-                )
+                let mut ports: Vec<String> = Vec::new();
+                for p in &self.other_ports {
+                    let text = p.rule.ports.to_string();
+                    if !ports.contains(&text) {
+                        ports.push(text);
+                    }
+                }
+                format!("{host} is allowed only on ports {}", ports.join(","))
             }
             (_, None) => format!("no allow rule for {host}:{port}"),
         }
@@ -144,7 +157,16 @@ impl Policy {
         host: &str,
         port: u16,
     ) -> Explanation<'p> {
-        let parsed = Host::parse(host);
+        self.explain_host(client, Host::parse(host), port)
+    }
+
+    /// [`Policy::explain`] for a host already parsed (or refused).
+    pub fn explain_host<'p>(
+        &'p self,
+        client: Option<&'p Client>,
+        parsed: Result<Host, HostError>,
+        port: u16,
+    ) -> Explanation<'p> {
         let mut out = Explanation {
             decision: Decision {
                 verdict: Verdict::Deny,
@@ -159,6 +181,7 @@ impl Policy {
             rule: None,
             overridden: None,
             other_ports: Vec::new(),
+            caller: None,
         };
         let Ok(host) = parsed else {
             return out;
@@ -298,9 +321,10 @@ mod tests {
         assert!(e.denied_by_rule());
         assert_eq!(&*e.rule.unwrap().rule.text, "up.example.com");
         assert_eq!(&*e.overridden.unwrap().rule.text, "*.example.com");
-        assert!(
-            e.summary(443)
-                .starts_with("denied by the deny rule `up.example.com`")
+        assert_eq!(e.cause(443), "deny rule `up.example.com` (line 3)");
+        assert_eq!(
+            e.summary(443),
+            "deny rule `up.example.com` (line 3); it overrides the allow rule `*.example.com` (line 2)"
         );
     }
 
@@ -317,7 +341,7 @@ mod tests {
         assert_eq!(lists, [List::Allow, List::ClientAllow]);
         assert_eq!(
             e.summary(22),
-            "npm.example is allowed only on other ports, not 22: 443,80 by `npm.example:443,80` (line 2); 8080 by `npm.example:8080` (line 6)"
+            "npm.example is allowed only on ports 443,80,8080 (443,80 by `npm.example:443,80` (line 2); 8080 by `npm.example:8080` (line 6))"
         );
         let e = p.explain(a, "other.example", 443);
         assert!(e.other_ports.is_empty());

@@ -230,6 +230,8 @@ pub struct Client {
     pub mode: Mode,
     /// Destinations this client may reach on top of the top-level `allow`.
     pub allow: RuleSet,
+    /// Added to this client's refusals (the top-level one unless overridden).
+    pub deny_message: Option<Arc<str>>,
 }
 
 /// A compiled, immutable policy. Cheap to share behind an `Arc`.
@@ -252,12 +254,29 @@ pub struct Policy {
     /// Some client lists `tokens`: a caller that matches no client is asked
     /// to authenticate (`407`) rather than refused.
     pub uses_tokens: bool,
+    /// Added to the refusal bodies of callers that match no client
+    /// (`deny_message`); each client carries its own or this one.
+    pub deny_message: Option<Arc<str>>,
+    /// Whether the policy or any client sets a `deny_message`.
+    pub has_deny_messages: bool,
 }
 
 impl Policy {
     /// Parses and compiles a policy file's text. Pure: the caller reads the file.
     pub fn from_yaml(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         compile::compile(text)
+    }
+
+    /// The line added to a refusal of a caller matched to `client` (by
+    /// name; `None`: no client matched).
+    pub fn deny_message_for(&self, client: Option<&str>) -> Option<Arc<str>> {
+        if !self.has_deny_messages {
+            return None;
+        }
+        match client.and_then(|name| self.client_named(name)) {
+            Some(c) => c.deny_message.clone(),
+            None => self.deny_message.clone(),
+        }
     }
 
     /// The `clients` entry called `name`.
@@ -380,9 +399,8 @@ impl Policy {
 
     /// Why `decision` (of [`Policy::decide`] for `host:port` from
     /// `client_addr`) refuses, in words a developer can act on: the audit
-    /// `detail` and the refusal body. Runs only for refusals; the one extra
-    /// lookup (does the host match a rule on other ports?) uses the same
-    /// index as the decision.
+    /// `detail` and the refusal body, word for word the cause `explain`
+    /// gives. Runs only for refusals.
     pub fn refusal_detail<'c>(
         &self,
         caller: impl Into<Caller<'c>>,
@@ -391,29 +409,13 @@ impl Policy {
         decision: &Decision,
     ) -> String {
         let caller = caller.into();
-        match (decision.reason, &decision.rule) {
-            (Reason::ClientNotAllowed, _) => {
-                format!("{} matches no client", caller.describe())
-            }
-            (Reason::ProxyAuthRequired, _) if caller.token.is_none() => format!(
-                "{} matches no client; send a token (Proxy-Authorization)",
-                caller.describe()
-            ),
-            (Reason::ProxyAuthRequired, _) => format!("{} matches no client", caller.describe()),
-            (Reason::NotAllowed, Some(rule)) => format!("deny rule `{rule}`"),
-            (Reason::NotAllowed, None) => {
-                let target = Target::new(host, port);
-                let client = self.client_for(caller);
-                let elsewhere = (self.allow.find_any_port(&target))
-                    .or_else(|| client.and_then(|c| c.allow.find_any_port(&target)));
-                match elsewhere {
-                    Some(rule) => format!("{host} is allowed only on ports {}", rule.ports),
-                    None => format!("no allow rule for {host}:{port}"),
-                }
-            }
-            (Reason::BlockedIp, _) => format!("{host} is a guarded address"),
-            (reason, _) => reason.message().to_string(),
+        let mut e = self.explain_host(self.client_for(caller), Ok(host.clone()), port);
+        e.caller = Some(caller.describe());
+        let mut cause = e.cause(port);
+        if decision.reason == Reason::ProxyAuthRequired && caller.token.is_none() {
+            cause.push_str("; send a token (Proxy-Authorization)");
         }
+        cause
     }
 
     fn match_rules<'p>(

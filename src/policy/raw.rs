@@ -48,6 +48,9 @@ pub struct RawPolicy {
     pub ip_guard: Option<RawIpGuard>,
     /// Checks on TLS ClientHellos inside CONNECT tunnels.
     pub tls: Option<RawTls>,
+    /// One line (at most 200 printable characters) added to every refusal the proxy answers, e.g. where to ask for access.
+    #[schemars(with = "Option<crate::schema::DenyMessage>")]
+    pub deny_message: Option<Text>,
 }
 
 /// How traffic no rule allows is treated.
@@ -89,6 +92,9 @@ pub struct RawClient {
     /// Destinations this client may reach, in addition to the top-level `allow`.
     #[schemars(with = "Option<Vec<RawRule>>")]
     pub allow: Option<Vec<Spanned<RawRule>>>,
+    /// Replaces the top-level `deny_message` in this client's refusals.
+    #[schemars(with = "Option<crate::schema::DenyMessage>")]
+    pub deny_message: Option<Text>,
 }
 
 /// An `allow` or `deny` entry: a destination, or a mapping with the

@@ -464,6 +464,7 @@ const POLICY_KEYS: &[&str] = &[
     "clients",
     "ip_guard",
     "tls",
+    "deny_message",
 ];
 
 /// `(line, codes the block must draw, block)` for each policy block of a markdown text.

@@ -70,7 +70,7 @@ fn deny_exits_three_and_names_the_deny_rule() {
     );
     assert_eq!(
         field(&out, "why"),
-        "denied by the deny rule `gist.githubusercontent.com` (line 8); deny wins over the allow rule `*.githubusercontent.com` (line 4)"
+        "deny rule `gist.githubusercontent.com` (line 8); it overrides the allow rule `*.githubusercontent.com` (line 4)"
     );
 }
 
@@ -81,7 +81,7 @@ fn a_host_allowed_only_on_other_ports_says_which() {
     assert_eq!((code, field(&out, "rule")), (Some(3), "(none)"));
     assert_eq!(
         field(&out, "why"),
-        "api.paypal.com is allowed only on other ports, not 80: 443 by `api.paypal.com` (line 12)"
+        "api.paypal.com is allowed only on ports 443 (443 by `api.paypal.com` (line 12))"
     );
     let (code, out) = explain(&p, &["--client", "10.0.1.7", "nowhere.example:443"]);
     assert_eq!(code, Some(3));
@@ -176,7 +176,7 @@ fn json_carries_the_decision_and_what_it_rests_on() {
         doc["summary"]
             .as_str()
             .unwrap()
-            .starts_with("denied by the deny rule")
+            .starts_with("deny rule `gist.githubusercontent.com` (line 8)")
     );
     let out = portcullis(&[
         "explain",

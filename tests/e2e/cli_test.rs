@@ -32,12 +32,12 @@ fn every_mismatch_is_printed_with_the_deciding_rule() {
         format!("{rel}:3:3: FAIL client checkout -> api.paypal.com: expected allow, got deny"),
         format!("  {POLICY}: no allow rule for api.paypal.com:443"),
         format!("{rel}:4:3: FAIL gist is open to checkout: expected allow, got deny"),
-        format!("  {POLICY}: denied by the deny rule `gist.githubusercontent.com` (line 49)"),
+        format!("  {POLICY}: deny rule `gist.githubusercontent.com` (line 49)"),
         format!(
             "{rel}:8:3: FAIL client payouts -> registry.npmjs.org:8080: expected deny (blocked_ip), got deny (not_allowed)"
         ),
         format!(
-            "  {POLICY}: registry.npmjs.org is allowed only on other ports, not 8080: 443,80 by `registry.npmjs.org:443,80` (line 45)"
+            "  {POLICY}: registry.npmjs.org is allowed only on ports 443,80 (443,80 by `registry.npmjs.org:443,80` (line 45))"
         ),
         format!("{rel}: 4 cases, 1 passed, 3 failed"),
     ];

@@ -453,7 +453,7 @@ clients:
             A,
             "uploads.example.com",
             443,
-            "deny rule `uploads.example.com`",
+            "deny rule `uploads.example.com` (line 8)",
         ),
         (
             "an unknown source",
@@ -482,6 +482,7 @@ clients:
     }
 }
 
+mod deny_message;
 mod guard_and_clients;
 mod identity;
 mod index;
