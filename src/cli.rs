@@ -154,11 +154,12 @@ pub struct RunArgs {
     /// Transparent HTTP listener (destination from Host); off when absent.
     #[arg(long, env = "PORTCULLIS_TRANSPARENT_HTTP")]
     pub transparent_http: Option<SocketAddr>,
-    /// DNS server(s) to query instead of the system resolv.conf.
+    /// DNS server(s) to query instead of the system resolv.conf: `IP` (port 53) or `IP:PORT`, `[IPv6]:PORT`.
     #[arg(
         long = "nameserver",
         env = "PORTCULLIS_NAMESERVERS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_nameserver
     )]
     pub nameservers: Vec<SocketAddr>,
     /// Give up dialing the destination after this long.
@@ -250,6 +251,22 @@ pub struct RunArgs {
     pub max_destination_labels: usize,
 }
 
+/// A DNS server: `IP:PORT`, `[IPv6]:PORT`, or an address alone for port 53,
+/// as in resolv.conf.
+fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            let bare = s.strip_prefix('[').and_then(|b| b.strip_suffix(']'));
+            bare.unwrap_or(s)
+                .parse::<IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| {
+            format!("`{s}` is not a nameserver address (10.0.0.2, 10.0.0.2:53, [fd00::2]:53)")
+        })
+}
+
 /// A CIDR, or one address (a /32 or /128).
 fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
@@ -302,6 +319,12 @@ pub struct ExplainArgs {
     /// The client: a `clients` name (its rules), or a source address (matched as the proxy would).
     #[arg(long, value_name = "NAME|IP", default_value = "127.0.0.1")]
     pub client: String,
+    /// A credential the caller presents, matched as the proxy would (with
+    /// `--client IP` as its source): a certificate name (`spiffe://…`,
+    /// `dns:NAME`, `cn:NAME`), a token's `sha256:` digest, or a VPC
+    /// endpoint id (`vpce-…`). Repeat for several.
+    #[arg(long, value_name = "CREDENTIAL")]
+    pub identity: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
@@ -321,4 +344,22 @@ pub struct TestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nameserver_without_a_port_is_asked_on_53() {
+        let ok = |s: &str| parse_nameserver(s).unwrap().to_string();
+        assert_eq!(ok("10.0.0.2"), "10.0.0.2:53");
+        assert_eq!(ok(" 10.0.0.2:5353 "), "10.0.0.2:5353");
+        assert_eq!(ok("fd00::2"), "[fd00::2]:53");
+        assert_eq!(ok("[fd00::2]"), "[fd00::2]:53");
+        assert_eq!(ok("[fd00::2]:5353"), "[fd00::2]:5353");
+        for bad in ["dns.example", "10.0.0.2:", "10.0.0.2:99999", ""] {
+            assert!(parse_nameserver(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{Credentials, Host, Policy, diff};
+use crate::policy::{Credentials, Host, Mode, Policy, diff};
 use crate::policy_file::{render, sha256_hex};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::audit::{AuditRecord, ReloadDetails};
@@ -264,6 +264,7 @@ pub(crate) fn announce(
             );
         }
     }
+    warn_report_mode(path, snap);
     telemetry.metrics.policy_loaded(snap, expired.len());
     let details = ReloadDetails {
         result: ReloadResult::Ok,
@@ -278,6 +279,26 @@ pub(crate) fn announce(
         details,
         None,
     ));
+}
+
+/// Warns, at start and at every reload, while the policy or a client is in
+/// report mode: traffic it would deny goes through. An ignore comment in
+/// the file silences `check`, never this.
+fn warn_report_mode(path: &Path, snap: &Snapshot) {
+    let policy = &snap.policy;
+    let clients: Vec<&str> = (policy.clients.iter().flatten())
+        .filter(|c| c.mode == Mode::Report)
+        .map(|c| &*c.name)
+        .collect();
+    if policy.mode == Mode::Report || !clients.is_empty() {
+        tracing::warn!(
+            path = %path.display(),
+            generation = snap.generation,
+            top_level = policy.mode == Mode::Report,
+            clients = %clients.join(","),
+            "report mode: what the policy would deny is let through and only recorded"
+        );
+    }
 }
 
 fn reload_unchanged(shared: &Shared, path: &Path, current: &Snapshot, trigger: Trigger) {

@@ -6,13 +6,18 @@ use std::net::IpAddr;
 use crate::cli::{ExplainArgs, OutputFormat};
 use crate::cmd::exit;
 use crate::policy::explain::{Explanation, Placed, parse_target};
-use crate::policy::{Caller, Client, Host, Policy, Verdict};
+use crate::policy::{
+    Caller, CertName, Client, Credentials, Host, Identity, Policy, PresentedToken, TokenDigest,
+    Verdict, identity::parse_vpc_endpoint,
+};
 use crate::policy_file::{load_policy, render};
 
-/// Who asks: a client picked by name, or a source address matched as the proxy would.
+/// Who asks: a client picked by name, or a source address (and the
+/// credentials of `--identity`) matched as the proxy would, with the
+/// credential that named the client.
 enum Asker<'p> {
     Named(&'p Client),
-    Source(IpAddr, Option<&'p Client>),
+    Source(Credentials, Option<(&'p Client, Option<Identity>)>),
 }
 
 /// `portcullis explain`: prints the decision, client, rule and why; returns the exit code.
@@ -38,20 +43,20 @@ pub fn explain(
             return Ok(exit::USAGE);
         }
     };
-    let asker = match pick_client(policy, &args.client) {
+    let asker = match pick_client(policy, &args.client, &args.identity) {
         Ok(a) => a,
         Err(e) => {
             writeln!(err, "portcullis explain: {e}")?;
             return Ok(exit::USAGE);
         }
     };
-    let client = match asker {
-        Asker::Named(c) => Some(c),
-        Asker::Source(_, c) => c,
+    let client = match &asker {
+        Asker::Named(c) => Some(*c),
+        Asker::Source(_, c) => c.as_ref().map(|(c, _)| *c),
     };
     let mut e = policy.explain(client, &host, port);
-    if let Asker::Source(ip, _) = &asker {
-        e.caller = Some(Caller::from(*ip).describe());
+    if let Asker::Source(creds, _) = &asker {
+        e.caller = Some(Caller::from(creds).describe());
     }
     match args.format {
         OutputFormat::Text => write_text(out, policy, &asker, &e, &host, port)?,
@@ -68,10 +73,21 @@ pub fn explain(
     })
 }
 
-fn pick_client<'p>(policy: &'p Policy, arg: &str) -> Result<Asker<'p>, String> {
+fn pick_client<'p>(
+    policy: &'p Policy,
+    arg: &str,
+    identity: &[String],
+) -> Result<Asker<'p>, String> {
     let arg = arg.trim();
     if let Ok(ip) = arg.parse::<IpAddr>() {
-        return Ok(Asker::Source(ip, policy.client_for(ip)));
+        let creds = credentials(ip, identity)?;
+        let matched = policy.matched(&creds);
+        return Ok(Asker::Source(creds, matched));
+    }
+    if !identity.is_empty() {
+        return Err(format!(
+            "--identity is matched as the proxy would, from a source address: give --client an IP, not `{arg}`"
+        ));
     }
     let Some(clients) = &policy.clients else {
         return Err(format!(
@@ -91,6 +107,32 @@ fn pick_client<'p>(policy: &'p Policy, arg: &str) -> Result<Asker<'p>, String> {
             ),
         },
     )
+}
+
+/// The credentials a caller at `addr` presents with `--identity`: a
+/// certificate's names, a token (by its digest) and a VPC endpoint.
+fn credentials(addr: IpAddr, identity: &[String]) -> Result<Credentials, String> {
+    let mut creds = Credentials::from(addr);
+    let mut names = Vec::new();
+    for text in identity.iter().map(|t| t.trim()) {
+        if text.starts_with("sha256:") {
+            let digest =
+                TokenDigest::parse_selector(text).map_err(|e| format!("--identity {e}"))?;
+            creds.token = Some(PresentedToken {
+                user: String::new(),
+                digest,
+            });
+        } else if text.starts_with("vpce-") {
+            let id = parse_vpc_endpoint(text).map_err(|e| format!("--identity {e}"))?;
+            creds.vpc_endpoint = Some(id.into());
+        } else {
+            names.push(CertName::parse_selector(text).map_err(|e| {
+                format!("--identity {e}; or a token's `sha256:` digest, or a `vpce-` id")
+            })?);
+        }
+    }
+    creds.certificate = names.into();
+    Ok(creds)
 }
 
 fn write_text(
@@ -138,11 +180,23 @@ fn write_text(
 fn client_line(policy: &Policy, asker: &Asker<'_>) -> String {
     match (asker, &policy.clients) {
         (Asker::Named(c), _) => format!("{} (by name)", c.name),
-        (Asker::Source(addr, _), None) => {
-            format!("{addr} (the policy has no `clients`: every source gets the top-level rules)")
+        (Asker::Source(creds, _), None) => format!(
+            "{} (the policy has no `clients`: every source gets the top-level rules)",
+            creds.addr
+        ),
+        (Asker::Source(creds, Some((c, identity))), Some(_)) => {
+            let by = match identity {
+                Some(i) => format!("{}, identity {}", creds.addr, i.name),
+                None => creds.addr.to_string(),
+            };
+            format!("{} ({by})", c.name)
         }
-        (Asker::Source(addr, Some(c)), Some(_)) => format!("{} ({addr})", c.name),
-        (Asker::Source(addr, None), Some(_)) => format!("{addr} matches no `clients` entry"),
+        (Asker::Source(creds, None), Some(_)) => {
+            format!(
+                "{} matches no `clients` entry",
+                Caller::from(creds).describe()
+            )
+        }
     }
 }
 
@@ -173,12 +227,19 @@ fn placed_json(r: &Placed<'_>) -> serde_json::Value {
 fn json(asker: &Asker<'_>, e: &Explanation<'_>, host: &str, port: u16) -> serde_json::Value {
     let (name, source) = match asker {
         Asker::Named(c) => (Some(c.name.to_string()), None),
-        Asker::Source(ip, c) => (c.map(|c| c.name.to_string()), Some(ip.to_string())),
+        Asker::Source(creds, c) => (
+            c.as_ref().map(|(c, _)| c.name.to_string()),
+            Some(creds.addr.to_string()),
+        ),
+    };
+    let identity = match asker {
+        Asker::Source(_, Some((_, Some(i)))) => Some(i.name.clone()),
+        _ => None,
     };
     serde_json::json!({
         "decision": e.decision.verdict.as_str(),
         "reason": e.decision.reason.as_str(),
-        "client": { "name": name, "source": source },
+        "client": { "name": name, "source": source, "identity": identity },
         "rule": e.rule.as_ref().map(placed_json),
         "denied_by_rule": e.denied_by_rule(),
         "overridden": e.overridden.as_ref().map(placed_json),

@@ -5,7 +5,8 @@
 //! a URI SAN as written (`spiffe://acme.internal/ns/payments/sa/api`),
 //! `dns:NAME` for a DNS SAN, `cn:TEXT` for the subject common name,
 //! `token:USER` for a proxy token (the user name sent with it, never the
-//! token), and the VPC endpoint id itself (`vpce-0a1b2c3d4e5f67890`).
+//! token; `token:sha256:` and the digest's first 12 hex digits when it came
+//! without a user name), and the VPC endpoint id itself (`vpce-0a1b2c3d4e5f67890`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -328,7 +329,11 @@ impl Selectors {
             }
             identity = Some(Identity {
                 kind: Credential::Token,
-                name: format!("token:{}", t.user),
+                name: match t.user.as_str() {
+                    // `Bearer`, or Basic without a user name: the digest's start names it.
+                    "" => format!("token:{}", t.digest.short()),
+                    user => format!("token:{user}"),
+                },
             });
         }
         if !self.certificates.is_empty() {

@@ -17,6 +17,7 @@ use super::workers::{spawn_accept_loops, start_workers};
 use crate::cli::RunArgs;
 use crate::dial::Dialer;
 use crate::listener::mtls::{TlsFiles, TlsServer};
+use crate::policy::diagnostic::Code;
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::audit::{AuditLog, QueueLimit};
 use crate::telemetry::diag::DiagStats;
@@ -49,7 +50,10 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     // Installed before anything is served: SIGHUP's default action is to exit.
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(RunError::Signal)?;
-    for w in &compiled.warnings(policy_file::today()) {
+    // Report mode is announced with every policy that goes live, ignore
+    // comments or not (`reload::announce`).
+    let warnings = compiled.warnings(policy_file::today());
+    for w in warnings.iter().filter(|w| w.code != Code::ReportMode) {
         tracing::warn!(policy = %args.policy.display(), "{w}");
     }
     let metrics = Arc::new(Metrics::new(args.max_destination_labels).with_diagnostics(diagnostics));

@@ -295,3 +295,96 @@ fn the_deciding_rule_shows_its_owner_and_ticket() {
     let doc: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(doc["rule"]["owner"], Value::Null);
 }
+
+const SHARED: &str = r#"version: 1
+allow: [api.stripe.com]
+clients:
+  - name: payments
+    sources: [10.0.1.0/24]
+    certificates: ["spiffe://acme.internal/ns/payments/sa/api"]
+    allow: [api.paypal.com]
+  - name: partner
+    vpc_endpoints: [vpce-0a1b2c3d4e5f67890]
+    allow: [partner.example]
+  - name: batch
+    tokens: ["sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"]
+    allow: [batch.example]
+"#;
+
+/// `--identity` asks as a caller presenting a certificate, a token or a VPC
+/// endpoint would: the selectors combine with the source (AND) as in the proxy.
+#[test]
+fn identity_is_matched_with_the_source_as_the_proxy_would() {
+    let p = TempPolicy::new(SHARED);
+    let spiffe = "spiffe://acme.internal/ns/payments/sa/api";
+    let (code, out) = explain(
+        &p,
+        &[
+            "--client",
+            "10.0.1.9",
+            "--identity",
+            spiffe,
+            "api.paypal.com",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        field(&out, "client"),
+        format!("payments (10.0.1.9, identity {spiffe})")
+    );
+    // The certificate alone, from another source: no client (AND).
+    let (code, out) = explain(
+        &p,
+        &[
+            "--client",
+            "10.9.9.9",
+            "--identity",
+            spiffe,
+            "api.paypal.com",
+        ],
+    );
+    assert_eq!(code, Some(3), "{out}");
+    assert_eq!(field(&out, "reason"), "proxy_auth_required");
+    assert_eq!(
+        field(&out, "why"),
+        format!("source 10.9.9.9, certificate {spiffe} matches no client")
+    );
+    // A VPC endpoint id and a token digest, each with any source.
+    let (code, out) = explain(
+        &p,
+        &["--identity", "vpce-0a1b2c3d4e5f67890", "partner.example"],
+    );
+    assert_eq!((code, field(&out, "decision")), (Some(0), "allow"), "{out}");
+    let digest = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    let (code, out) = explain(
+        &p,
+        &["--format", "json", "--identity", digest, "batch.example"],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["client"]["name"], "batch");
+    assert_eq!(doc["client"]["identity"], "token:sha256:2c26b46b68ff…");
+}
+
+#[test]
+fn a_malformed_identity_or_one_with_a_client_name_is_a_usage_error() {
+    let p = TempPolicy::new(SHARED);
+    let (code, out) = explain(&p, &["--identity", "payments", "api.paypal.com"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("--identity `payments` is not a certificate selector"),
+        "{out}"
+    );
+    let (code, out) = explain(
+        &p,
+        &[
+            "--client",
+            "payments",
+            "--identity",
+            "cn:payments",
+            "api.paypal.com",
+        ],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("give --client an IP"), "{out}");
+}

@@ -9,6 +9,7 @@ mod cli_check;
 mod cli_diff;
 mod cli_explain;
 mod cli_test;
+mod denials;
 mod edges;
 mod exposition;
 mod hostile;
