@@ -140,6 +140,8 @@ async fn openssl_s_client_through_the_proxy() {
     assert!(ok, "matching SNI:\n{text}");
     let (ok, text) = s_client(&[&base[..], &["-servername", "evil.test"]].concat()).await;
     assert!(!ok, "mismatching SNI got through:\n{text}");
+    // A refusal, not a network fault: OpenSSL names the alert.
+    assert!(text.contains("alert access denied"), "{text}");
     proxy
         .wait_audit(
             |r| r["sni"] == "evil.test" && r["reason"] == "sni_mismatch",
