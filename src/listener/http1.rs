@@ -247,20 +247,27 @@ pub(super) fn decide_target(
     authority: &str,
     default_port: Option<u16>,
 ) -> Result<(Host, u16), Refusal> {
-    let parsed = split_host_port(authority).ok().and_then(|(h, p)| {
+    // The detail says what is wrong without echoing the client's bytes: the
+    // audit record's `host` keeps them (truncated), the body does not.
+    let parsed = split_host_port(authority).and_then(|(h, p)| {
         ex.target_raw(h, p.or(default_port));
-        Some((Host::parse(h).ok()?, p.or(default_port)?))
+        Ok((Host::parse(h)?, p.or(default_port)))
     });
-    let Some((host, port)) = parsed else {
-        if ex.host().is_none() {
-            ex.target_raw(authority, None);
+    let (host, port) = match parsed {
+        Ok((host, Some(port))) => (host, port),
+        Ok((_, None)) => {
+            ex.bad_request(snap);
+            let detail = "the CONNECT target names no port (host:port)";
+            return Err(Refusal::new(Reason::BadRequest, detail));
         }
-        ex.bad_request(snap);
-        let detail = match (ex.host(), default_port) {
-            (Some(what), None) => format!("`{what}` is not a valid host:port"),
-            (what, _) => format!("`{}` is not a valid destination", what.unwrap_or_default()),
-        };
-        return Err(Refusal::new(Reason::BadRequest, detail));
+        Err(e) => {
+            if ex.host().is_none() {
+                ex.target_raw(authority, None);
+            }
+            ex.bad_request(snap);
+            let detail = format!("the destination is not valid: {e}");
+            return Err(Refusal::new(Reason::BadRequest, detail));
+        }
     };
     let decision = ex.decide(snap, &host, port);
     if decision.verdict.permits() {

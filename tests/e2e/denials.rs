@@ -246,3 +246,33 @@ async fn report_mode_is_warned_at_start_whatever_the_file_ignores() {
     })
     .await;
 }
+
+/// A target that does not parse is refused with what is wrong, never the
+/// client's own bytes (a body a browser or a log viewer might render).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_target_is_described_not_echoed() {
+    let dns = TestDns::start().await;
+    let proxy = Proxy::start(POLICY, dns.addr(), &[]).await;
+    for (target, cause) in [
+        (
+            "evil..example.test:443",
+            "the destination is not valid: host name has an empty label",
+        ),
+        (
+            "0x7f.1:443",
+            "the destination is not valid: IPv4 address not in canonical dotted-quad form",
+        ),
+        (
+            "api.example.test",
+            "the CONNECT target names no port (host:port)",
+        ),
+    ] {
+        let (head, body) = refused(proxy.addr(), Ipv4Addr::LOCALHOST, target).await;
+        assert_eq!(head.status, 400, "{target}: {}", head.raw);
+        assert_eq!(
+            body,
+            format!("portcullis: bad_request: {cause}\nask for access in #egress-requests\n")
+        );
+        assert_eq!(detail_of(&proxy, &head).await, cause, "{target}");
+    }
+}
