@@ -461,6 +461,13 @@ impl Policy {
             .collect()
     }
 
+    /// The rules whose `expires` day had not passed on `before` and has on `today`.
+    pub fn newly_expired(&self, before: date::Date, today: date::Date) -> Vec<&Rule> {
+        (self.expired_rules(today).into_iter())
+            .filter(|r| !r.expired(before))
+            .collect()
+    }
+
     /// Number of allow rules that apply to each client (`policy_rules` metric).
     /// The pseudo-client `default` counts the top-level rules.
     pub fn rule_counts(&self) -> Vec<(String, usize)> {

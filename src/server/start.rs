@@ -35,7 +35,7 @@ pub(super) struct Running {
     /// Each resolves when its worker thread has let go of `shared`.
     pub workers: Vec<oneshot::Receiver<()>>,
     /// The admin listener, the reloader and the audit loss reporter.
-    pub tasks: [JoinHandle<()>; 3],
+    pub tasks: [JoinHandle<()>; 4],
     pub drain_timeout: Duration,
 }
 
@@ -159,6 +159,7 @@ async fn serve(
     let reloader = reload::Reloader::start(shared.clone(), args.policy.clone(), hup).await;
     let reloader = tokio::spawn(reloader.run());
     let loss_reporter = tokio::spawn(report_audit_losses(shared.telemetry.audit.clone()));
+    let expiry = tokio::spawn(watch_expiry(shared.clone(), args.policy.clone()));
     shared.lifecycle.set_ready(true);
     tracing::info!(policy = %args.policy.display(), generation = 1, "ready");
     Ok(Running {
@@ -166,7 +167,7 @@ async fn serve(
         accepting,
         stop_workers,
         workers,
-        tasks: [admin_task, reloader, loss_reporter],
+        tasks: [admin_task, reloader, loss_reporter, expiry],
         drain_timeout: args.drain_timeout,
     })
 }
@@ -260,6 +261,43 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
     TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+/// How often the day is looked at for rules that expire while their policy
+/// is in force.
+const EXPIRY_CHECK: Duration = Duration::from_secs(600);
+
+/// Keeps `portcullis_policy_expired_rules` true as the days pass, and warns
+/// the day a rule of the policy in force expires (a reload does both too).
+async fn watch_expiry(shared: Arc<Shared>, path: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(EXPIRY_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = None;
+    loop {
+        tick.tick().await;
+        let snap = shared.policy.load();
+        let today = policy_file::today();
+        let before = match seen.replace((snap.generation, today)) {
+            Some((generation, day)) if generation == snap.generation && day != today => day,
+            // A new generation was counted and warned about when it loaded.
+            _ => continue,
+        };
+        for rule in snap.policy.newly_expired(before, today) {
+            let day = rule.expires().map(|d| d.to_string()).unwrap_or_default();
+            tracing::warn!(
+                path = %path.display(),
+                generation = snap.generation,
+                rule = %rule.text,
+                line = rule.line,
+                expires = %day,
+                owner = rule.owner().unwrap_or(""),
+                ticket = rule.ticket().unwrap_or(""),
+                "expired-rule: the rule's expires day has passed; it is still enforced"
+            );
+        }
+        let expired = snap.policy.expired_rules(today).len();
+        shared.telemetry.metrics.expired_rules(expired);
+    }
 }
 
 /// Warns once a second with the audit records lost in that second, so a warning states

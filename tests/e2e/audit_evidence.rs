@@ -154,7 +154,10 @@ async fn every_record_kind_carries_the_evidence_keys() {
     assert_eq!(bad["reason"], "bad_request", "{bad}");
     let detail = bad["detail"].as_str().expect("detail");
     // What is wrong, in the proxy's words; the raw target stays in `host`.
-    assert!(detail.contains("not in canonical dotted-quad form"), "{bad}");
+    assert!(
+        detail.contains("not in canonical dotted-quad form"),
+        "{bad}"
+    );
     assert_eq!(bad["host"], "0x7f.1", "{bad}");
     assert_eq!(body, format!("portcullis: bad_request: {detail}\n"));
 

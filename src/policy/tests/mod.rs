@@ -482,6 +482,25 @@ clients:
     }
 }
 
+#[test]
+fn a_rule_expires_the_day_after_its_expires_day_while_in_force() {
+    let p = policy(
+        "version: 1\nallow:\n  - {dest: a.example, expires: 2026-11-29}\n  - {dest: b.example, expires: 2026-11-30}\n  - c.example\n",
+    );
+    let day = |s: &str| date::Date::parse(s).unwrap();
+    let names = |rules: Vec<&Rule>| rules.iter().map(|r| r.text.to_string()).collect::<Vec<_>>();
+    assert_eq!(names(p.expired_rules(day("2026-11-30"))), ["a.example"]);
+    // Midnight passes with the same policy in force: b.example expires.
+    assert_eq!(
+        names(p.newly_expired(day("2026-11-30"), day("2026-12-01"))),
+        ["b.example"]
+    );
+    assert!(
+        p.newly_expired(day("2026-12-01"), day("2026-12-02"))
+            .is_empty()
+    );
+}
+
 mod deny_message;
 mod guard_and_clients;
 mod identity;

@@ -507,6 +507,12 @@ impl Metrics {
     /// one): its generation, SHA-256, mode, and the rule count per client. Clients the
     /// previous policy had and this one lacks disappear from `policy_rules`.
     /// `expired` is the number of its rules whose `expires` day has passed.
+    /// Sets `portcullis_policy_expired_rules` as the days pass.
+    pub(crate) fn expired_rules(&self, expired: usize) {
+        self.policy_expired_rules
+            .set(i64::try_from(expired).unwrap_or(i64::MAX));
+    }
+
     pub(crate) fn policy_loaded(&self, snap: &Snapshot, expired: usize) {
         self.policy_expired_rules
             .set(i64::try_from(expired).unwrap_or(i64::MAX));
