@@ -425,3 +425,51 @@ fn portcullis_run_as_the_endpoint_service_stack_configures_it_knows_consumers_by
         "a peer outside {VPC_CIDR} was answered: {head}"
     );
 }
+
+/// The code blocks of a Markdown page: (line, language, text), indented
+/// blocks (inside list items) with their indentation removed.
+fn code_blocks(doc: &str) -> Vec<(usize, String, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(usize, String, usize, String)> = None;
+    for (n, line) in doc.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        let fence = line.trim_start().strip_prefix("```");
+        match (&mut open, fence) {
+            (None, Some(lang)) => open = Some((n + 1, lang.to_owned(), indent, String::new())),
+            (Some((_, _, i, _)), Some("")) if *i == indent => {
+                let (start, lang, _, text) = open.take().unwrap();
+                blocks.push((start, lang, text));
+            }
+            (Some((_, _, i, text)), _) => {
+                text.push_str(line.get(*i..).unwrap_or_default());
+                text.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    assert!(open.is_none(), "an unclosed code block");
+    blocks
+}
+
+#[test]
+fn every_yaml_and_json_snippet_of_the_identity_recipes_parses() {
+    let rel = "docs/identity-recipes.md";
+    let blocks = code_blocks(&read(rel));
+    let mut checked = 0;
+    for (line, lang, text) in &blocks {
+        let parsed = match lang.as_str() {
+            "yaml" => serde_saphyr::from_multiple::<Value>(text)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            "json" => serde_json::from_str::<Value>(text)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            _ => continue,
+        };
+        if let Err(e) = parsed {
+            panic!("{rel}:{line}: not {lang}: {e}\n{text}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} snippets found in {rel}");
+}
