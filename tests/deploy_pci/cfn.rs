@@ -1,6 +1,7 @@
 //! CloudFormation YAML read with its short-form intrinsics kept: `!Ref X`
-//! becomes `{"Ref": "X"}`, `!GetAtt A.B` `{"Fn::GetAtt": ["A", "B"]}` and any
-//! other `!Name v` `{"Fn::Name": v}`, the long form CloudFormation itself uses.
+//! becomes `{"Ref": "X"}`, `!GetAtt A.B` `{"Fn::GetAtt": ["A", "B"]}`,
+//! `!Condition C` `{"Condition": "C"}` and any other `!Name v`
+//! `{"Fn::Name": v}`, the long form CloudFormation itself uses.
 //! (A plain YAML reader drops the tags, and `!Ref KmsKeyArn` would read as the
 //! string "KmsKeyArn".)
 
@@ -47,6 +48,8 @@ impl<'de> Deserialize<'de> for Node {
         };
         let value = match tag.strip_prefix('!') {
             Some("Ref") => json!({ "Ref": value }),
+            // Inside a condition, `!Condition Name` is `{"Condition": "Name"}`.
+            Some("Condition") => json!({ "Condition": value }),
             Some("GetAtt") => {
                 let attr = value.as_str().unwrap_or_default();
                 let (resource, name) = attr

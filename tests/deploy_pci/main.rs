@@ -2,13 +2,17 @@
 //! what portcullis really writes: the CloudFormation log groups keep a year
 //! and take the KMS key, the FireLens configuration sends audit records and
 //! diagnostics to different log groups, and the metric filters behind the
-//! alarms count the lines portcullis writes for each failure. `.ci/run` also
-//! runs cfn-lint on the template and hadolint on the log router's Dockerfile.
+//! alarms count the lines portcullis writes for each failure. The same
+//! template's client identity (PROXY protocol, PrivateLink) is checked in
+//! `privatelink`. `.ci/run` also runs cfn-lint on the templates and hadolint
+//! on the log router's Dockerfile.
 
 mod cfn;
 mod cloudwatch;
 mod firelens;
+mod privatelink;
 mod proxy;
+mod stack;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

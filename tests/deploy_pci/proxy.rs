@@ -60,7 +60,7 @@ fn json(line: &str) -> Value {
 }
 
 /// A running `portcullis run`; killed on drop.
-struct Run {
+pub(crate) struct Run {
     child: Child,
     stdout: Option<Lines>,
     /// Held unread: the pipe fills and the audit writer stalls.
@@ -78,7 +78,7 @@ impl Drop for Run {
 
 impl Run {
     /// `audit` is `--audit-log`; with `-`, stdout is read unless `stall_stdout`.
-    fn start(policy: &Path, audit: &str, stall_stdout: bool, extra: &[&str]) -> Run {
+    pub(crate) fn start(policy: &Path, audit: &str, stall_stdout: bool, extra: &[&str]) -> Run {
         let mut child = Command::new(BIN)
             .args(["run", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .args(["--nameserver", "127.0.0.1:9", "--log-format", "json"])
@@ -133,8 +133,13 @@ impl Run {
         self.wait(what, &self.stderr, pred)
     }
 
-    fn wait_stdout(&self, what: &str, pred: impl Fn(&Value) -> bool) -> String {
+    pub(crate) fn wait_stdout(&self, what: &str, pred: impl Fn(&Value) -> bool) -> String {
         self.wait(what, self.stdout.as_ref().expect("stdout is read"), pred)
+    }
+
+    /// The explicit listener's address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// A CONNECT to a host the policy does not allow: answered 403 at once.
