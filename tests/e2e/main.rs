@@ -32,3 +32,4 @@ mod suggest;
 mod support;
 mod tls;
 mod tls_bypass;
+mod websocket;
