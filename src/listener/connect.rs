@@ -113,35 +113,18 @@ impl Tunnel {
                     ex.finish(&shared.telemetry);
                     return;
                 };
+                let inspect = inspection(&snap, target.clone(), shared.limits.header_timeout);
+                let ends = (client, upstream.stream);
                 let counters = Counters::default();
-                let cancel = shared.lifecycle.abort.child_token();
-                let registration = (shared.policy.open_tunnels.as_ref()).map(|open| {
-                    let who = ex.credentials().clone();
-                    open.register(who, target.clone(), port, cancel.clone())
-                });
-                let inspect = inspection(&snap, target, shared.limits.header_timeout);
-                let end = tunnel::pump(
-                    client,
-                    upstream.stream,
-                    shared.limits.idle_timeout,
-                    &cancel,
+                relay(
+                    &shared,
+                    &mut ex,
+                    ends,
+                    (target, port),
                     &counters,
                     Some(inspect),
                 )
                 .await;
-                if let End::Refused(v) = end {
-                    tracing::debug!(host = ?ex.host(), reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
-                }
-                // Only a reload's revocation cancels this tunnel's own token
-                // without the drain's abort.
-                let revoked_by = registration
-                    .as_ref()
-                    .filter(|_| !shared.lifecycle.abort.is_cancelled())
-                    .and_then(|r| r.revoked_by());
-                drop(registration);
-                ex.saw_sni(counters.sni.get().cloned());
-                tracing::debug!(host = ?ex.host(), ?end, "tunnel closed");
-                ex.tunnel_ended(end, &counters, revoked_by);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "CONNECT upgrade failed");
@@ -153,8 +136,42 @@ impl Tunnel {
     }
 }
 
+/// Relays between the client and the upstream as a tunnel to `target`
+/// (counted, idle-timed, drained, revoked by a reload that no longer allows
+/// it) until it ends; records in `ex` how it ended and what it relayed.
+/// `counters` may already hold bytes passed on before the relay started.
+pub(super) async fn relay(
+    shared: &Shared,
+    ex: &mut Exchange,
+    (client, upstream): (ClientSide, TcpStream),
+    (target, port): (Host, u16),
+    counters: &Counters,
+    inspect: Option<Inspect>,
+) {
+    let cancel = shared.lifecycle.abort.child_token();
+    let registration = (shared.policy.open_tunnels.as_ref()).map(|open| {
+        let who = ex.credentials().clone();
+        open.register(who, target, port, cancel.clone())
+    });
+    let idle = shared.limits.idle_timeout;
+    let end = tunnel::pump(client, upstream, idle, &cancel, counters, inspect).await;
+    if let End::Refused(v) = end {
+        tracing::debug!(host = ?ex.host(), reason = v.reason.as_str(), cause = v.cause, "tunnel refused during the TLS handshake");
+    }
+    // Only a reload's revocation cancels this tunnel's own token
+    // without the drain's abort.
+    let revoked_by = registration
+        .as_ref()
+        .filter(|_| !shared.lifecycle.abort.is_cancelled())
+        .and_then(|r| r.revoked_by());
+    drop(registration);
+    ex.saw_sni(counters.sni.get().cloned());
+    tracing::debug!(host = ?ex.host(), ?end, "tunnel closed");
+    ex.tunnel_ended(end, counters, revoked_by);
+}
+
 /// The client's socket (TCP, or TLS on `--listen-tls`), with what hyper read past the CONNECT head.
-fn client_side(upgraded: Upgraded) -> Option<ClientSide> {
+pub(super) fn client_side(upgraded: Upgraded) -> Option<ClientSide> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             return Some(ClientSide {

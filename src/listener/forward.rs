@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::body::{Counting, Finishing};
 use super::http1::{Conn, decide_target, refusal};
+use super::upgrade;
 use super::{Body, Exchange, REQUEST_ID_HEADER, Refusal, request_id_value};
 use crate::dial::Upstream;
 use crate::limits::UPSTREAMS_PER_CONNECTION;
@@ -36,7 +37,7 @@ pub(super) async fn forward(
     conn: Arc<Conn>,
     snap: Arc<Snapshot>,
     mut ex: Exchange,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let shared = &conn.shared;
     let uri = req.uri().clone();
@@ -83,8 +84,12 @@ pub(super) async fn forward(
     };
     ex.dialed(pooled.addr);
     let egress = Arc::new(AtomicU64::new(0));
+    let websocket = upgrade::asks_websocket(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if websocket.is_some() {
+        upgrade::mark(&mut parts.headers);
+    }
     parts.headers.remove(header::PROXY_AUTHORIZATION);
     if !parts.headers.contains_key(header::HOST)
         && let Ok(v) = HeaderValue::from_str(&authority)
@@ -127,12 +132,22 @@ pub(super) async fn forward(
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // `Upgrade` was stripped, so nothing asked for this: the upstream
-        // now speaks something else on the connection, which is dropped.
-        tracing::debug!(upstream = %addr, "upstream switched protocols unasked");
-        let why = format!("upstream {addr} switched protocols unasked");
-        let refused = Refusal::new(Reason::ConnectError, why.clone());
-        return refusal(&shared.telemetry, ex, refused.with_error(why));
+        let Some(client) = websocket else {
+            // `Upgrade` was stripped, so nothing asked for this: the upstream
+            // now speaks something else on the connection, which is dropped.
+            tracing::debug!(upstream = %addr, "upstream switched protocols unasked");
+            let why = format!("upstream {addr} switched protocols unasked");
+            let refused = Refusal::new(Reason::ConnectError, why.clone());
+            return refusal(&shared.telemetry, ex, refused.with_error(why));
+        };
+        if let Some(how) = upgrade::refused_switch(resp.headers()) {
+            // The connection speaks an unknown protocol now: dropped, nothing relayed.
+            tracing::debug!(upstream = %addr, how, "upstream switched to something else");
+            let why = format!("upstream {addr} answered the WebSocket upgrade with 101 {how}");
+            let refused = Refusal::new(Reason::ConnectError, why.clone());
+            return refusal(&shared.telemetry, ex, refused.with_error(why));
+        }
+        return upgrade::switch(&conn, ex, (host, port), client, resp);
     }
     put_upstream(&conn, pooled).await;
     let (mut parts, body) = resp.into_parts();
@@ -201,6 +216,9 @@ async fn handshake(
         .handshake(TokioIo::new(up.stream))
         .await
         .inspect_err(|e| tracing::debug!(error = %e, "upstream handshake failed"))?;
+    // With upgrades, a `101` hands the socket to the response instead of
+    // failing the connection: a WebSocket takes it, anything else drops it.
+    let connection = connection.with_upgrades();
     let abort = lifecycle.abort.clone();
     lifecycle.tracker.spawn(
         async move {
@@ -247,7 +265,7 @@ fn host_header_agrees(headers: &HeaderMap, host: &Host, port: u16, default_port:
 }
 
 /// Hop-by-hop headers (RFC 9110 7.6.1) and any header `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

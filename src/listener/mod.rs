@@ -13,6 +13,7 @@ pub(crate) mod mtls;
 mod proxy_auth;
 pub(crate) mod proxy_protocol;
 pub(crate) mod tls;
+mod upgrade;
 
 pub(crate) use exchange::{Exchange, Refusal};
 use proxy_protocol::{HeaderError, ProxyProtocol};

@@ -258,7 +258,8 @@ async fn broken_chunked_framing_is_bad_request_and_drops_the_upstream() {
 }
 
 /// An upstream that answers `101` to a request the proxy did not forward as an upgrade
-/// (it strips `Upgrade`): `502 connect_error`, never a bare `101` relayed to the client.
+/// (it strips any `Upgrade` but websocket): `502 connect_error`, never a bare `101`
+/// relayed to the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unasked_101_is_connect_error() {
     let dns = TestDns::start().await;
@@ -272,7 +273,7 @@ async fn an_unasked_101_is_connect_error() {
     let mut stream = connect(proxy.addr()).await;
     let req = format!(
         "GET http://{authority}/ws HTTP/1.1\r\nHost: {authority}\r\n\
-         Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+         Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
     );
     send(&mut stream, req.as_bytes()).await;
     expect_refusal(&mut stream, 502, "connect_error").await;

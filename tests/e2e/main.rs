@@ -33,3 +33,4 @@ mod suggest;
 mod support;
 mod tls;
 mod tls_bypass;
+mod websocket;

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod origin;
 pub mod proxy;
 pub mod tls;
+pub mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
