@@ -144,11 +144,12 @@ async fn an_invalid_file_keeps_the_last_good_policy_until_a_valid_one_arrives() 
             && error.contains("policy.yaml:4:5: error[bad-port]:"),
         "{error}"
     );
-    assert!(
-        proxy.stderr_text().contains("policy.yaml:3:5"),
-        "{}",
-        proxy.stderr_text()
-    );
+    // The audit record and the log line are written independently: wait
+    // for the line rather than read stderr once.
+    crate::support::client::eventually(WAIT, "the reload error logged with its place", || async {
+        proxy.stderr_text().contains("policy.yaml:3:5")
+    })
+    .await;
     assert_eq!(
         crate::support::client::http_get(proxy.admin(), "/readyz")
             .await
