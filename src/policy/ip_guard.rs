@@ -91,16 +91,18 @@ pub fn opens_private(private: &[IpNet], ip: IpAddr) -> bool {
 /// it touches none.
 pub fn forbidden_private(net: &IpNet) -> Option<String> {
     let overlaps = |other: &IpNet| net.contains(other) || other.contains(net);
-    let mut found: Vec<String> = NEVER_PRIVATE
-        .iter()
-        .filter_map(|(s, what)| {
-            let range: IpNet = s.parse().expect("NEVER_PRIVATE holds valid CIDRs");
-            overlaps(&range).then(|| format!("{range} ({what})"))
-        })
+    let touched: Vec<(IpNet, &str)> = (NEVER_PRIVATE.iter())
+        .map(|(s, what)| (s.parse().expect("NEVER_PRIVATE holds valid CIDRs"), *what))
+        .filter(|(range, _)| overlaps(range))
         .collect();
+    let mut found: Vec<String> = (touched.iter())
+        .map(|(range, what)| format!("{range} ({what})"))
+        .collect();
+    // Metadata addresses, unless a range named already holds them.
     found.extend(METADATA.iter().filter_map(|(s, what)| {
         let ip: IpAddr = s.parse().expect("METADATA holds addresses");
-        net.contains(&ip).then(|| format!("{ip} ({what})"))
+        let named = touched.iter().any(|(range, _)| range.contains(&ip));
+        (net.contains(&ip) && !named).then(|| format!("{ip} ({what})"))
     }));
     (!found.is_empty()).then(|| found.join(", "))
 }
