@@ -84,7 +84,7 @@ mod tests {
 
     #[test]
     fn check_codes_for_allow_private() {
-        let cases: [(&str, &str, Found); 8] = [
+        let cases: [(&str, &str, Found); 9] = [
             (
                 "an exact name with a VPC range is clean",
                 "version: 1\nallow:\n  - {dest: sts.example.test, allow_private: [10.0.0.0/16, \"fd00:1::/64\"]}\n",
@@ -124,6 +124,11 @@ mod tests {
                 "a misspelt key is an unknown key with its suggestion",
                 "version: 1\nallow:\n  - {dest: sts.example.test, allow_privat: [10.0.0.0/16]}\n",
                 vec![(3, 30, "unknown-key")],
+            ),
+            (
+                "an exact name that opens more than the wildcard over it is not shadowed",
+                "version: 1\nallow:\n  - \"*.example.test\"\n  - {dest: sts.example.test, allow_private: [10.0.0.0/16]}\n",
+                vec![],
             ),
             (
                 "on a wildcard: a warning",
