@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::policy::ip_guard::canonical;
@@ -46,10 +47,13 @@ impl Dialer {
 
     /// Resolves `host` itself (never trusting an address from the client), drops
     /// every answer `guard` or the proxy's own addresses rule out, and tries
-    /// the rest in order within `--connect-timeout`.
+    /// the rest in order within `--connect-timeout`. `private` are the
+    /// `allow_private` ranges of the rule that allowed the exchange: guarded
+    /// private addresses in them pass (see [`IpGuard::is_dialable_with`]).
     pub(crate) async fn dial(
         &self,
         guard: &IpGuard,
+        private: &[IpNet],
         host: &Host,
         port: u16,
     ) -> Result<Upstream, DialError> {
@@ -64,7 +68,7 @@ impl Dialer {
             })?,
         };
         let usable = filter(answers.addrs, |ip| {
-            guard.is_dialable(ip) && !self.is_own_addr(SocketAddr::new(ip, port))
+            guard.is_dialable_with(ip, private) && !self.is_own_addr(SocketAddr::new(ip, port))
         });
         if usable.dialable.is_empty() {
             tracing::debug!(%host, blocked = ?usable.blocked, failed = ?answers.failed, "nothing dialable");
@@ -79,6 +83,11 @@ impl Dialer {
             started.elapsed(),
         );
         result
+    }
+
+    /// The addresses the proxy's listeners are bound to.
+    pub(crate) fn own_ips(&self) -> Vec<IpAddr> {
+        self.own_addrs.iter().map(SocketAddr::ip).collect()
     }
 
     /// Whether dialing `addr` would reach one of the proxy's own listeners (see [`is_own`]).

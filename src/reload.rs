@@ -194,6 +194,14 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
     })
     .await;
     let compile_ms = started.elapsed().as_millis() as u64;
+    // `allow_private` over one of the proxy's own addresses: refused like a compile error.
+    let own = shared.dialer.own_ips();
+    let compiled = compiled.map(|done| {
+        done.and_then(|(c, changes)| match c.policy.own_address_problems(&own) {
+            problems if problems.is_empty() => Ok((c, changes)),
+            problems => Err(problems),
+        })
+    });
     let (compiled, changes) = match compiled {
         Ok(Ok(done)) => done,
         Ok(Err(problems)) => {

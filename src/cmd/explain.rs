@@ -158,6 +158,13 @@ fn write_text(
             if let Some(day) = r.rule.expires() {
                 writeln!(out, "expires:  {day}")?;
             }
+            if !r.rule.allow_private().is_empty() {
+                writeln!(
+                    out,
+                    "private:  {} (guarded private addresses this rule may dial)",
+                    ranges(r.rule.allow_private()).join(", ")
+                )?;
+            }
         }
         None => writeln!(out, "rule:     (none)")?,
     }
@@ -221,7 +228,13 @@ fn placed_json(r: &Placed<'_>) -> serde_json::Value {
         "owner": r.rule.owner(),
         "ticket": r.rule.ticket(),
         "expires": r.rule.expires().map(|d| d.to_string()),
+        "allow_private": ranges(r.rule.allow_private()),
     })
+}
+
+/// `allow_private` ranges as CIDR strings.
+fn ranges(nets: &[ipnet::IpNet]) -> Vec<String> {
+    nets.iter().map(ToString::to_string).collect()
 }
 
 fn json(asker: &Asker<'_>, e: &Explanation<'_>, host: &str, port: u16) -> serde_json::Value {

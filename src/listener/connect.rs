@@ -38,7 +38,11 @@ pub(super) async fn connect(
         Ok(target) => target,
         Err(refused) => return refusal(&shared.telemetry, ex, refused),
     };
-    let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
+    let upstream = match shared
+        .dialer
+        .dial(&snap.policy.guard, ex.allow_private(), &host, port)
+        .await
+    {
         Ok(up) => up,
         Err(e) => return refusal(&shared.telemetry, ex, Refusal::dial(&e, &host)),
     };

@@ -188,6 +188,12 @@ impl Exchange {
         self.decision.as_ref()
     }
 
+    /// The guarded private ranges this exchange may dial: the `allow_private`
+    /// of the rule that allowed it, none before a decision.
+    pub(crate) fn allow_private(&self) -> &[ipnet::IpNet] {
+        self.decision.as_ref().map_or(&[], Decision::allow_private)
+    }
+
     /// Records the VPC endpoint a PROXY protocol header named.
     pub(crate) fn came_through(&mut self, vpc_endpoint: Option<Arc<str>>) {
         self.creds.vpc_endpoint = vpc_endpoint;

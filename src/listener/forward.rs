@@ -67,7 +67,11 @@ pub(super) async fn forward(
     let key = format!("{host}:{port}");
     let mut pooled = match take_upstream(&conn, &key).await {
         Some(p) => p,
-        None => match shared.dialer.dial(&snap.policy.guard, &host, port).await {
+        None => match shared
+            .dialer
+            .dial(&snap.policy.guard, ex.allow_private(), &host, port)
+            .await
+        {
             Ok(up) => {
                 let addr = up.addr;
                 match handshake(&shared.lifecycle, up).await {

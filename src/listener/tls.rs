@@ -70,7 +70,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Peer
         let refused = Refusal::new(decision.reason, detail);
         return refuse_with_alert(&shared.telemetry, ex, stream, refused, ACCESS_DENIED).await;
     }
-    let upstream = match shared.dialer.dial(&snap.policy.guard, &host, port).await {
+    let upstream = match shared
+        .dialer
+        .dial(&snap.policy.guard, ex.allow_private(), &host, port)
+        .await
+    {
         Ok(up) => up,
         Err(e) => {
             let refused = Refusal::dial(&e, &host);

@@ -9,7 +9,7 @@ use serde_saphyr::{Location, Spanned};
 use super::date::Date;
 use super::identity::{self, CertName, Selectors, TokenDigest};
 use super::ignore::Ignores;
-use super::ip_guard::{default_blocked, parse_net};
+use super::ip_guard::{default_blocked, forbidden_private, parse_net};
 use super::lint::{self, ClientSpans, Spans};
 use super::pattern::{Ports, parse_destination, valid_port};
 use super::raw::{RawClient, RawEch, RawMode, RawPolicy, RawRule, Text};
@@ -252,8 +252,8 @@ impl Compiler {
         self.spans.mode = raw.mode.as_ref().map(|m| m.referenced.into());
         let default_ports = self.default_ports(raw.default_ports);
         let top_message = self.deny_message(raw.deny_message);
-        let allow = self.rules(raw.allow.unwrap_or_default(), &default_ports);
-        let deny = self.rules(raw.deny.unwrap_or_default(), &Ports::Any);
+        let allow = self.rules(raw.allow.unwrap_or_default(), &default_ports, List::Allow);
+        let deny = self.rules(raw.deny.unwrap_or_default(), &Ports::Any, List::Deny);
         let clients = raw
             .clients
             .map(|cs| self.clients(cs, &default_ports, top_mode, top_message.as_ref()));
@@ -358,10 +358,10 @@ impl Compiler {
         Ports::Ranges(ranges)
     }
 
-    fn rules(&mut self, list: Vec<Spanned<RawRule>>, default_ports: &Ports) -> RuleSet {
+    fn rules(&mut self, list: Vec<Spanned<RawRule>>, default_ports: &Ports, kind: List) -> RuleSet {
         let mut rules = Vec::with_capacity(list.len());
         for item in list {
-            let Some((dest, meta)) = self.entry(item) else {
+            let Some((dest, meta)) = self.entry(item, kind) else {
                 continue;
             };
             match parse_destination(&dest.value) {
@@ -381,7 +381,11 @@ impl Compiler {
 
     /// An entry's destination and metadata; `None` (with an error) when
     /// the mapping has no `dest` or a bad `expires`.
-    fn entry(&mut self, item: Spanned<RawRule>) -> Option<(Text, Option<Arc<RuleMeta>>)> {
+    fn entry(
+        &mut self,
+        item: Spanned<RawRule>,
+        kind: List,
+    ) -> Option<(Text, Option<Arc<RuleMeta>>)> {
         let at = item.referenced;
         let m = match item.value {
             RawRule::Plain(text) => return Some((Spanned::new(text, at, item.defined), None)),
@@ -414,14 +418,48 @@ impl Compiler {
             );
             return None;
         };
+        let allow_private = m
+            .allow_private
+            .and_then(|list| self.allow_private(list, kind));
         let text = |t: Option<Text>| t.map(|t| Arc::from(t.value.trim()));
         let meta = RuleMeta {
             owner: text(m.owner),
             ticket: text(m.ticket),
             expires,
             note: text(m.note),
+            allow_private,
         };
         Some((dest, Some(Arc::new(meta))))
+    }
+
+    /// An allow rule's `allow_private` ranges. A range that does not parse,
+    /// or that touches link-local, loopback, unspecified or metadata
+    /// addresses, is an error at its place; so is the key on a deny rule.
+    fn allow_private(&mut self, list: Spanned<Vec<Text>>, kind: List) -> Option<Arc<[IpNet]>> {
+        if kind == List::Deny {
+            self.error(
+                Code::InvalidValue,
+                list.referenced,
+                "`allow_private` on a deny rule: a deny rule refuses its destination at every address",
+                Some("move the rule to `allow`, or remove `allow_private`".into()),
+            );
+            return None;
+        }
+        let mut nets = Vec::with_capacity(list.value.len());
+        for item in list.value {
+            let at = item.referenced;
+            let Some(net) = self.net(item) else { continue };
+            match forbidden_private(&net) {
+                Some(what) => self.error(
+                    Code::PrivateRangeForbidden,
+                    at,
+                    format!("`allow_private` range `{net}` covers {what}: a rule may never dial these"),
+                    Some("name only the private range of the endpoint, e.g. `10.0.0.0/16` (a VPC's CIDR)".into()),
+                ),
+                None => nets.push(net),
+            }
+        }
+        (!nets.is_empty()).then(|| nets.into())
     }
 
     fn clients(
@@ -462,7 +500,7 @@ impl Compiler {
                 name: Arc::from(name),
                 selectors,
                 mode: mode(c.mode.as_ref()).unwrap_or(top_mode),
-                allow: self.rules(c.allow.unwrap_or_default(), default_ports),
+                allow: self.rules(c.allow.unwrap_or_default(), default_ports, List::Allow),
                 deny_message: self
                     .deny_message(c.deny_message)
                     .or_else(|| top_message.cloned()),
@@ -569,6 +607,13 @@ impl Compiler {
             }
         }
     }
+}
+
+/// Which list a rule is in: only allow rules may carry `allow_private`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum List {
+    Allow,
+    Deny,
 }
 
 fn mode(raw: Option<&Spanned<RawMode>>) -> Option<Mode> {

@@ -82,6 +82,9 @@ codes! {
     BadWildcard = "bad-wildcard", Error;
     /// A CIDR that does not parse or has host bits set.
     BadCidr = "bad-cidr", Error;
+    /// An `allow_private` range that touches link-local, loopback,
+    /// unspecified or metadata addresses, or one of the proxy's own.
+    PrivateRangeForbidden = "private-range-forbidden", Error;
     /// A client without a name.
     EmptyClientName = "empty-client-name", Error;
     /// Two clients with the same name.
@@ -108,6 +111,8 @@ codes! {
     MatchAllRange = "match-all-range", Warning;
     /// An `ip_guard` that lets the proxy dial metadata or most private space.
     GuardOpened = "guard-opened", Warning;
+    /// `allow_private` on a wildcard rule: every name it matches may dial those ranges.
+    PrivateWildcard = "private-wildcard", Warning;
     /// `mode: report`, which lets every destination through.
     ReportMode = "report-mode", Warning;
     /// A client whose every source an earlier client takes.

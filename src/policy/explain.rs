@@ -172,6 +172,7 @@ impl Policy {
                 verdict: Verdict::Deny,
                 reason: Reason::BadRequest,
                 rule: None,
+                allow_private: None,
                 client: client.map(|c| c.name.clone()),
                 identity: None,
                 used: [false; 3],

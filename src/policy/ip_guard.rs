@@ -1,6 +1,7 @@
 //! `IpGuard`: which addresses may be dialed, whatever name they came from.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::LazyLock;
 
 use ipnet::IpNet;
 
@@ -29,6 +30,82 @@ pub const DEFAULT_BLOCKED: &[&str] = &[
     "ff00::/8",
     "2001::/32",
 ];
+
+/// The guarded ranges an allow rule's `allow_private` may open: private-use
+/// IPv4 (RFC 1918), shared carrier-grade NAT space and IPv6 unique local
+/// addresses, where cloud private endpoints live. Nothing else the guard
+/// blocks (loopback, link-local, unspecified, multicast, ...) is ever opened
+/// by a rule, whatever range it names.
+pub const PRIVATE: &[&str] = &[
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+];
+
+/// Addresses that hand out credentials or instance identity to whoever asks
+/// from inside the host: never a destination, and never opened by
+/// `allow_private` (some sit inside [`PRIVATE`] ranges).
+pub const METADATA: &[(&str, &str)] = &[
+    ("169.254.169.254", "cloud instance metadata"),
+    ("169.254.170.2", "ECS task metadata and credentials"),
+    ("169.254.170.23", "EKS Pod Identity credentials"),
+    ("fd00:ec2::254", "EC2 instance metadata over IPv6"),
+    ("fd00:ec2::23", "EKS Pod Identity credentials over IPv6"),
+    ("100.100.100.200", "Alibaba Cloud instance metadata"),
+];
+
+/// Ranges an `allow_private` entry may not touch at all, with what they
+/// are: `check` refuses a range that overlaps one (metadata addresses too).
+const NEVER_PRIVATE: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "the unspecified \"this\" network"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local, where cloud metadata lives"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+];
+
+/// Whether `allow_private` ranges `private` open `ip`: its canonical form
+/// (see [`canonical`]) is in a [`PRIVATE`] range, is no [`METADATA`]
+/// address, and one of `private` covers it.
+pub fn opens_private(private: &[IpNet], ip: IpAddr) -> bool {
+    if private.is_empty() {
+        return false;
+    }
+    let judged = canonical(ip);
+    static PARSED: LazyLock<(Vec<IpNet>, Vec<IpAddr>)> = LazyLock::new(|| {
+        let private = PRIVATE.iter().map(|s| s.parse().expect("valid CIDR"));
+        let metadata = METADATA.iter().map(|(s, _)| s.parse().expect("address"));
+        (private.collect(), metadata.collect())
+    });
+    let (private_class, metadata) = &*PARSED;
+    private_class.iter().any(|net| net.contains(&judged))
+        && !metadata.contains(&judged)
+        && private.iter().any(|net| net.contains(&judged))
+}
+
+/// Why `net` may not be an `allow_private` range: the link-local,
+/// loopback, unspecified or metadata space it overlaps, named; `None` when
+/// it touches none.
+pub fn forbidden_private(net: &IpNet) -> Option<String> {
+    let overlaps = |other: &IpNet| net.contains(other) || other.contains(net);
+    let touched: Vec<(IpNet, &str)> = (NEVER_PRIVATE.iter())
+        .map(|(s, what)| (s.parse().expect("NEVER_PRIVATE holds valid CIDRs"), *what))
+        .filter(|(range, _)| overlaps(range))
+        .collect();
+    let mut found: Vec<String> = (touched.iter())
+        .map(|(range, what)| format!("{range} ({what})"))
+        .collect();
+    // Metadata addresses, unless a range named already holds them.
+    found.extend(METADATA.iter().filter_map(|(s, what)| {
+        let ip: IpAddr = s.parse().expect("METADATA holds addresses");
+        let named = touched.iter().any(|(range, _)| range.contains(&ip));
+        (net.contains(&ip) && !named).then(|| format!("{ip} ({what})"))
+    }));
+    (!found.is_empty()).then(|| found.join(", "))
+}
 
 /// Blocked ranges minus the carve-outs of `allowed`.
 #[derive(Clone, Debug)]
@@ -70,6 +147,13 @@ impl IpGuard {
                 .any(|net| net.contains(&ip) || net.contains(&judged))
         };
         covers(&self.allowed) || !covers(&self.blocked)
+    }
+
+    /// True when the proxy may open a connection to `ip` for an exchange
+    /// whose allow rule carries the `allow_private` ranges `private`: the
+    /// guard lets it through, or those ranges open it ([`opens_private`]).
+    pub fn is_dialable_with(&self, ip: IpAddr, private: &[IpNet]) -> bool {
+        self.is_dialable(ip) || opens_private(private, ip)
     }
 
     /// The ranges never dialed.
@@ -327,5 +411,69 @@ mod tests {
         assert!(parse_net("10.1.2.3/8").unwrap_err().contains("10.0.0.0/8"));
         assert!(parse_net("10.0.0.0/33").is_err());
         assert!(parse_net("example.com").is_err());
+    }
+
+    #[test]
+    fn allow_private_opens_only_guarded_private_addresses_in_its_ranges() {
+        let guard = IpGuard::default();
+        let net = |s: &str| -> IpNet { s.parse().unwrap() };
+        // Wider than check allows: the guard still opens only private space.
+        let wide = [net("0.0.0.0/0"), net("::/0")];
+        let cases = [
+            ("RFC 1918", "10.20.0.5", true),
+            ("CGNAT", "100.64.1.1", true),
+            ("unique local", "fd00:1::5", true),
+            ("mapped private", "::ffff:192.168.1.1", true),
+            ("loopback", "127.0.0.1", false),
+            ("IPv6 loopback", "::1", false),
+            ("link-local", "169.254.1.1", false),
+            ("instance metadata", "169.254.169.254", false),
+            (
+                "metadata over IPv6, inside fc00::/7",
+                "fd00:ec2::254",
+                false,
+            ),
+            ("Pod Identity over IPv6", "fd00:ec2::23", false),
+            ("Alibaba metadata, inside CGNAT", "100.100.100.200", false),
+            ("unspecified", "0.0.0.0", false),
+            ("multicast", "224.0.0.1", false),
+            ("benchmarking", "198.18.0.1", false),
+        ];
+        for (name, addr, want) in cases {
+            assert_eq!(
+                guard.is_dialable_with(ip(addr), &wide),
+                want,
+                "{name}: {addr}"
+            );
+        }
+        let narrow = [net("10.20.0.0/16")];
+        assert!(guard.is_dialable_with(ip("10.20.255.1"), &narrow));
+        assert!(!guard.is_dialable_with(ip("10.21.0.1"), &narrow));
+        assert!(!guard.is_dialable_with(ip("10.20.0.5"), &[]));
+    }
+
+    #[test]
+    fn forbidden_private_names_what_a_range_touches() {
+        let net = |s: &str| -> IpNet { s.parse().unwrap() };
+        assert_eq!(forbidden_private(&net("10.0.0.0/8")), None);
+        assert_eq!(forbidden_private(&net("fd00:1::/64")), None);
+        let cases = [
+            ("169.254.170.23/32", "169.254.0.0/16 (link-local"),
+            ("127.0.0.0/8", "127.0.0.0/8 (loopback)"),
+            ("::/0", "::1/128 (loopback)"),
+            (
+                "fc00::/7",
+                "fd00:ec2::254 (EC2 instance metadata over IPv6)",
+            ),
+            (
+                "100.100.0.0/16",
+                "100.100.100.200 (Alibaba Cloud instance metadata)",
+            ),
+            ("0.0.0.0/0", "0.0.0.0/8"),
+        ];
+        for (range, want) in cases {
+            let got = forbidden_private(&net(range)).unwrap_or_default();
+            assert!(got.contains(want), "{range}: {got}");
+        }
     }
 }

@@ -13,10 +13,13 @@ pub mod ip_guard;
 pub mod keys;
 pub mod lint;
 pub mod pattern;
+pub mod private;
 pub mod raw;
 pub mod ruleset;
 
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 pub use compile::{Checked, Compiled};
 pub use diagnostic::{Code, Diagnostic, Severity};
@@ -210,6 +213,9 @@ pub struct Decision {
     pub reason: Reason,
     /// The destination that decided, as written in the file.
     pub rule: Option<Arc<str>>,
+    /// The deciding allow rule's `allow_private` ranges, when it let the
+    /// traffic through: guarded private addresses it may dial.
+    pub allow_private: Option<Arc<[IpNet]>>,
     /// The `clients` entry the caller matched; `None` when the policy has no `clients`.
     pub client: Option<Arc<str>>,
     /// The credential that matched the client; `None` when the source alone did.
@@ -217,6 +223,21 @@ pub struct Decision {
     /// Whether the matched client lists certificate, token and VPC endpoint
     /// selectors (in that order): the credentials that took part in the match.
     pub used: [bool; 3],
+}
+
+impl Decision {
+    /// The guarded private ranges this exchange may dial: the deciding
+    /// allow rule's `allow_private`, empty for most.
+    pub fn allow_private(&self) -> &[IpNet] {
+        self.allow_private.as_deref().unwrap_or(&[])
+    }
+}
+
+/// The `allow_private` ranges a decision carries: those of the rule that
+/// let the traffic through, none for a refusal.
+fn private_of(rule: Option<&Rule>, verdict: Verdict) -> Option<Arc<[IpNet]>> {
+    let meta = rule?.meta.as_ref()?;
+    meta.allow_private.clone().filter(|_| verdict.permits())
 }
 
 /// A `clients` entry.
@@ -312,7 +333,8 @@ impl Policy {
         Decision {
             verdict,
             reason,
-            rule,
+            allow_private: private_of(rule, verdict),
+            rule: rule.map(|r| r.text.clone()),
             client,
             identity,
             used,
@@ -327,7 +349,8 @@ impl Policy {
         Decision {
             verdict,
             reason,
-            rule,
+            allow_private: private_of(rule, verdict),
+            rule: rule.map(|r| r.text.clone()),
             client,
             identity,
             used,
@@ -335,12 +358,12 @@ impl Policy {
     }
 
     /// The verdict, reason and deciding rule for `client` (the matched entry) to `host:port`.
-    fn judge(
-        &self,
-        client: Option<&Client>,
+    fn judge<'p>(
+        &'p self,
+        client: Option<&'p Client>,
         host: &Host,
         port: u16,
-    ) -> (Verdict, Reason, Option<Arc<str>>) {
+    ) -> (Verdict, Reason, Option<&'p Rule>) {
         let mode = client.map_or(self.mode, |c| c.mode);
         let (reason, rule) = match (&self.clients, client) {
             (Some(_), None) if self.uses_tokens => (Reason::ProxyAuthRequired, None),
@@ -355,7 +378,7 @@ impl Policy {
             (_, Mode::Report) => Verdict::Report,
             (_, Mode::Enforce) => Verdict::Deny,
         };
-        (verdict, reason, rule.map(|r| r.text.clone()))
+        (verdict, reason, rule)
     }
 
     fn named(
@@ -391,6 +414,7 @@ impl Policy {
             verdict: Verdict::Deny,
             reason: Reason::BadRequest,
             rule: None,
+            allow_private: None,
             client,
             identity,
             used,
@@ -434,7 +458,9 @@ impl Policy {
             .or_else(|| client.and_then(|c| c.allow.find(&target)));
         match (allowed, host) {
             (None, _) => (Reason::NotAllowed, None),
-            (Some(rule), Host::Ip(ip)) if !self.guard.is_dialable(*ip) => {
+            (Some(rule), Host::Ip(ip))
+                if !self.guard.is_dialable_with(*ip, rule.allow_private()) =>
+            {
                 (Reason::BlockedIp, Some(rule))
             }
             (Some(rule), _) => (Reason::Allowed, Some(rule)),

@@ -98,7 +98,8 @@ pub struct RawClient {
 }
 
 /// An `allow` or `deny` entry: a destination, or a mapping with the
-/// destination and who owns it (`dest`, `owner`, `ticket`, `expires`, `note`).
+/// destination and who owns it (`dest`, `owner`, `ticket`, `expires`, `note`;
+/// on allow entries also `allow_private`).
 #[derive(Debug)]
 pub enum RawRule {
     /// `- api.stripe.com:443`
@@ -126,6 +127,9 @@ pub struct RawRuleMeta {
     /// Free text: why the rule exists.
     #[schemars(with = "Option<String>")]
     pub note: Option<Text>,
+    /// Allow rules only: guarded private addresses (CIDRs in 10/8, 172.16/12, 192.168/16, 100.64/10 or fc00::/7) that this rule, and no other, may dial, such as a cloud private endpoint; never link-local, loopback, unspecified or metadata addresses.
+    #[schemars(with = "Option<Vec<crate::schema::Cidr>>")]
+    pub allow_private: Option<Spanned<Vec<Text>>>,
 }
 
 impl<'de> Deserialize<'de> for RawRule {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use globset::{Candidate, GlobBuilder, GlobMatcher};
+use ipnet::IpNet;
 
 use super::date::Date;
 use super::host::Host;
@@ -37,6 +38,8 @@ pub struct RuleMeta {
     pub expires: Option<Date>,
     /// Why it exists.
     pub note: Option<Arc<str>>,
+    /// Guarded private ranges this allow rule, and only it, may dial.
+    pub allow_private: Option<Arc<[IpNet]>>,
 }
 
 impl Rule {
@@ -53,6 +56,14 @@ impl Rule {
     /// The rule's `expires` day, when the file gives one.
     pub fn expires(&self) -> Option<Date> {
         self.meta.as_ref()?.expires
+    }
+
+    /// The guarded private ranges this rule may dial (`allow_private`);
+    /// empty for most rules.
+    pub fn allow_private(&self) -> &[IpNet] {
+        (self.meta.as_ref())
+            .and_then(|m| m.allow_private.as_deref())
+            .unwrap_or(&[])
     }
 
     /// Whether the rule's `expires` day is before `today`.

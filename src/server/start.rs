@@ -71,6 +71,14 @@ pub(super) async fn start(args: RunArgs, diagnostics: DiagStats) -> Result<Runni
     let tls = tls_server(&args)?;
     let bound = Bound::bind(&args).await?;
     let own_addrs = bound.announce();
+    let own_ips: Vec<_> = own_addrs.iter().map(SocketAddr::ip).collect();
+    let problems = compiled.policy.own_address_problems(&own_ips);
+    if !problems.is_empty() {
+        return Err(RunError::Policy {
+            path: args.policy.clone(),
+            problems,
+        });
+    }
     let config = Config::from_args(&args, bound.data_count());
     metrics.set_max_connections(config.limits.max_connections);
     let resolver = resolver.with_max_lookups(config.dns_lookups);

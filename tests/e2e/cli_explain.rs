@@ -388,3 +388,29 @@ fn a_malformed_identity_or_one_with_a_client_name_is_a_usage_error() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("give --client an IP"), "{out}");
 }
+
+#[test]
+fn the_deciding_rule_shows_its_allow_private_ranges() {
+    let p = TempPolicy::new(
+        "version: 1\nallow:\n  - api.github.com\n  - dest: sts.eu-west-1.amazonaws.com\n    allow_private: [10.0.0.0/16, \"fd00:1::/64\"]\n",
+    );
+    let (code, out) = explain(&p, &["sts.eu-west-1.amazonaws.com:443"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        field(&out, "private"),
+        "10.0.0.0/16, fd00:1::/64 (guarded private addresses this rule may dial)"
+    );
+    let args = ["--format", "json", "sts.eu-west-1.amazonaws.com:443"];
+    let (_, json) = explain(&p, &args);
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        doc["rule"]["allow_private"],
+        serde_json::json!(["10.0.0.0/16", "fd00:1::/64"])
+    );
+    // A plain rule has none.
+    let (_, out) = explain(&p, &["api.github.com:443"]);
+    assert!(!out.contains("private:"), "{out}");
+    let (_, json) = explain(&p, &["--format", "json", "api.github.com:443"]);
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["rule"]["allow_private"], serde_json::json!([]));
+}

@@ -146,6 +146,16 @@ pub enum Kind {
         /// Ports after; `null` when no longer listed.
         new_ports: Option<String>,
     },
+    /// The guarded private ranges one allow destination may dial
+    /// (`allow_private`) grew or shrank.
+    AllowPrivate {
+        /// The pattern, canonical, as for [`Kind::Destination`].
+        destination: String,
+        /// Ranges the destination may now dial that it could not before.
+        now_dialable: Vec<String>,
+        /// Ranges it could dial before and no longer may.
+        now_blocked: Vec<String>,
+    },
 }
 
 /// Addresses that move from one client to another.

@@ -10,14 +10,15 @@
 //! clients that changes nobody's match) report nothing.
 //!
 //! Policy keys still to come slot in as further [`Kind`]s or fields:
-//! `allow_private` as the private ranges of a [`Kind::Destination`],
 //! certificates, tokens and VPC endpoints as further [`Kind::Selector`]s.
+//! `allow_private` is a [`Kind::AllowPrivate`] beside the destination's ports.
 
 mod change;
 mod clients;
 mod dest;
 mod guard;
 mod ports;
+mod private;
 mod ranges;
 mod render;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use ipnet::IpNet;
 
 use super::Policy;
 use super::pattern::{Pattern, Ports};
+use super::ruleset::RuleSet;
 pub use change::{Change, Handover, Kind};
 use clients::Roster;
 use dest::Lists;
@@ -78,6 +80,9 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
         let name = Some(entry.name());
         let Some(was) = old_roster.find(entry.name()) else {
             out.push(name, clients::added(&old_roster, &new_roster, at));
+            for kind in private::diff(&RuleSet::default(), &entry.client.allow) {
+                out.push(name, kind);
+            }
             continue;
         };
         let before = &old_roster.entries[was];
@@ -119,6 +124,9 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
             name,
             &mut out,
         );
+        for kind in private::diff(old_own, new_own) {
+            out.push(name, kind);
+        }
     }
     for (at, entry) in old_roster.entries.iter().enumerate() {
         if new_roster.find(entry.name()).is_none() {
@@ -221,6 +229,9 @@ fn top_level(
         None,
         out,
     );
+    for kind in private::diff(&old.allow, &new.allow) {
+        out.push(None, kind);
+    }
     // A deny rule without ports is every port, whatever `default_ports` says.
     destinations(
         &Lists::default().with(&old.deny, None),

@@ -230,6 +230,23 @@ pub(super) fn text(client: Option<&str>, kind: &Kind, cx: &Context) -> String {
             (Some(old), Some(new)) => format!("~ {list} {destination}: {old} → {new}"),
             (None, None) => format!("~ {list} {destination}"),
         }),
+        Kind::AllowPrivate {
+            destination,
+            now_dialable,
+            now_blocked,
+        } => {
+            lines.push(format!("~ allow {destination}: allow_private changed"));
+            lines.extend(
+                now_dialable
+                    .iter()
+                    .map(|c| format!("    now dialable by this rule: {c}")),
+            );
+            lines.extend(
+                now_blocked
+                    .iter()
+                    .map(|c| format!("    no longer dialable by this rule: {c}")),
+            );
+        }
     }
     lines.join("\n")
 }

@@ -7,20 +7,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::super::diagnostic::{Code, Diagnostic};
-use super::super::ip_guard::{IpGuard, default_blocked};
+use super::super::ip_guard::{IpGuard, METADATA, default_blocked};
 use super::super::{Client, Credential, Mode, Policy};
 use super::{At, Spans, warn_at};
-
-/// Addresses that hand out credentials or instance identity to whoever asks
-/// from inside the host: never a destination.
-const METADATA: &[(&str, &str)] = &[
-    ("169.254.169.254", "cloud instance metadata"),
-    ("169.254.170.2", "ECS task metadata and credentials"),
-    ("169.254.170.23", "EKS Pod Identity credentials"),
-    ("fd00:ec2::254", "EC2 instance metadata over IPv6"),
-    ("fd00:ec2::23", "EKS Pod Identity credentials over IPv6"),
-    ("100.100.100.200", "Alibaba Cloud instance metadata"),
-];
 
 /// An `ip_guard.allowed` range with a prefix shorter than this opens "most" of the space.
 const WIDE_PREFIX: u8 = 8;

@@ -25,6 +25,7 @@ pub(super) fn lint(policy: &Policy, out: &mut Vec<Diagnostic>) {
             denied(rule, &policy.deny, out);
             wildcard_breadth(rule, out);
             match_all_range(rule, out);
+            private_wildcard(rule, out);
         }
     }
 }
@@ -38,7 +39,10 @@ fn lint_list(list: &RuleSet, outer: Option<&RuleSet>, key: &str, out: &mut Vec<D
         let earlier = |other: &Rule| list.rules()[..i].iter().any(|r| std::ptr::eq(r, other));
         let coverer = list.covering(&rule.pattern).into_iter().find(|o| {
             // Of two identical rules, only the later one is the duplicate.
-            !std::ptr::eq(*o, rule) && o.ports.covers(&rule.ports) && (!same(o) || earlier(o))
+            !std::ptr::eq(*o, rule)
+                && o.ports.covers(&rule.ports)
+                && (!same(o) || earlier(o))
+                && covers_private(o, rule)
         });
         if let Some(other) = coverer {
             out.push(if same(other) {
@@ -87,6 +91,34 @@ fn lint_list(list: &RuleSet, outer: Option<&RuleSet>, key: &str, out: &mut Vec<D
             ));
         }
     }
+}
+
+/// Whether `broader` dials every private range `rule` does: the more
+/// specific rule decides its names, so one that opens more is not dead.
+fn covers_private(broader: &Rule, rule: &Rule) -> bool {
+    (rule.allow_private().iter()).all(|net| broader.allow_private().iter().any(|b| b.contains(net)))
+}
+
+/// `private-wildcard`: `allow_private` on a wildcard or glob rule lets
+/// every name it matches, some perhaps not the endpoint's, dial those
+/// private ranges.
+fn private_wildcard(rule: &Rule, out: &mut Vec<Diagnostic>) {
+    if rule.allow_private().is_empty() || rule.pattern.wildcard_tail().is_none() {
+        return;
+    }
+    let ranges = (rule.allow_private().iter())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    out.push(warn(
+        Code::PrivateWildcard,
+        rule,
+        format!(
+            "`{}` carries `allow_private` ({ranges}): every name the wildcard matches may dial those private addresses",
+            rule.text
+        ),
+        "give `allow_private` to exact names only, e.g. `dest: sts.eu-west-1.amazonaws.com`".into(),
+    ));
 }
 
 /// An allow rule that a deny rule overrides on every port it names.

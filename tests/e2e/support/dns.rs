@@ -149,6 +149,38 @@ impl TestDns {
         entry.aaaa_ttl = ttl;
     }
 
+    /// Sets A records in private space (10.0.0.0/8), for a test that runs in
+    /// a fresh network namespace of its own, where such an address can only
+    /// be one the test put on the namespace's loopback.
+    ///
+    /// # Panics
+    /// If an address is outside 10.0.0.0/8, or the namespace holds any
+    /// interface but loopback: test DNS must never point at a real host.
+    pub fn set_a_in_private_netns(&self, name: &str, ips: &[Ipv4Addr], ttl: u32) {
+        let links = std::process::Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .expect("ip -o link");
+        let links = String::from_utf8_lossy(&links.stdout).to_string();
+        assert!(
+            links.lines().count() == 1 && links.contains(": lo:"),
+            "TestDns refuses private A records outside a fresh namespace:\n{links}"
+        );
+        for ip in ips {
+            assert_eq!(
+                ip.octets()[0],
+                10,
+                "TestDns refuses A {ip}: not in 10.0.0.0/8"
+            );
+        }
+        let mut state = lock(&self.state);
+        let entry = state.entries.entry(key(name)).or_default();
+        entry.servfail = false;
+        entry.servfail_of.take_if(|t| *t == RecordType::A);
+        entry.a = ips.to_vec();
+        entry.a_ttl = ttl;
+    }
+
     /// Makes queries of type `qtype` for `name` answer SERVFAIL; other types keep their
     /// records. Setting records of that type again ends it.
     pub fn set_servfail_of(&self, name: &str, qtype: RecordType) {

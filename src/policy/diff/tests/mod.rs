@@ -244,3 +244,76 @@ fn json_has_the_kind_the_client_and_the_text() {
         }])
     );
 }
+
+#[test]
+fn allow_private_added_widened_and_removed_is_a_change_in_reach() {
+    let plain = "version: 1\nallow:\n  - sts.example.test\n  - api.example.test\n";
+    let private = |ranges: &str| {
+        format!(
+            "version: 1\nallow:\n  - {{dest: sts.example.test, allow_private: [{ranges}]}}\n  - api.example.test\n"
+        )
+    };
+    let cases = [
+        (
+            "added",
+            plain.to_string(),
+            private("10.20.0.0/16"),
+            "top level (every client):\n  ~ allow sts.example.test: allow_private changed\n      now dialable by this rule: 10.20.0.0/16\n",
+        ),
+        (
+            "widened",
+            private("10.20.0.0/16"),
+            private("10.20.0.0/16, 10.30.0.0/16"),
+            "top level (every client):\n  ~ allow sts.example.test: allow_private changed\n      now dialable by this rule: 10.30.0.0/16\n",
+        ),
+        (
+            "removed",
+            private("10.20.0.0/16"),
+            plain.to_string(),
+            "top level (every client):\n  ~ allow sts.example.test: allow_private changed\n      no longer dialable by this rule: 10.20.0.0/16\n",
+        ),
+        (
+            "split differently, same addresses",
+            private("10.20.0.0/16"),
+            private("10.20.128.0/17, 10.20.0.0/17"),
+            "",
+        ),
+    ];
+    for (name, old, new, want) in cases {
+        let changes = diff(&p(&old), &p(&new));
+        assert_eq!(render(&changes), want, "{name}");
+        if !want.is_empty() {
+            assert_eq!(
+                kinds(&changes),
+                [("-".into(), "allow_private".into())],
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_clients_allow_private_is_reported_under_the_client() {
+    let old = p(
+        "version: 1\nclients:\n  - name: pay\n    sources: [10.0.1.0/24]\n    allow: [sts.example.test]\n",
+    );
+    let new = p(
+        "version: 1\nclients:\n  - name: pay\n    sources: [10.0.1.0/24]\n    allow: [{dest: sts.example.test, allow_private: [\"fd00:1::/64\"]}]\n  - name: ops\n    sources: [10.0.2.0/24]\n    allow: [{dest: kms.example.test, allow_private: [10.9.0.0/16]}]\n",
+    );
+    let changes = diff(&old, &new);
+    let json = serde_json::to_value(&changes).unwrap();
+    assert_eq!(json[0]["client"], "pay");
+    assert_eq!(json[0]["kind"], "allow_private");
+    assert_eq!(json[0]["now_dialable"], serde_json::json!(["fd00:1::/64"]));
+    let ops: Vec<_> = changes
+        .iter()
+        .filter(|c| c.client.as_deref() == Some("ops"))
+        .map(|c| serde_json::to_value(c).unwrap()["kind"].clone())
+        .collect();
+    assert_eq!(
+        ops,
+        ["client_added", "allow_private"],
+        "{}",
+        render(&changes)
+    );
+}
