@@ -44,6 +44,8 @@ pub enum Command {
     Suggest(SuggestArgs),
     /// Print a new random proxy token and, on the next line, the `sha256:` digest a client's `tokens:` lists.
     Token(TokenArgs),
+    /// Convert a Squid or Smokescreen allowlist into a policy on stdout, with a comment on all it could not carry over: exit 0 imported, 1 not a valid source file, 2 unreadable.
+    Import(ImportArgs),
 }
 
 /// `portcullis token` takes no arguments.
@@ -344,6 +346,35 @@ pub struct TestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+}
+
+/// `portcullis import` arguments.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// What the file is: a squid.conf, or a Smokescreen ACL (YAML, `version: v1`).
+    #[arg(value_enum)]
+    pub source: ImportSource,
+    /// The file to convert.
+    pub file: PathBuf,
+}
+
+/// Which proxy's configuration `portcullis import` reads.
+// No `///` on the values: clap would list them as possible-value help and reflow all of `--help`.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportSource {
+    Squid,
+    Smokescreen,
+}
+
+impl ImportSource {
+    /// As written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImportSource::Squid => "Squid configuration",
+            ImportSource::Smokescreen => "Smokescreen ACL",
+        }
+    }
 }
 
 #[cfg(test)]

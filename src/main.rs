@@ -47,6 +47,11 @@ fn main() -> ExitCode {
         Command::Token(_) => {
             cmd::token::run(&mut std::io::stdout().lock(), &mut std::io::stderr().lock())
         }
+        Command::Import(args) => cmd::import::run(
+            &args,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
         Command::Run(args) => return run(*args),
     };
     match code {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod diff;
 pub mod explain;
 pub mod health;
+pub mod import;
 pub mod policy;
 pub mod suggest;
 pub mod test;
