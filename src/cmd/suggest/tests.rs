@@ -911,6 +911,27 @@ fn merge_writes_a_missing_top_level_allow_and_refuses_what_it_cannot_edit() {
         text,
         format!("version: 1\nallow: # none yet\n  # seen once, {T1}\n  - \"api.stripe.com:443\"\n")
     );
+    // The last client gets `allow:` and the unlisted sources' client comes after it.
+    let mut outsider = rec(None, "10.7.0.1:1", "odd.example.net", 443, T1);
+    outsider["reason"] = "client_not_allowed".into();
+    let records = [
+        rec(Some("a"), "10.0.1.7:1", "api.stripe.com", 443, T1),
+        outsider,
+    ];
+    let text = merged(
+        &records,
+        "version: 1\nclients:\n- name: a\n  sources: [10.0.1.0/24]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "version: 1\nclients:\n- name: a\n  sources: [10.0.1.0/24]\n  allow:\n    # seen once, {T1}\n    - \"api.stripe.com:443\"\n\
+             - name: \"unlisted\"\n  # Sources no `clients` entry listed (their traffic was client_not_allowed):\n  \
+             # name this client and replace the addresses seen with its ranges.\n  sources:\n    - \"10.7.0.1/32\"\n  \
+             allow:\n    # seen once, {T1}\n    - \"odd.example.net:443\"\n"
+        )
+    );
     // A flow mapping is valid YAML that this does not edit: an error, not a guess.
     let flow = "{version: 1, allow: [a.example.com]}\n";
     assert!(merged(&records, flow).is_err());
