@@ -70,6 +70,9 @@ pub struct SuggestArgs {
     /// `auto`: 3+ names below one domain become `*.domain` (never over a public suffix or a shared-tenant domain); `none`: exact names only.
     #[arg(long, value_enum, default_value = "auto")]
     pub collapse: crate::cmd::suggest::Collapse,
+    /// With --policy: print CURRENT with the suggested rules added (comments kept), not only the rules to add.
+    #[arg(long, requires = "policy")]
+    pub merge: bool,
 }
 
 /// `portcullis health` arguments.

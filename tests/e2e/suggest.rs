@@ -4,8 +4,13 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use std::net::Ipv4Addr;
+
+use serde_json::json;
+
 use crate::support::client::{
-    LOCAL, connect_refused, echo_roundtrip, eventually, finish, open_tunnel,
+    LOCAL, closed_port, connect_from, connect_refused, echo_roundtrip, eventually, expect_refusal,
+    finish, open_tunnel, send_connect, tunnel_on,
 };
 use crate::support::dns::TestDns;
 use crate::support::origin::TcpEcho;
@@ -13,9 +18,6 @@ use crate::support::proxy::{Proxy, loopback_policy};
 use crate::support::{TempPolicy, bin, portcullis, root, stderr, stdout};
 
 const AUDIT_WAIT: Duration = Duration::from_secs(10);
-
-/// The carve-out the test origins on loopback need; the suggestion has no `ip_guard`.
-const LOOPBACK_GUARD: &str = "ip_guard:\n  allowed: [127.0.0.0/8]\n";
 
 /// Names the workload reaches in report mode. The three `cdn.beta.test`
 /// siblings collapse into `*.cdn.beta.test`; the three buckets under the
@@ -127,7 +129,12 @@ async fn report_mode_traffic_becomes_an_enforced_allowlist() {
 
     // 3. Enforce the suggestion: the traffic seen passes, nothing else does.
     assert!(suggested.contains("\nmode: enforce\n"), "{suggested}");
-    let enforced = Proxy::start(&format!("{suggested}{LOOPBACK_GUARD}"), dns.addr(), &[]).await;
+    // No carve-out added by hand: the suggestion keeps the one the traffic needed.
+    assert!(
+        suggested.contains("    - \"127.0.0.1/32\"\n"),
+        "{suggested}"
+    );
+    let enforced = Proxy::start(&suggested, dns.addr(), &[]).await;
     for name in SEEN.iter().copied().chain(["127.0.0.1"]) {
         tunnel_through(&enforced, &format!("{name}:{port}")).await;
     }
@@ -284,4 +291,264 @@ fn unreadable_inputs_are_usage_errors() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("port_zero.yaml:"), "{}", stderr(&out));
+}
+
+/// Two clients of the shared service, told apart by their loopback source address.
+const WEB: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const WORKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// The policy in force while the workload is observed. Its comments, its
+/// `ip_guard` carve-out and its clients' ranges must survive `--merge`.
+fn observed_policy(port: u16) -> String {
+    format!(
+        "# The shared egress policy: report mode while we learn what the jobs need.\n\
+         version: 1\n\
+         mode: report\n\
+         allow:\n  \
+           # known before the observation started\n  \
+           - \"api.alpha.test:{port}\"\n\
+         ip_guard:\n  \
+           # the test origins listen on loopback\n  \
+           allowed: [127.0.0.0/8]\n\
+         clients:\n  \
+           - name: web\n    \
+             sources: [127.0.0.2/32]\n  \
+           - name: worker\n    \
+             sources: [127.0.0.3/32]\n    \
+             allow: []\n"
+    )
+}
+
+async fn tunnel_from(src: Ipv4Addr, proxy: &Proxy, target: &str) {
+    let mut stream = connect_from(src, proxy.addr()).await;
+    tunnel_on(&mut stream, target).await;
+    echo_roundtrip(&mut stream, target.as_bytes()).await;
+    finish(&mut stream).await;
+}
+
+async fn refused_from(src: Ipv4Addr, proxy: &Proxy, target: &str, reason: &str) {
+    let mut stream = connect_from(src, proxy.addr()).await;
+    send_connect(&mut stream, target).await;
+    expect_refusal(&mut stream, 502, reason).await;
+}
+
+/// How FireLens (AWS for Fluent Bit) ships a line a container wrote.
+fn firelens(line: &str, source: &str) -> String {
+    json!({
+        "log": line, "container_id": "4f6e0c2a9b8d", "container_name": "portcullis",
+        "source": source, "ecs_cluster": "egress",
+        "ecs_task_arn": "arn:aws:ecs:eu-west-1:123456789012:task/egress/4f6e0c2a9b8d",
+        "ecs_task_definition": "portcullis:7"
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firelens_wrapped_mixed_logs_suggest_only_what_worked_and_merge_into_the_policy() {
+    let dns = TestDns::start().await;
+    for name in [
+        "api.alpha.test",
+        "shared.beta.test",
+        "jobs.gamma.test",
+        "pastebin.com",
+        "closed.delta.test",
+    ] {
+        dns.set_a(name, &[LOCAL], 60);
+    }
+    let echo = TcpEcho::start().await;
+    let port = echo.addr().port();
+    let closed = closed_port().await;
+    let current = TempPolicy::new(&observed_policy(port));
+    let observed = Proxy::start(&observed_policy(port), dns.addr(), &[]).await;
+
+    // 1. The workload's traffic, seen in report mode.
+    tunnel_from(WEB, &observed, &format!("api.alpha.test:{port}")).await;
+    tunnel_from(WEB, &observed, &format!("shared.beta.test:{port}")).await;
+    tunnel_from(WEB, &observed, &format!("pastebin.com:{port}")).await;
+    tunnel_from(WORKER, &observed, &format!("shared.beta.test:{port}")).await;
+    tunnel_from(WORKER, &observed, &format!("jobs.gamma.test:{port}")).await;
+    // Never resolved, never connected: nothing an allow rule would fix.
+    refused_from(WEB, &observed, "gone.epsilon.test:443", "dns_error").await;
+    refused_from(
+        WORKER,
+        &observed,
+        &format!("closed.delta.test:{closed}"),
+        "connect_error",
+    )
+    .await;
+    for host in [
+        "api.alpha.test",
+        "pastebin.com",
+        "jobs.gamma.test",
+        "gone.epsilon.test",
+        "closed.delta.test",
+    ] {
+        observed.wait_audit(|r| r["host"] == host, AUDIT_WAIT).await;
+    }
+    eventually(AUDIT_WAIT, "both shared.beta.test records", || {
+        let n = (observed.audit_records().iter())
+            .filter(|r| r["host"] == "shared.beta.test")
+            .count();
+        async move { n == 2 }
+    })
+    .await;
+
+    // 2. The log as FireLens ships it: every stdout and stderr line wrapped in
+    // {"log": ...}, the proxy's own diagnostics among the records, plus a
+    // CloudWatch export line, garbage and JSON of another program.
+    let diagnostics: Vec<String> = (observed.stderr_text().lines())
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert!(!diagnostics.is_empty(), "report mode warns at start");
+    let records = observed.audit_records();
+    assert!(records.iter().any(|r| r["event"] == "policy_reload"));
+    let mut log = Vec::new();
+    let mut wrapped_diagnostics = diagnostics.iter().map(|d| firelens(d, "stderr"));
+    for record in &records {
+        if record["host"] == "jobs.gamma.test" {
+            log.push(format!("2026-11-29T17:11:43.908Z {record}"));
+        } else {
+            log.push(firelens(&record.to_string(), "stdout"));
+        }
+        log.extend(wrapped_diagnostics.next());
+    }
+    log.extend(wrapped_diagnostics);
+    log.extend(diagnostics.iter().cloned());
+    log.push("thread 'main' panicked at src/main.rs:1:1".to_owned());
+    log.push(r#"{"level":"info","msg":"unrelated app","decision":"deny"}"#.to_owned());
+    log.push(r#"{"log": "{\"truncated\": "}"#.to_owned());
+    let not_records = 2 * diagnostics.len() + 3;
+    let file = TempPolicy::new(&(log.join("\n") + "\n"));
+
+    // 3. Suggest from scratch.
+    let out = portcullis(&["suggest", "--audit", file.path_str()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}\n{text}", stderr(&out));
+    assert!(
+        text.contains(&format!("from {} audit records", records.len())),
+        "{text}"
+    );
+    assert!(!text.contains(" denied"), "nothing was denied:\n{text}");
+    // Every record but the exported one, every diagnostic, and the truncated line.
+    let firelens_lines = records.len() - 1 + diagnostics.len() + 1;
+    assert!(
+        text.contains(&format!(
+            "# Unwrapped: {firelens_lines} FireLens lines, 1 line behind a timestamp prefix.\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains(&format!(
+            "portcullis suggest: skipped {not_records} lines that are not audit records"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    for want in [
+        // Used by both clients: one top-level rule.
+        "allow:\n  # seen 2 times, first".to_owned(),
+        format!("; used by every client (2)\n  - \"shared.beta.test:{port}\"\n"),
+        "  - name: \"web\"\n".to_owned(),
+        format!("      - \"api.alpha.test:{port}\"\n"),
+        format!(
+            "      # FLAGGED: pastebin.com is a paste site, a known way to move data out: keep it only if you mean it\n      - \"pastebin.com:{port}\"\n"
+        ),
+        "  - name: \"worker\"\n".to_owned(),
+        format!("      - \"jobs.gamma.test:{port}\"\n"),
+        "ip_guard:\n".to_owned(),
+        "    - \"127.0.0.1/32\"\n".to_owned(),
+        "#   client `web`: gone.epsilon.test:443 dns_error (NXDOMAIN)".to_owned(),
+        format!(
+            "#   client `worker`: closed.delta.test:{closed} connect_error (connection refused"
+        ),
+    ] {
+        assert!(text.contains(&want), "no {want:?} in\n{text}");
+    }
+    assert!(!text.contains("- \"gone.epsilon.test"), "{text}");
+    assert!(!text.contains("- \"closed.delta.test"), "{text}");
+    let suggested = TempPolicy::new(&text);
+    let check = portcullis(&["check", suggested.path_str()]);
+    assert_eq!(check.status.code(), Some(0), "{}\n{text}", stdout(&check));
+
+    // 4. --merge: CURRENT with the suggestions added, comments and carve-out kept.
+    let out = portcullis(&[
+        "suggest",
+        "--policy",
+        current.path_str(),
+        "--merge",
+        "--audit",
+        file.path_str(),
+    ]);
+    let merged = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}\n{merged}", stderr(&out));
+    for want in [
+        "# The shared egress policy: report mode while we learn what the jobs need.\n",
+        "  # known before the observation started\n",
+        "  # the test origins listen on loopback\n  allowed: [127.0.0.0/8]\n",
+        "    sources: [127.0.0.3/32]\n",
+    ] {
+        assert!(merged.contains(want), "no {want:?} in\n{merged}");
+    }
+    let merged_file = TempPolicy::new(&merged);
+    let check = portcullis(&["check", merged_file.path_str()]);
+    assert_eq!(check.status.code(), Some(0), "{}\n{merged}", stdout(&check));
+    // Nothing left to add once merged.
+    let out = portcullis(&[
+        "suggest",
+        "--policy",
+        merged_file.path_str(),
+        "--audit",
+        file.path_str(),
+    ]);
+    let rest = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        rest.contains("\nallow: []\n") && !rest.contains("clients:"),
+        "{rest}"
+    );
+
+    // 5. Enforce the merged policy: what worked passes, per client.
+    let enforced = Proxy::start(
+        &merged.replace("\nmode: report\n", "\nmode: enforce\n"),
+        dns.addr(),
+        &[],
+    )
+    .await;
+    tunnel_from(WEB, &enforced, &format!("shared.beta.test:{port}")).await;
+    tunnel_from(WORKER, &enforced, &format!("shared.beta.test:{port}")).await;
+    tunnel_from(WORKER, &enforced, &format!("jobs.gamma.test:{port}")).await;
+    tunnel_from(WEB, &enforced, &format!("pastebin.com:{port}")).await;
+    let mut stream = connect_from(WEB, enforced.addr()).await;
+    send_connect(&mut stream, &format!("jobs.gamma.test:{port}")).await;
+    expect_refusal(&mut stream, 403, "not_allowed").await;
+}
+
+#[test]
+fn a_client_that_matches_nothing_is_an_error() {
+    let out = portcullis(&["suggest", "--audit", AUDIT, "--client", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("--client `nope` matches no audit record (clients seen: checkout, payments; `default` is the top-level list)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = portcullis(&[
+        "suggest", "--audit", AUDIT, "--policy", CURRENT, "--client", "nope",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("--client `nope` is no client of"),
+        "{}",
+        stderr(&out)
+    );
+    // The names that exist still work.
+    for name in ["payments", "default"] {
+        let out = portcullis(&["suggest", "--audit", AUDIT, "--client", name]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+    }
+    // --merge needs the policy to merge into.
+    let out = portcullis(&["suggest", "--audit", AUDIT, "--merge"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

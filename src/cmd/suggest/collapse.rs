@@ -5,6 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use super::flagged::{covers_flagged, flagged};
 use crate::policy::lint::too_broad;
 use crate::policy::pattern::is_strictly_below;
 
@@ -114,6 +115,8 @@ pub struct Suggestion {
     pub seen: Seen,
     /// For a wildcard, the names seen that it replaces.
     pub names: BTreeSet<String>,
+    /// How many clients' lists it was lifted from to the top level (0: none).
+    pub lifted_from: usize,
 }
 
 impl Suggestion {
@@ -124,6 +127,7 @@ impl Suggestion {
             ports: BTreeSet::new(),
             seen: Seen::default(),
             names: BTreeSet::new(),
+            lifted_from: 0,
         }
     }
 
@@ -139,6 +143,11 @@ impl Suggestion {
     }
 
     fn absorb(&mut self, member: Suggestion) {
+        self.lifted_from = if self.seen.count == 0 {
+            member.lifted_from
+        } else {
+            self.lifted_from.min(member.lifted_from)
+        };
         self.ports.extend(member.ports);
         self.seen.merge(&member.seen);
         match member.dest {
@@ -155,7 +164,9 @@ impl Suggestion {
 /// first. A parent is considered only at or below the registrable domain of
 /// the names (Public Suffix List), and never when `check` would call a
 /// wildcard over it too broad: a public suffix or a shared-tenant domain
-/// (`*.amazonaws.com` stays the exact names seen). The apex itself is never
+/// (`*.amazonaws.com` stays the exact names seen). A flagged paste or tunnel
+/// service is never absorbed, and no wildcard is written that would match
+/// one (`*.github.com` covers `gist.github.com`). The apex itself is never
 /// absorbed, since `*.example.com` does not match `example.com`. Ports of a
 /// wildcard are the union of its members' ports.
 pub fn collapse(items: Vec<Suggestion>) -> Vec<Suggestion> {
@@ -165,7 +176,7 @@ pub fn collapse(items: Vec<Suggestion>) -> Vec<Suggestion> {
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         let registrable = match &item.dest {
-            Dest::Name(n) => psl::domain_str(n),
+            Dest::Name(n) if flagged(&item.dest).is_none() => psl::domain_str(n),
             _ => None,
         };
         match registrable {
@@ -196,7 +207,7 @@ fn collapse_domain(registrable: &str, mut items: Vec<Suggestion>) -> Vec<Suggest
         }
     }
     for (_, parent) in parents {
-        if too_broad(&parent).is_some() {
+        if too_broad(&parent).is_some() || covers_flagged(&parent) {
             continue;
         }
         let (members, mut rest): (Vec<_>, Vec<_>) = items

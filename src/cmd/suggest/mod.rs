@@ -1,15 +1,22 @@
 //! `portcullis suggest`: from the traffic `mode: report` saw to an allowlist to review.
 //!
-//! Reads audit records (SPEC section 8; files or stdin, plain or gzip),
-//! keeps what the proxy let through (`allow` and `report`), and prints a
-//! policy file that would allow it: one rule per destination with the ports
-//! seen, grouped per client, each commented with how often and when it was
-//! seen. With `--policy CURRENT`, every record is decided again by CURRENT
-//! and only what it would not allow is printed, followed by CURRENT's allow
-//! rules that no record used. The output is deterministic: the same records
-//! give the same bytes, whatever their order.
+//! Reads audit records (files or stdin, plain or gzip, FireLens-wrapped or
+//! behind a timestamp: see `input`), keeps what the proxy let through
+//! (`allow` and `report`) and reached, and prints a policy file that would
+//! allow it: one rule per destination with the ports seen, grouped per
+//! client (what every client used goes to the top level), each commented
+//! with how often and when it was seen. Lines that are not audit records,
+//! and destinations that never resolved or connected, are counted and
+//! listed, never suggested. With `--policy CURRENT`, every record is decided
+//! again by CURRENT and only what it would not allow is printed, followed by
+//! CURRENT's allow rules that no record used; `--merge` writes CURRENT with
+//! the suggestions added instead. The output is deterministic: the same
+//! records give the same bytes, whatever their order.
 
 mod collapse;
+mod flagged;
+mod input;
+mod merge;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -19,9 +26,11 @@ use std::net::{IpAddr, SocketAddr};
 use serde_json::Value;
 
 pub use collapse::{COLLAPSE_MIN_NAMES, Dest, Seen, Suggestion, collapse};
+pub use flagged::{FLAGGED, Flagged, flagged};
 
 use crate::cli::SuggestArgs;
 use crate::cmd::exit;
+use crate::policy::ip_guard::{IpGuard, default_blocked};
 use crate::policy::ruleset::Target;
 use crate::policy::{Host, Policy, Reason, Verdict};
 use crate::policy_file::{load_policy, render as render_diagnostic};
@@ -95,7 +104,8 @@ impl Group {
 /// What was seen for one group.
 #[derive(Debug, Default)]
 struct GroupData {
-    dests: HashMap<Dest, Suggestion>,
+    /// Per destination and port, how often and when it was reached.
+    dests: HashMap<Dest, BTreeMap<u16, Seen>>,
     /// Client addresses seen (canonical: IPv4-mapped IPv6 as IPv4).
     sources: BTreeSet<IpAddr>,
 }
@@ -106,6 +116,14 @@ struct Refused {
     /// Why, one entry per distinct reason (ports may differ in why).
     why: BTreeSet<String>,
     ports: BTreeSet<u16>,
+    seen: Seen,
+}
+
+/// A destination (on one port) that never resolved or connected.
+#[derive(Debug, Default)]
+struct Failure {
+    /// `reason` -> the distinct `error`s it came with.
+    reasons: BTreeMap<String, BTreeSet<String>>,
     seen: Seen,
 }
 
@@ -124,6 +142,12 @@ pub struct Tally {
     pub seen: Seen,
     /// Records left out, by why.
     pub skipped: BTreeMap<&'static str, u64>,
+    /// Lines that are not audit records, by why (`not JSON`, ...).
+    pub not_records: BTreeMap<&'static str, u64>,
+    /// Lines unwrapped from a FireLens `{"log": ...}` record.
+    pub firelens: u64,
+    /// Lines read behind a timestamp (and log stream) prefix.
+    pub prefixed: u64,
 }
 
 /// Accumulates audit records; [`Suggester::render`] prints the policy.
@@ -134,6 +158,15 @@ pub struct Suggester<'p> {
     /// `(line, column)` of every CURRENT allow rule that decided a record.
     used: HashSet<(u64, u64)>,
     refused: BTreeMap<(Group, Dest), Refused>,
+    /// Destinations (per port) that never resolved or connected.
+    failed: BTreeMap<(Group, Dest, u16), Failure>,
+    /// Without `--policy`: addresses the default `ip_guard` blocks that an
+    /// allowed destination connected to, with those destinations.
+    carve_outs: BTreeMap<IpAddr, BTreeSet<(Group, Dest)>>,
+    /// Client names the records carry, for `--client`.
+    clients_seen: BTreeSet<String>,
+    /// Some record was `client_not_allowed`.
+    unlisted_seen: bool,
     tally: Tally,
 }
 
@@ -146,6 +179,10 @@ impl<'p> Suggester<'p> {
             groups: BTreeMap::new(),
             used: HashSet::new(),
             refused: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            carve_outs: BTreeMap::new(),
+            clients_seen: BTreeSet::new(),
+            unlisted_seen: false,
             tally: Tally::default(),
         }
     }
@@ -191,25 +228,36 @@ impl<'p> Suggester<'p> {
         *self.tally.skipped.entry(why).or_default() += 1;
     }
 
-    /// Takes one line of an audit log.
+    /// Takes one line of a log: an audit record, plain, FireLens-wrapped or
+    /// behind a timestamp; any other line is counted in [`Tally::not_records`].
     pub fn line(&mut self, line: &[u8]) {
-        if line.trim_ascii().is_empty() {
+        let Some(line) = input::classify(line) else {
             return;
-        }
-        match serde_json::from_slice::<Value>(line) {
-            Ok(v @ Value::Object(_)) => {
+        };
+        self.tally.firelens += u64::from(line.firelens);
+        self.tally.prefixed += u64::from(line.prefixed);
+        match line.record {
+            Ok(v) => {
                 self.tally.records += 1;
                 self.record(&v);
             }
-            _ => self.skip("not a JSON audit record"),
+            Err(why) => *self.tally.not_records.entry(why).or_default() += 1,
         }
     }
 
-    /// Takes one parsed audit record.
+    /// Takes one audit record (one [`Suggester::line`] recognised as such).
     pub fn record(&mut self, v: &Value) {
         let field = |k: &str| v.get(k).and_then(Value::as_str);
         if field("event") == Some("policy_reload") {
             return self.skip("policy_reload");
+        }
+        if let Some(name) = field("client").filter(|n| !n.trim().is_empty())
+            && !self.clients_seen.contains(name)
+        {
+            self.clients_seen.insert(name.to_string());
+        }
+        if field("reason") == Some("client_not_allowed") {
+            self.unlisted_seen = true;
         }
         if field("reason") == Some("bad_request") {
             return self.skip("bad_request");
@@ -217,6 +265,12 @@ impl<'p> Suggester<'p> {
         if !matches!(field("decision"), Some("allow" | "report")) {
             return self.skip("denied");
         }
+        // Let through, but never reached: no allow rule makes it work.
+        let failed = matches!(
+            field("reason"),
+            Some("dns_error" | "connect_error" | "connect_timeout")
+        );
+        let upstream = field("upstream_addr").and_then(parse_source);
         let port = v
             .get("port")
             .and_then(Value::as_u64)
@@ -243,7 +297,7 @@ impl<'p> Suggester<'p> {
                 let Some(ip) = source else {
                     return self.skip("no client_addr to decide with --policy");
                 };
-                match self.decide_again(current, ip, &host, port, ts) {
+                match self.decide_again(current, ip, &host, port, ts, upstream) {
                     Some(group) => group,
                     None => return,
                 }
@@ -259,20 +313,34 @@ impl<'p> Suggester<'p> {
         {
             return self.skip("other clients (--client)");
         }
-        self.tally.kept += 1;
         self.tally.seen.add(ts);
+        let dest = dest_of(&host);
+        if failed {
+            let failure = self.failed.entry((group, dest, port)).or_default();
+            let error = field("error").map(short).unwrap_or_default();
+            let reason = field("reason").unwrap_or_default().to_string();
+            let errors = failure.reasons.entry(reason).or_default();
+            if !error.is_empty() {
+                errors.insert(error);
+            }
+            failure.seen.add(ts);
+            return;
+        }
+        self.tally.kept += 1;
+        if self.current.is_none()
+            && let Some(ip) = upstream.filter(|ip| !default_guard().is_dialable(*ip))
+        {
+            let used = self.carve_outs.entry(ip).or_default();
+            used.insert((group.clone(), dest.clone()));
+        }
         let data = self.groups.entry(group).or_default();
         data.sources.extend(source);
-        let dest = match host {
-            Host::Name(n) => Dest::Name(n.into()),
-            Host::Ip(ip) => Dest::Ip(ip.to_canonical()),
-        };
-        let s = data
-            .dests
-            .entry(dest.clone())
-            .or_insert_with(|| Suggestion::new(dest));
-        s.ports.insert(port);
-        s.seen.add(ts);
+        data.dests
+            .entry(dest)
+            .or_default()
+            .entry(port)
+            .or_default()
+            .add(ts);
     }
 
     /// Decides a record with CURRENT: `Some(group)` when an allow rule would
@@ -285,6 +353,7 @@ impl<'p> Suggester<'p> {
         host: &Host,
         port: u16,
         ts: Option<&str>,
+        upstream: Option<IpAddr>,
     ) -> Option<Group> {
         let decision = current.decide(ip, host, port);
         let group = match (&decision.client, &current.clients) {
@@ -298,6 +367,15 @@ impl<'p> Suggester<'p> {
             (None, Some(_)) => Group::Unlisted,
             _ => Group::Everyone,
         };
+        // An allow rule is not enough when the address it connected to is
+        // one CURRENT's ip_guard blocks (the log's policy carved it out).
+        let guarded = upstream
+            .filter(|u| !current.guard.is_dialable(*u))
+            .map(|u| {
+                format!(
+                    "connected to {u}, which `ip_guard` blocks: add a carve-out to `ip_guard.allowed` if that is meant"
+                )
+            });
         if decision.verdict == Verdict::Allow {
             let target = Target::new(host, port);
             let rule = current
@@ -307,6 +385,8 @@ impl<'p> Suggester<'p> {
             if let Some(rule) = rule {
                 self.used.insert((rule.line, rule.column));
             }
+        }
+        if decision.verdict == Verdict::Allow && guarded.is_none() {
             if self.wanted(&group) {
                 self.tally.allowed += 1;
                 self.tally.seen.add(ts);
@@ -322,20 +402,22 @@ impl<'p> Suggester<'p> {
             (Reason::BlockedIp, Some(rule)) => {
                 format!("allowed by `{rule}`, but the address is in `ip_guard.blocked`")
             }
-            _ => return Some(group),
+            _ => match guarded {
+                Some(why) => why,
+                None => return Some(group),
+            },
         };
         if self.wanted(&group) {
             self.tally.refused += 1;
             self.tally.seen.add(ts);
-            let dest = match host {
-                Host::Name(n) => Dest::Name(n.to_string()),
-                Host::Ip(ip) => Dest::Ip(ip.to_canonical()),
-            };
-            let entry = self.refused.entry((group, dest)).or_insert(Refused {
-                why: BTreeSet::new(),
-                ports: BTreeSet::new(),
-                seen: Seen::default(),
-            });
+            let entry = self
+                .refused
+                .entry((group, dest_of(host)))
+                .or_insert(Refused {
+                    why: BTreeSet::new(),
+                    ports: BTreeSet::new(),
+                    seen: Seen::default(),
+                });
             entry.why.insert(why);
             entry.ports.insert(port);
             entry.seen.add(ts);
@@ -343,6 +425,18 @@ impl<'p> Suggester<'p> {
             self.skip("other clients (--client)");
         }
         None
+    }
+
+    /// Whether `--client NAME` selects anything these records hold.
+    fn names_client(&self, name: &str) -> bool {
+        name == EVERYONE
+            || self.clients_seen.contains(name)
+            || (name == UNLISTED && self.unlisted_seen)
+    }
+
+    /// CURRENT (the text of `--policy`) with the suggested rules added.
+    pub fn merge(&self, current: &str, opts: &Options) -> Result<String, String> {
+        merge::merge(self, current, opts)
     }
 
     fn wanted(&self, group: &Group) -> bool {
@@ -353,6 +447,92 @@ impl<'p> Suggester<'p> {
     pub fn render(&self, opts: &Options) -> String {
         render::render(self, opts)
     }
+}
+
+/// What a suggested rule for `host` matches.
+fn dest_of(host: &Host) -> Dest {
+    match host {
+        Host::Name(n) => Dest::Name(n.to_string()),
+        Host::Ip(ip) => Dest::Ip(ip.to_canonical()),
+    }
+}
+
+/// The guard of a policy that does not set `ip_guard`.
+fn default_guard() -> &'static IpGuard {
+    static GUARD: std::sync::OnceLock<IpGuard> = std::sync::OnceLock::new();
+    GUARD.get_or_init(|| IpGuard::new(default_blocked(), Vec::new()))
+}
+
+/// An `error` for a comment: one line, at most 120 characters.
+fn short(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(120)
+        .collect();
+    if text.chars().count() > 120 {
+        out.push_str("...");
+    }
+    out
+}
+
+/// `None` when `name` selects a list of `current`; else its clients, listed.
+fn unknown_client(name: &str, current: &Policy) -> Option<String> {
+    let clients = current.clients.iter().flatten();
+    if name == EVERYONE
+        || (name == UNLISTED && current.clients.is_some())
+        || current.client_named(name).is_some()
+    {
+        return None;
+    }
+    Some(listed(clients.map(|c| &*c.name)))
+}
+
+/// Up to 20 names, comma-separated, for a message; `none` when there are none.
+fn listed<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<String> = names.map(render::clean).collect();
+    match names.len() {
+        0 => "none".to_string(),
+        n if n > 20 => format!("{} and {} more", names[..20].join(", "), n - 20),
+        _ => names.join(", "),
+    }
+}
+
+/// What the reader must know even when only the policy is looked at: lines
+/// that were no audit records, and flagged destinations.
+fn notes(s: &Suggester<'_>, opts: &Options, err: &mut impl Write) -> io::Result<()> {
+    let t = &s.tally;
+    let not_records: u64 = t.not_records.values().sum();
+    if not_records > 0 {
+        let why: Vec<String> = (t.not_records.iter())
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect();
+        writeln!(
+            err,
+            "portcullis suggest: skipped {not_records} lines that are not audit records ({})",
+            why.join(", ")
+        )?;
+    }
+    let flagged = render::flagged_rules(s, opts);
+    if !flagged.is_empty() {
+        writeln!(
+            err,
+            "portcullis suggest: note: {} suggested {} known paste, file-sharing, request-capture or tunnel {}: {}",
+            flagged.len(),
+            if flagged.len() == 1 {
+                "rule allows a"
+            } else {
+                "rules allow"
+            },
+            if flagged.len() == 1 {
+                "service"
+            } else {
+                "services"
+            },
+            flagged.join(", ")
+        )?;
+    }
+    Ok(())
 }
 
 /// The proxy writes `2026-11-29T17:11:43.908Z`; anything else (which might
@@ -390,6 +570,17 @@ pub fn run(args: &SuggestArgs, out: &mut impl Write, err: &mut impl Write) -> io
             }
         },
     };
+    if let (Some(name), Some(path), Some(c)) = (&args.client, &args.policy, &current)
+        && let Some(known) = unknown_client(name, &c.policy)
+    {
+        writeln!(
+            err,
+            "portcullis suggest: --client `{}` is no client of {} (its clients: {known}; `default` is the top-level list)",
+            render::clean(name),
+            path.display()
+        )?;
+        return Ok(exit::USAGE);
+    }
     let opts = Options {
         collapse: args.collapse,
         min_count: args.min_count,
@@ -413,7 +604,44 @@ pub fn run(args: &SuggestArgs, out: &mut impl Write, err: &mut impl Write) -> io
             return Ok(exit::USAGE);
         }
     }
-    let text = suggester.render(&opts);
+    if let (Some(name), None) = (&args.client, &current)
+        && !suggester.names_client(name)
+    {
+        writeln!(
+            err,
+            "portcullis suggest: --client `{}` matches no audit record (clients seen: {}; `default` is the top-level list)",
+            render::clean(name),
+            listed(suggester.clients_seen.iter().map(String::as_str))
+        )?;
+        return Ok(exit::USAGE);
+    }
+    notes(&suggester, &opts, err)?;
+    let text = match (&args.policy, args.merge) {
+        (Some(path), true) => {
+            let merged = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| suggester.merge(&text, &opts));
+            match merged {
+                Ok(merged) => {
+                    // What the fragment would say in comments goes to stderr.
+                    let report = suggester.render(&opts);
+                    for line in report.lines().filter(|l| l.starts_with('#')).skip(1) {
+                        writeln!(err, "{line}")?;
+                    }
+                    merged
+                }
+                Err(why) => {
+                    writeln!(
+                        err,
+                        "portcullis suggest: cannot merge into {}: {why}; run without --merge for the rules to add",
+                        path.display()
+                    )?;
+                    return Ok(exit::INVALID);
+                }
+            }
+        }
+        _ => suggester.render(&opts),
+    };
     let code = match Policy::from_yaml(&text) {
         Ok(compiled) => {
             for w in compiled.warnings(crate::policy_file::today()) {

@@ -1,11 +1,16 @@
 //! The suggestion as a policy file: schema comment, header, one commented rule a line.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Collapse, Group, Options, Suggester, Suggestion, UNLISTED, collapse};
+use super::flagged::flagged;
+use super::input::{NOT_JSON, OTHER_JSON};
+use super::{
+    Collapse, Dest, Failure, Group, Options, Seen, Suggester, Suggestion, UNLISTED, collapse,
+};
 use crate::policy::Policy;
 
 /// First line of the file, as in `config/portcullis.yaml`: editors validate
@@ -16,16 +21,67 @@ pub(super) const SCHEMA_COMMENT: &str = "# yaml-language-server: $schema=./portc
 const NAMES_LISTED: usize = 8;
 
 /// One `clients` entry (or the top-level list) ready to print.
-struct List {
-    group: Group,
-    rules: Vec<Suggestion>,
+pub(super) struct List {
+    pub(super) group: Group,
+    pub(super) rules: Vec<Suggestion>,
 }
 
-pub(super) fn render(s: &Suggester<'_>, opts: &Options) -> String {
+/// What to print, worked out from what was read.
+pub(super) struct Plan<'s> {
+    /// The lists to print, the top level first when present.
+    pub(super) lists: Vec<List>,
+    /// Destinations left out by `--min-count`.
+    rare: usize,
+    /// Records that went into a rule, failed attempts at a destination reached otherwise included.
+    used: u64,
+    /// Destinations (per port) that never resolved or connected, to list.
+    failed: Vec<(&'s (Group, Dest, u16), &'s Failure)>,
+    /// Records behind `failed`.
+    failed_records: u64,
+    /// Without `--policy`: guarded addresses the rules printed connected to, with their hosts.
+    carve_outs: Vec<(IpAddr, Vec<String>)>,
+}
+
+/// Ports seen per destination, per group.
+type Seens = BTreeMap<Group, HashMap<Dest, BTreeMap<u16, Seen>>>;
+
+pub(super) fn plan<'s>(s: &'s Suggester<'_>, opts: &Options) -> Plan<'s> {
+    let mut seens: Seens = (s.groups.iter())
+        .map(|(g, d)| (g.clone(), d.dests.clone()))
+        .collect();
+    let mut used = s.tally.kept;
+    let mut failed = Vec::new();
+    let mut failed_records = 0;
+    for (key, failure) in &s.failed {
+        let (group, dest, port) = key;
+        let reached = (seens.get(group))
+            .and_then(|d| d.get(dest))
+            .is_some_and(|ports| ports.contains_key(port));
+        if reached {
+            used += failure.seen.count;
+        } else {
+            failed_records += failure.seen.count;
+            failed.push((key, failure));
+        }
+    }
+    let lifted = lift(s, &mut seens);
     let mut lists = Vec::new();
     let mut rare = 0;
-    for (group, data) in &s.groups {
-        let mut rules: Vec<Suggestion> = data.dests.values().cloned().collect();
+    for (group, dests) in seens {
+        let mut rules: Vec<Suggestion> = (dests.into_iter())
+            .filter(|(_, ports)| !ports.is_empty())
+            .map(|(dest, ports)| {
+                let mut rule = Suggestion::new(dest);
+                for (port, seen) in ports {
+                    rule.ports.insert(port);
+                    rule.seen.merge(&seen);
+                }
+                if group == Group::Everyone {
+                    rule.lifted_from = lifted.get(&rule.dest).copied().unwrap_or(0);
+                }
+                rule
+            })
+            .collect();
         let before = rules.len();
         rules.retain(|r| r.seen.count >= opts.min_count);
         rare += before - rules.len();
@@ -33,10 +89,7 @@ pub(super) fn render(s: &Suggester<'_>, opts: &Options) -> String {
             rules = collapse(rules);
         }
         rules.sort_by_cached_key(|r| r.dest.sort_key());
-        lists.push(List {
-            group: group.clone(),
-            rules,
-        });
+        lists.push(List { group, rules });
     }
     // A client's rule that the top-level list already covers would only
     // draw a `check` warning (logs that span a policy change can hold both).
@@ -51,11 +104,100 @@ pub(super) fn render(s: &Suggester<'_>, opts: &Options) -> String {
     if s.current.is_some() {
         lists.retain(|l| !l.rules.is_empty());
     }
+    let carve_outs = (s.carve_outs.iter())
+        .filter_map(|(ip, users)| {
+            let hosts: BTreeSet<String> = (users.iter())
+                .filter(|(g, d)| {
+                    lists.iter().any(|l| {
+                        (l.group == *g || l.group == Group::Everyone)
+                            && l.rules.iter().any(|r| r.dest.covers(d))
+                    })
+                })
+                .map(|(_, d)| d.to_string())
+                .collect();
+            (!hosts.is_empty()).then(|| (*ip, hosts.into_iter().collect()))
+        })
+        .collect();
+    Plan {
+        lists,
+        rare,
+        used,
+        failed,
+        failed_records,
+        carve_outs,
+    }
+}
 
+/// Moves what every client reached (on the same port) to the top level, and
+/// returns those destinations with how many clients' lists they came from.
+/// Not with `--client` (one list asked for stays whole), and with
+/// `--policy` only when every client of CURRENT needs it.
+fn lift(s: &Suggester<'_>, seens: &mut Seens) -> HashMap<Dest, usize> {
+    let mut lifted = HashMap::new();
+    let clients: Vec<Group> = (seens.keys())
+        .filter(|g| **g != Group::Everyone)
+        .cloned()
+        .collect();
+    let required = match s.current {
+        Some(current) => {
+            current.clients.as_ref().map_or(0, Vec::len)
+                + usize::from(clients.contains(&Group::Unlisted))
+        }
+        None => clients.len(),
+    };
+    if s.client.is_some() || clients.len() < 2 || clients.len() != required {
+        return lifted;
+    }
+    let Some(first) = seens.get(&clients[0]) else {
+        return lifted;
+    };
+    let mut common: Vec<(Dest, u16)> = Vec::new();
+    for (dest, ports) in first {
+        for port in ports.keys() {
+            let everywhere = clients[1..].iter().all(|g| {
+                (seens.get(g).and_then(|d| d.get(dest))).is_some_and(|p| p.contains_key(port))
+            });
+            if everywhere {
+                common.push((dest.clone(), *port));
+            }
+        }
+    }
+    for (dest, port) in common {
+        let mut seen = Seen::default();
+        for g in &clients {
+            let ports = (seens.get_mut(g).and_then(|d| d.get_mut(&dest)))
+                .expect("a common destination is in every list");
+            if let Some(s) = ports.remove(&port) {
+                seen.merge(&s);
+            }
+        }
+        let top = seens.entry(Group::Everyone).or_default();
+        top.entry(dest.clone())
+            .or_default()
+            .entry(port)
+            .or_default()
+            .merge(&seen);
+        lifted.insert(dest, clients.len());
+    }
+    lifted
+}
+
+/// The rules a plan suggests that flagged services, as written.
+pub(super) fn flagged_rules(s: &Suggester<'_>, opts: &Options) -> Vec<String> {
+    (plan(s, opts).lists.iter())
+        .flat_map(|l| &l.rules)
+        .filter(|r| flagged(&r.dest).is_some())
+        .map(Suggestion::rule_text)
+        .collect()
+}
+
+pub(super) fn render(s: &Suggester<'_>, opts: &Options) -> String {
+    let plan = plan(s, opts);
+    let lists = &plan.lists;
     let mut out = String::new();
     out.push_str(SCHEMA_COMMENT);
     out.push('\n');
-    header(s, opts, rare, &mut out);
+    header(s, opts, &plan, &mut out);
     out.push_str("version: 1\n");
     if s.current.is_none() {
         out.push_str("mode: enforce\n");
@@ -78,6 +220,8 @@ pub(super) fn render(s: &Suggester<'_>, opts: &Options) -> String {
             client(s, list, &unlisted, &mut out);
         }
     }
+    carve_outs(&plan, &mut out);
+    failed(&plan, &mut out);
     if let Some(current) = s.current {
         refused(s, &mut out);
         unused(s, current, opts, &mut out);
@@ -85,7 +229,60 @@ pub(super) fn render(s: &Suggester<'_>, opts: &Options) -> String {
     out
 }
 
-fn header(s: &Suggester<'_>, opts: &Options, rare: usize, out: &mut String) {
+fn carve_outs(plan: &Plan<'_>, out: &mut String) {
+    if plan.carve_outs.is_empty() {
+        return;
+    }
+    out.push_str(
+        "ip_guard:\n  \
+         # Addresses allowed names connected to that the default ip_guard blocks: the\n  \
+         # policy in force carved them out. Widen them to the ranges it carved out.\n  \
+         allowed:\n",
+    );
+    for (ip, hosts) in &plan.carve_outs {
+        let _ = writeln!(out, "    # {}", clean(&names(hosts)));
+        let _ = writeln!(out, "    - {}", quote(&IpNet::from(*ip).to_string()));
+    }
+}
+
+/// At most [`NAMES_LISTED`] names, then "and N more".
+fn names(list: &[String]) -> String {
+    let shown: Vec<&str> = list.iter().take(NAMES_LISTED).map(String::as_str).collect();
+    match list.len().saturating_sub(NAMES_LISTED) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+fn failed(plan: &Plan<'_>, out: &mut String) {
+    if plan.failed.is_empty() {
+        return;
+    }
+    out.push_str(
+        "\n# Seen, but never resolved or connected: not suggested (an allow rule does not make them work):\n",
+    );
+    for ((group, dest, port), failure) in &plan.failed {
+        let reasons: Vec<String> = (failure.reasons.iter())
+            .map(|(reason, errors)| {
+                let errors: Vec<String> = errors.iter().cloned().collect();
+                match errors.len() {
+                    0 => reason.clone(),
+                    _ => format!("{reason} ({})", names(&errors)),
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "#   {}: {dest}:{port} {}; {}",
+            whose(group),
+            clean(&reasons.join("; ")),
+            seen(&failure.seen)
+        );
+    }
+}
+
+fn header(s: &Suggester<'_>, opts: &Options, plan: &Plan<'_>, out: &mut String) {
+    let rare = plan.rare;
     let t = &s.tally;
     let span = match (&t.seen.first, &t.seen.last) {
         (Some(first), Some(last)) => format!(", {first} to {last}"),
@@ -104,10 +301,17 @@ fn header(s: &Suggester<'_>, opts: &Options, rare: usize, out: &mut String) {
     let mut used = match s.current {
         Some(_) => format!(
             "# {} already allowed by CURRENT, {} it would deny (below), {} it refuses by deny or ip_guard",
-            t.allowed, t.kept, t.refused
+            t.allowed, plan.used, t.refused
         ),
-        None => format!("# {} used", t.kept),
+        None => format!("# {} used", plan.used),
     };
+    if plan.failed_records > 0 {
+        let _ = write!(
+            used,
+            "; {} never resolved or connected (listed at the end)",
+            plan.failed_records
+        );
+    }
     if !t.skipped.is_empty() {
         let skipped: Vec<String> = t
             .skipped
@@ -117,6 +321,45 @@ fn header(s: &Suggester<'_>, opts: &Options, rare: usize, out: &mut String) {
         let _ = write!(used, "; skipped: {}", skipped.join(", "));
     }
     let _ = writeln!(out, "{used}.");
+    let not_records: Vec<String> = [NOT_JSON, OTHER_JSON]
+        .iter()
+        .filter_map(|why| t.not_records.get(why).map(|n| format!("{n} {why}")))
+        .collect();
+    if !not_records.is_empty() {
+        let _ = writeln!(
+            out,
+            "# Lines that are not audit records, skipped: {}.",
+            not_records.join(", ")
+        );
+    }
+    let mut unwrapped = Vec::new();
+    if t.firelens > 0 {
+        let lines = plural(t.firelens, "line", "lines");
+        unwrapped.push(format!("{} FireLens {lines}", t.firelens));
+    }
+    if t.prefixed > 0 {
+        let lines = plural(t.prefixed, "line", "lines");
+        unwrapped.push(format!("{} {lines} behind a timestamp prefix", t.prefixed));
+    }
+    if !unwrapped.is_empty() {
+        let _ = writeln!(out, "# Unwrapped: {}.", unwrapped.join(", "));
+    }
+    let flagged_count = (plan.lists.iter())
+        .flat_map(|l| &l.rules)
+        .filter(|r| flagged(&r.dest).is_some())
+        .count();
+    match flagged_count {
+        0 => {}
+        1 => out.push_str(
+            "# FLAGGED: 1 destination below is a known paste, file-sharing, request-capture or tunnel service.\n",
+        ),
+        n => {
+            let _ = writeln!(
+                out,
+                "# FLAGGED: {n} destinations below are known paste, file-sharing, request-capture or tunnel services."
+            );
+        }
+    }
     if let Some(client) = &opts.client {
         let _ = writeln!(out, "# Only client `{}` (--client).", clean(client));
     }
@@ -146,7 +389,7 @@ fn header(s: &Suggester<'_>, opts: &Options, rare: usize, out: &mut String) {
     out.push_str("# Review it in a pull request and run `portcullis check` before deploying.\n");
 }
 
-fn client(s: &Suggester<'_>, list: &List, unlisted: &str, out: &mut String) {
+pub(super) fn client(s: &Suggester<'_>, list: &List, unlisted: &str, out: &mut String) {
     let (name, note, sources): (&str, &str, Vec<IpNet>) = match (&list.group, s.current) {
         (Group::Client { name, .. }, Some(current)) => (
             name,
@@ -195,7 +438,7 @@ fn observed(s: &Suggester<'_>, group: &Group) -> Vec<IpNet> {
 }
 
 /// A name for the unlisted sources that no client of CURRENT or of the log has.
-fn unlisted_name(s: &Suggester<'_>) -> String {
+pub(super) fn unlisted_name(s: &Suggester<'_>) -> String {
     let mut taken: BTreeSet<&str> = s
         .groups
         .keys()
@@ -216,9 +459,13 @@ fn unlisted_name(s: &Suggester<'_>) -> String {
         .expect("some suffix is free")
 }
 
-fn rules(list: &[Suggestion], indent: &str, out: &mut String) {
+pub(super) fn rules(list: &[Suggestion], indent: &str, out: &mut String) {
     for rule in list {
-        let _ = writeln!(out, "{indent}# {}", seen(&rule.seen));
+        let lifted = match rule.lifted_from {
+            0 => String::new(),
+            n => format!("; used by every client ({n})"),
+        };
+        let _ = writeln!(out, "{indent}# {}{lifted}", seen(&rule.seen));
         if !rule.names.is_empty() {
             let names: Vec<&str> = rule
                 .names
@@ -237,6 +484,13 @@ fn rules(list: &[Suggestion], indent: &str, out: &mut String) {
                 "{indent}# replaces {} names seen: {}{more}",
                 rule.names.len(),
                 names.join(", ")
+            );
+        }
+        if let Some(f) = flagged(&rule.dest) {
+            let _ = writeln!(
+                out,
+                "{indent}# FLAGGED: {} is {}, a known way to move data out: keep it only if you mean it",
+                f.domain, f.what
             );
         }
         let _ = writeln!(out, "{indent}- {}", quote(&rule.rule_text()));
@@ -332,12 +586,12 @@ fn whose(group: &Group) -> String {
 }
 
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialise")
 }
 
 /// Text safe inside a `#` comment: no line breaks or other control characters.
-fn clean(s: &str) -> String {
+pub(super) fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
