@@ -145,6 +145,11 @@ pub enum Kind {
         old_ports: Option<String>,
         /// Ports after; `null` when no longer listed.
         new_ports: Option<String>,
+        /// The `owner` of the rule that names it (the new one, else the old
+        /// one), when written as a mapping with one.
+        owner: Option<String>,
+        /// That rule's `ticket`.
+        ticket: Option<String>,
     },
     /// The guarded private ranges one allow destination may dial
     /// (`allow_private`) grew or shrank.

@@ -26,12 +26,13 @@ mod tests;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use super::Policy;
-use super::pattern::{Pattern, Ports};
-use super::ruleset::RuleSet;
+use super::pattern::{Pattern, Ports, parse_destination};
+use super::ruleset::{RuleMeta, RuleSet};
 pub use change::{Change, Handover, Kind};
 use clients::Roster;
 use dest::Lists;
@@ -279,16 +280,30 @@ fn destinations(
 ) {
     let shown = |p: &PortSet| (!p.is_empty()).then(|| p.to_string());
     for moved in dest::compare(old, new, old_list, new_list) {
+        let meta = (meta_of(new_list.0, &moved.destination))
+            .or_else(|| meta_of(old_list.0, &moved.destination));
+        let field = |f: fn(&RuleMeta) -> Option<&Arc<str>>| meta.and_then(f).map(|v| v.to_string());
         out.push(
             client,
             Kind::Destination {
                 list,
+                owner: field(|m| m.owner.as_ref()),
+                ticket: field(|m| m.ticket.as_ref()),
                 destination: moved.destination,
                 old_ports: shown(&moved.old),
                 new_ports: shown(&moved.new),
             },
         );
     }
+}
+
+/// The metadata of the rule of `set` whose pattern is `destination`
+/// (canonical), for a reviewer to see whose change it is.
+fn meta_of<'s>(set: &'s RuleSet, destination: &str) -> Option<&'s RuleMeta> {
+    let (pattern, _) = parse_destination(destination).ok()?;
+    (set.covering(&pattern).into_iter())
+        .filter(|r| r.pattern.to_string() == destination)
+        .find_map(|r| r.meta.as_deref())
 }
 
 /// The changes so far, and what their text needs to know.

@@ -224,12 +224,24 @@ pub(super) fn text(client: Option<&str>, kind: &Kind, cx: &Context) -> String {
             destination,
             old_ports,
             new_ports,
-        } => lines.push(match (old_ports, new_ports) {
-            (None, Some(new)) => format!("+ {list} {destination}:{new}"),
-            (Some(old), None) => format!("- {list} {destination}:{old}"),
-            (Some(old), Some(new)) => format!("~ {list} {destination}: {old} → {new}"),
-            (None, None) => format!("~ {list} {destination}"),
-        }),
+            owner,
+            ticket,
+        } => {
+            let mut line = match (old_ports, new_ports) {
+                (None, Some(new)) => format!("+ {list} {destination}:{new}"),
+                (Some(old), None) => format!("- {list} {destination}:{old}"),
+                (Some(old), Some(new)) => format!("~ {list} {destination}: {old} → {new}"),
+                (None, None) => format!("~ {list} {destination}"),
+            };
+            let who: Vec<String> = [("owner", owner), ("ticket", ticket)]
+                .into_iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+                .collect();
+            if !who.is_empty() {
+                line.push_str(&format!("  ({})", who.join(", ")));
+            }
+            lines.push(line);
+        }
         Kind::AllowPrivate {
             destination,
             now_dialable,

@@ -317,3 +317,23 @@ fn a_clients_allow_private_is_reported_under_the_client() {
         render(&changes)
     );
 }
+
+#[test]
+fn a_changed_destination_names_its_rules_owner_and_ticket() {
+    let old = p(
+        "version: 1\nallow:\n  - {dest: api.paypal.com, owner: payments-team, ticket: PAY-12}\n  - old.example.com\n",
+    );
+    let new = p(
+        "version: 1\nallow:\n  - {dest: \"api.paypal.com:443,8443\", owner: payments-team, ticket: PAY-40}\n  - {dest: new.example.com, owner: growth}\n",
+    );
+    assert_eq!(
+        render(&diff(&old, &new)),
+        "top level (every client):\n  ~ allow api.paypal.com: 443 → 443,8443  (owner payments-team, ticket PAY-40)\n  + allow new.example.com:443  (owner growth)\n  - allow old.example.com:443\n"
+    );
+    // Removed: the old rule's metadata.
+    let text = render(&diff(&new, &old));
+    assert!(
+        text.contains("- allow new.example.com:443  (owner growth)"),
+        "{text}"
+    );
+}
