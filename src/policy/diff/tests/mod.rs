@@ -240,6 +240,8 @@ fn json_has_the_kind_the_client_and_the_text() {
             "destination": "registry.npmjs.org",
             "old_ports": "443",
             "new_ports": "443,80",
+            "owner": null,
+            "ticket": null,
             "text": "~ allow registry.npmjs.org: 443 → 443,80",
         }])
     );
