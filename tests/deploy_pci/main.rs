@@ -4,9 +4,10 @@
 //! diagnostics to different log groups, and the metric filters behind the
 //! alarms count the lines portcullis writes for each failure. The same
 //! template's client identity (PROXY protocol, PrivateLink) is checked in
-//! `privatelink`. `.ci/run` also runs cfn-lint on the templates and hadolint
-//! on the log router's Dockerfile.
+//! `privatelink`, the CPU architecture in `architecture`. `.ci/run` also runs
+//! cfn-lint on the templates and hadolint on the log router's Dockerfile.
 
+mod architecture;
 mod cfn;
 mod cloudwatch;
 mod firelens;
