@@ -83,6 +83,10 @@ fn log_groups_keep_a_year_and_are_encrypted_with_the_kms_key_when_given() {
             CLOUDWATCH_RETENTION_DAYS.contains(days),
             "CloudWatch Logs has no {days}-day retention"
         );
+        assert!(
+            *days >= 365,
+            "PCI DSS 10.5.1 asks for a year, not {days} days"
+        );
     }
     assert_eq!(
         t["Parameters"]["KmsKeyArn"]["Default"], "",
