@@ -4,13 +4,16 @@
 //! diagnostics to different log groups, and the metric filters behind the
 //! alarms count the lines portcullis writes for each failure. The same
 //! template's client identity (PROXY protocol, PrivateLink) is checked in
-//! `privatelink`, the CPU architecture in `architecture`. `.ci/run` also runs
-//! cfn-lint on the templates and hadolint on the log router's Dockerfile.
+//! `privatelink`, the policy bucket and its publishing in `policy_bucket`,
+//! the CPU architecture in `architecture`. `.ci/run` also runs cfn-lint on
+//! the templates and hadolint on the log router's Dockerfile.
 
 mod architecture;
 mod cfn;
 mod cloudwatch;
 mod firelens;
+mod iam;
+mod policy_bucket;
 mod privatelink;
 mod proxy;
 mod stack;
