@@ -4,12 +4,16 @@
 //! diagnostics to different log groups, and the metric filters behind the
 //! alarms count the lines portcullis writes for each failure. The same
 //! template's client identity (PROXY protocol, PrivateLink) is checked in
-//! `privatelink`. `.ci/run` also runs cfn-lint on the templates and hadolint
-//! on the log router's Dockerfile.
+//! `privatelink`, the policy bucket and its publishing in `policy_bucket`,
+//! the CPU architecture in `architecture`. `.ci/run` also runs cfn-lint on
+//! the templates and hadolint on the log router's Dockerfile.
 
+mod architecture;
 mod cfn;
 mod cloudwatch;
 mod firelens;
+mod iam;
+mod policy_bucket;
 mod privatelink;
 mod proxy;
 mod stack;
@@ -81,6 +85,10 @@ fn log_groups_keep_a_year_and_are_encrypted_with_the_kms_key_when_given() {
         assert!(
             CLOUDWATCH_RETENTION_DAYS.contains(days),
             "CloudWatch Logs has no {days}-day retention"
+        );
+        assert!(
+            *days >= 365,
+            "PCI DSS 10.5.1 asks for a year, not {days} days"
         );
     }
     assert_eq!(

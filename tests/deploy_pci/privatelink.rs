@@ -20,12 +20,12 @@ use crate::{TEMPLATE, read, template};
 const CONSUMER: &str = "deploy/ecs/egress-endpoint-consumer.yaml";
 const POLICY: &str = "deploy/ecs/privatelink-policy.yaml";
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-const VPC_CIDR: &str = "10.0.0.0/16";
+pub(crate) const VPC_CIDR: &str = "10.0.0.0/16";
 /// The example policy's first consumer and its endpoint.
 const TEAM_A: (&str, &str) = ("team-a", "vpce-0a1b2c3d4e5f67890");
 
 /// The parameters without a default, and the VPC CIDR the tests look for.
-fn required(vpc_cidr: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn required(vpc_cidr: &str) -> Vec<(&'static str, String)> {
     vec![
         ("Image", "portcullis:test".into()),
         ("LogRouterImage", "portcullis-firelens:test".into()),
@@ -39,14 +39,14 @@ fn required(vpc_cidr: &str) -> Vec<(&'static str, String)> {
 }
 
 /// shared-egress.yaml deployed with `required(vpc_cidr)` and `more`.
-fn stack(vpc_cidr: &str, more: &[(&str, &str)]) -> Value {
+pub(crate) fn stack(vpc_cidr: &str, more: &[(&str, &str)]) -> Value {
     let mut given = required(vpc_cidr);
     given.extend(more.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let given: Vec<(&str, &str)> = given.iter().map(|(k, v)| (*k, v.as_str())).collect();
     deploy(&template(), &given)
 }
 
-fn resource<'a>(stack: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn resource<'a>(stack: &'a Value, id: &str) -> &'a Value {
     let r = &stack["Resources"][id];
     assert!(!r.is_null(), "no resource {id}");
     r
