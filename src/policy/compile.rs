@@ -1,6 +1,6 @@
 //! Raw YAML -> `Policy`: validate, normalise every pattern once, and collect every error.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -10,9 +10,9 @@ use super::date::Date;
 use super::identity::{self, CertName, Selectors, TokenDigest};
 use super::ignore::Ignores;
 use super::ip_guard::{default_blocked, parse_net};
-use super::lint::{self, ClientSpans, Spans};
+use super::lint::{self, At, ClientSpans, Spans};
 use super::pattern::{Ports, parse_destination, valid_port};
-use super::raw::{RawClient, RawEch, RawMode, RawPolicy, RawRule, Text};
+use super::raw::{RawClient, RawEch, RawIpGuard, RawMode, RawPolicy, RawRule, Text};
 use super::ruleset::{Rule, RuleMeta, RuleSet};
 use super::{Client, IpGuard, Mode, Policy, TlsPolicy, keys};
 
@@ -26,6 +26,16 @@ pub const DENY_MESSAGE_MAX: usize = 200;
 
 pub use super::diagnostic::{Code, Diagnostic, Severity};
 
+/// One file of a policy: its name inside the policy directory (`None` for
+/// a policy that is one file) and its text.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    /// The file's name inside the directory, which diagnostics and rules carry.
+    pub name: Option<&'a str>,
+    /// The file's YAML.
+    pub text: &'a str,
+}
+
 /// A policy that compiled. Its warnings are worked out on demand: `check`
 /// and start-up want them, a hot reload does not wait for them.
 #[derive(Debug)]
@@ -33,7 +43,7 @@ pub struct Compiled {
     /// The compiled policy.
     pub policy: Policy,
     spans: Spans,
-    ignores: Ignores,
+    ignores: FileIgnores,
 }
 
 impl Compiled {
@@ -43,7 +53,7 @@ impl Compiled {
         let mut out = self
             .ignores
             .apply(lint::lint(&self.policy, &self.spans, today));
-        out.sort_by_key(|d| (d.line, d.column));
+        out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         out
     }
 }
@@ -62,14 +72,19 @@ pub struct Checked {
 /// did compile; only a text that is not YAML, or a value of the wrong type,
 /// stops the check early. `today` decides which rules have expired.
 pub fn check(text: &str, today: Date) -> Checked {
-    let built = build(text);
+    check_sources(&[Source { name: None, text }], today)
+}
+
+/// [`check`] for a policy made of several files (a policy directory).
+pub fn check_sources(sources: &[Source<'_>], today: Date) -> Checked {
+    let built = build(sources);
     let mut problems = built.errors;
     let warnings = built
         .policy
         .as_ref()
         .map(|(policy, spans)| built.ignores.apply(lint::lint(policy, spans, today)));
     problems.extend(warnings.into_iter().flatten());
-    problems.sort_by_key(|d| (d.line, d.column));
+    problems.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let compiled = match built.policy {
         Some((policy, spans)) if problems.iter().all(|d| d.severity == Severity::Warning) => {
             Some(Compiled {
@@ -85,7 +100,14 @@ pub fn check(text: &str, today: Date) -> Checked {
 
 /// Parses and compiles a policy file's text, collecting every error (sorted by position).
 pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
-    let built = build(text);
+    compile_sources(&[Source { name: None, text }])
+}
+
+/// [`compile`] for a policy made of several files, in the order given:
+/// `allow`, `deny` and `clients` concatenate; `mode`, `default_ports`,
+/// `ip_guard`, `tls` and `deny_message` may each be set in one file only.
+pub fn compile_sources(sources: &[Source<'_>]) -> Result<Compiled, Vec<Diagnostic>> {
+    let built = build(sources);
     match built.policy {
         Some((policy, spans)) if built.errors.is_empty() => Ok(Compiled {
             policy,
@@ -94,36 +116,110 @@ pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         }),
         _ => {
             let mut errors = built.errors;
-            errors.sort_by_key(|d| (d.line, d.column));
+            errors.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
             Err(errors)
         }
     }
 }
 
-/// What one pass over a policy text produced: its errors, and the policy
-/// made of everything that did compile (`None` when the text's structure
-/// could not be read at all).
+/// What one pass over a policy's files produced: their errors, and the
+/// policy made of everything that did compile (`None` when some file's
+/// structure could not be read at all).
 struct Built {
     policy: Option<(Policy, Spans)>,
     errors: Vec<Diagnostic>,
-    ignores: Ignores,
+    ignores: FileIgnores,
 }
 
-fn build(text: &str) -> Built {
+/// The ignore comments of each file.
+#[derive(Debug, Default)]
+struct FileIgnores(Vec<(Option<Arc<str>>, Ignores)>);
+
+impl FileIgnores {
+    /// `diags` less those a comment in their own file silences, plus the
+    /// comments that name no code.
+    fn apply(&self, diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+        let silenced = |d: &Diagnostic| {
+            (self.0.iter()).any(|(file, ignores)| *file == d.file && ignores.silences(d))
+        };
+        let mut out: Vec<Diagnostic> = diags.into_iter().filter(|d| !silenced(d)).collect();
+        for (file, ignores) in &self.0 {
+            out.extend((ignores.apply(Vec::new()).into_iter()).map(|d| d.in_file(file.clone())));
+        }
+        out
+    }
+}
+
+/// One file's parsed YAML.
+struct Part<'a> {
+    file: Option<Arc<str>>,
+    text: &'a str,
+    raw: RawPolicy,
+    /// Where its first content is.
+    top: (u64, u64),
+}
+
+fn build(sources: &[Source<'_>]) -> Built {
     let mut built = Built {
         policy: None,
         errors: Vec::new(),
-        ignores: Ignores::scan(text),
+        ignores: FileIgnores::default(),
     };
-    let Some(top) = keys::first_content(text) else {
+    if sources.is_empty() {
+        // Never an empty policy that denies everything without saying why.
         built.errors.push(Diagnostic::at(
+            Code::EmptyFile,
+            1,
+            1,
+            "no policy file: the policy directory holds no `*.yaml` or `*.yml` file",
+            Some("add a file that starts with `version: 1`".to_string()),
+        ));
+        return built;
+    }
+    let mut parts = Vec::with_capacity(sources.len());
+    for source in sources {
+        let file: Option<Arc<str>> = source.name.map(Arc::from);
+        built
+            .ignores
+            .0
+            .push((file.clone(), Ignores::scan(source.text)));
+        let mut errors = Vec::new();
+        if let Some((raw, top)) = parse(source.text, &mut errors) {
+            parts.push(Part {
+                file: file.clone(),
+                text: source.text,
+                raw,
+                top,
+            });
+        }
+        (built.errors).extend(errors.into_iter().map(|d| d.in_file(file.clone())));
+    }
+    // The files that parsed are compiled even when another did not, for
+    // their errors; the policy is only whole when every file parsed.
+    let whole = parts.len() == sources.len();
+    let mut cx = Compiler {
+        errors: std::mem::take(&mut built.errors),
+        spans: Spans::default(),
+        file: None,
+    };
+    let policy = cx.policy(parts);
+    built.errors = cx.errors;
+    built.policy = whole.then_some((policy, cx.spans));
+    built
+}
+
+/// One file's text as the serde mirror, with the place of its first
+/// content; `None` when its structure cannot be read (the reasons are in `errors`).
+fn parse(text: &str, errors: &mut Vec<Diagnostic>) -> Option<(RawPolicy, (u64, u64))> {
+    let Some(top) = keys::first_content(text) else {
+        errors.push(Diagnostic::at(
             Code::EmptyFile,
             1,
             1,
             "the policy file holds no YAML document, only comments or blank lines",
             Some("start with `version: 1` and an `allow:` list".to_string()),
         ));
-        return built;
+        return None;
     };
     // One parse when all is well: unknown keys are only noticed here, and
     // located by a second reading when there are some.
@@ -136,23 +232,23 @@ fn build(text: &str) -> Built {
         Err(e) => {
             match keys::unknown_keys(text) {
                 // Not YAML at all: the plain tree does not parse either.
-                Err(syntax) => built.errors.push(yaml_error(&syntax, Code::YamlSyntax)),
+                Err(syntax) => errors.push(yaml_error(&syntax, Code::YamlSyntax)),
                 // A value of the wrong type: the shape past it is unknown,
                 // but every unknown key is still worth reporting.
                 Ok(found) => {
-                    built.errors.extend(found);
-                    built.errors.push(yaml_error(&e, Code::InvalidValue));
+                    errors.extend(found);
+                    errors.push(yaml_error(&e, Code::InvalidValue));
                 }
             }
-            return built;
+            return None;
         }
     };
     if unknown {
         match keys::unknown_keys(text) {
-            Ok(found) if !found.is_empty() => built.errors.extend(found),
+            Ok(found) if !found.is_empty() => errors.extend(found),
             // The schema and serde disagree: never load a file with a key
             // serde ignored.
-            _ => built.errors.push(Diagnostic::at(
+            _ => errors.push(Diagnostic::at(
                 Code::UnknownKey,
                 top.0,
                 top.1,
@@ -161,14 +257,21 @@ fn build(text: &str) -> Built {
             )),
         }
     }
-    let mut cx = Compiler {
-        errors: std::mem::take(&mut built.errors),
-        spans: Spans::default(),
+    Some((raw, top))
+}
+
+/// Where the top-level `key` is written in `text` (its first content when
+/// it cannot be found). Only asked when two files set the same key.
+fn key_at(text: &str, key: &str) -> (u64, u64) {
+    let found = match serde_saphyr::from_str::<keys::Node>(text) {
+        Ok(keys::Node::Map(entries)) => (entries.into_iter())
+            .find(|(k, _)| k.value == key)
+            .map(|(k, _)| (k.referenced.line(), k.referenced.column())),
+        _ => None,
     };
-    let policy = cx.policy(raw, top);
-    built.errors = cx.errors;
-    built.policy = Some((policy, cx.spans));
-    built
+    found
+        .or_else(|| keys::first_content(text))
+        .unwrap_or((1, 1))
 }
 
 /// A parser or type error. `fallback` is the code when the message is not
@@ -218,6 +321,20 @@ pub(crate) fn yaml_message(e: &serde_saphyr::Error) -> String {
 struct Compiler {
     errors: Vec<Diagnostic>,
     spans: Spans,
+    /// The file being compiled, which errors and rules are tagged with.
+    file: Option<Arc<str>>,
+}
+
+/// A key that may be set in one file only: the file that set it, its
+/// text (to find the key again on a conflict) and the value.
+type Once<'a, T> = Option<(Option<Arc<str>>, &'a str, T)>;
+
+/// Lists that concatenate across files, with the file they come from.
+struct Lists {
+    file: Option<Arc<str>>,
+    allow: Vec<Spanned<RawRule>>,
+    deny: Vec<Spanned<RawRule>>,
+    clients: Option<Vec<Spanned<RawClient>>>,
 }
 
 impl Compiler {
@@ -228,61 +345,125 @@ impl Compiler {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
-        self.errors.push(Diagnostic::new(code, at, message, hint));
+        let d = Diagnostic::new(code, at, message, hint).in_file(self.file.clone());
+        self.errors.push(d);
     }
 
-    fn policy(&mut self, raw: RawPolicy, top: (u64, u64)) -> Policy {
-        match &raw.version {
-            None => self.errors.push(Diagnostic::at(
-                Code::MissingKey,
-                top.0,
-                top.1,
-                "missing key `version`",
-                Some(format!("start the file with `version: {VERSION}`")),
-            )),
-            Some(v) if v.value != VERSION => self.error(
-                Code::BadVersion,
-                v.referenced,
-                format!("unsupported policy version {}", v.value),
-                Some(format!("this portcullis reads `version: {VERSION}`")),
-            ),
-            Some(_) => {}
+    /// `at` in the file being compiled, for the warnings' spans.
+    fn at(&self, at: Location) -> At {
+        At {
+            line: at.line(),
+            column: at.column(),
+            file: self.file.clone(),
         }
-        let top_mode = mode(raw.mode.as_ref()).unwrap_or_default();
-        self.spans.mode = raw.mode.as_ref().map(|m| m.referenced.into());
-        let default_ports = self.default_ports(raw.default_ports);
-        let top_message = self.deny_message(raw.deny_message);
-        let allow = self.rules(raw.allow.unwrap_or_default(), &default_ports);
-        let deny = self.rules(raw.deny.unwrap_or_default(), &Ports::Any);
-        let clients = raw
-            .clients
-            .map(|cs| self.clients(cs, &default_ports, top_mode, top_message.as_ref()));
-        let guard = match raw.ip_guard {
-            Some(g) => {
-                let blocked = match g.blocked {
-                    Some(b) => {
-                        let names_default = b.value.0.iter().any(|i| i.value.trim() == "default");
-                        self.spans.blocked = Some((b.referenced.into(), names_default));
-                        self.blocked(b)
-                    }
-                    None => default_blocked(),
-                };
-                let mut allowed = Vec::new();
-                for item in g.allowed.unwrap_or_default() {
-                    let at = item.referenced;
-                    if let Some(net) = self.net(item) {
-                        self.spans.guard_allowed.push((net, at.into()));
-                        allowed.push(net);
-                    }
-                }
-                IpGuard::new(blocked, allowed)
+    }
+
+    /// Keeps `value` in `slot` when no earlier file set `key`; when one
+    /// did, an error at this file's key naming the other file's.
+    fn once<'a, T>(
+        &mut self,
+        key: &str,
+        slot: &mut Once<'a, T>,
+        (file, text): (&Option<Arc<str>>, &'a str),
+        value: Option<T>,
+    ) {
+        let Some(value) = value else { return };
+        let Some((first_file, first_text, _)) = slot else {
+            *slot = Some((file.clone(), text, value));
+            return;
+        };
+        let (line, column) = key_at(text, key);
+        let (first_line, first_column) = key_at(first_text, key);
+        let first = At {
+            line: first_line,
+            column: first_column,
+            file: first_file.clone(),
+        };
+        self.errors.push(
+            Diagnostic::at(
+                Code::DuplicateKey,
+                line,
+                column,
+                format!(
+                    "`{key}` is set in {} and again here; each file of a policy directory may add rules and clients, but `{key}` is set in one file only",
+                    first.place()
+                ),
+                Some(format!(
+                    "keep `{key}` in one file (the platform's base file) and remove it here"
+                )),
+            )
+            .in_file(file.clone()),
+        );
+    }
+
+    fn policy(&mut self, parts: Vec<Part<'_>>) -> Policy {
+        let mut mode: Once<'_, Spanned<RawMode>> = None;
+        let mut default_ports: Once<'_, _> = None;
+        let mut deny_message: Once<'_, Text> = None;
+        let mut ip_guard: Once<'_, _> = None;
+        let mut tls: Once<'_, _> = None;
+        let mut lists = Vec::with_capacity(parts.len());
+        for part in parts {
+            self.file = part.file.clone();
+            self.version(part.raw.version.as_ref(), part.top);
+            let raw = part.raw;
+            let here = (&part.file, part.text);
+            self.once("mode", &mut mode, here, raw.mode);
+            self.once("default_ports", &mut default_ports, here, raw.default_ports);
+            self.once("deny_message", &mut deny_message, here, raw.deny_message);
+            self.once("ip_guard", &mut ip_guard, here, raw.ip_guard);
+            self.once("tls", &mut tls, here, raw.tls);
+            lists.push(Lists {
+                file: part.file,
+                allow: raw.allow.unwrap_or_default(),
+                deny: raw.deny.unwrap_or_default(),
+                clients: raw.clients,
+            });
+        }
+        let top_mode = match mode {
+            Some((file, _, m)) => {
+                self.file = file;
+                self.spans.mode = Some(self.at(m.referenced));
+                mode_of(&m)
+            }
+            None => Mode::default(),
+        };
+        let default_ports = match default_ports {
+            Some((file, _, ports)) => {
+                self.file = file;
+                self.default_ports(Some(ports))
+            }
+            None => self.default_ports(None),
+        };
+        let top_message = deny_message.and_then(|(file, _, text)| {
+            self.file = file;
+            self.deny_message(Some(text))
+        });
+        let guard = match ip_guard {
+            Some((file, _, g)) => {
+                self.file = file;
+                self.ip_guard(g)
             }
             None => IpGuard::default(),
         };
-        let tls = raw.tls.map_or_else(TlsPolicy::default, |t| TlsPolicy {
+        let tls = tls.map_or_else(TlsPolicy::default, |(_, _, t)| TlsPolicy {
             sni_must_match: t.sni_must_match.unwrap_or(true),
             ech_allowed: t.ech == Some(RawEch::Allow),
         });
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        let mut clients: Option<Vec<Client>> = None;
+        let mut seen = HashMap::new();
+        for list in lists {
+            self.file = list.file;
+            allow.extend(self.rules(list.allow, &default_ports));
+            deny.extend(self.rules(list.deny, &Ports::Any));
+            if let Some(cs) = list.clients {
+                let defaults = (&default_ports, top_mode, top_message.as_ref());
+                let more = self.clients(cs, defaults, &mut seen);
+                clients.get_or_insert_with(Vec::new).extend(more);
+            }
+        }
+        self.file = None;
         let uses_tokens = (clients.iter().flatten()).any(|c| !c.selectors.tokens.is_empty());
         let has_deny_messages =
             top_message.is_some() || (clients.iter().flatten()).any(|c| c.deny_message.is_some());
@@ -292,12 +473,55 @@ impl Compiler {
             uses_tokens,
             mode: top_mode,
             default_ports,
-            allow,
-            deny,
+            allow: RuleSet::new(allow),
+            deny: RuleSet::new(deny),
             clients,
             guard,
             tls,
         }
+    }
+
+    /// A file's `version`, which every file of a directory states.
+    fn version(&mut self, version: Option<&Spanned<i64>>, top: (u64, u64)) {
+        match version {
+            None => self.errors.push(
+                Diagnostic::at(
+                    Code::MissingKey,
+                    top.0,
+                    top.1,
+                    "missing key `version`",
+                    Some(format!("start the file with `version: {VERSION}`")),
+                )
+                .in_file(self.file.clone()),
+            ),
+            Some(v) if v.value != VERSION => self.error(
+                Code::BadVersion,
+                v.referenced,
+                format!("unsupported policy version {}", v.value),
+                Some(format!("this portcullis reads `version: {VERSION}`")),
+            ),
+            Some(_) => {}
+        }
+    }
+
+    fn ip_guard(&mut self, g: RawIpGuard) -> IpGuard {
+        let blocked = match g.blocked {
+            Some(b) => {
+                let names_default = b.value.0.iter().any(|i| i.value.trim() == "default");
+                self.spans.blocked = Some((self.at(b.referenced), names_default));
+                self.blocked(b)
+            }
+            None => default_blocked(),
+        };
+        let mut allowed = Vec::new();
+        for item in g.allowed.unwrap_or_default() {
+            let at = self.at(item.referenced);
+            if let Some(net) = self.net(item) {
+                self.spans.guard_allowed.push((net, at));
+                allowed.push(net);
+            }
+        }
+        IpGuard::new(blocked, allowed)
     }
 
     /// A `deny_message`: one line of at most [`DENY_MESSAGE_MAX`] printable
@@ -358,7 +582,8 @@ impl Compiler {
         Ports::Ranges(ranges)
     }
 
-    fn rules(&mut self, list: Vec<Spanned<RawRule>>, default_ports: &Ports) -> RuleSet {
+    /// The rules of one list in one file, in file order.
+    fn rules(&mut self, list: Vec<Spanned<RawRule>>, default_ports: &Ports) -> Vec<Rule> {
         let mut rules = Vec::with_capacity(list.len());
         for item in list {
             let Some((dest, meta)) = self.entry(item) else {
@@ -371,12 +596,13 @@ impl Compiler {
                     ports: ports.unwrap_or_else(|| default_ports.clone()),
                     line: dest.referenced.line(),
                     column: dest.referenced.column(),
+                    file: self.file.clone(),
                     meta,
                 }),
                 Err(e) => self.error(e.code, dest.referenced, e.message, e.hint),
             }
         }
-        RuleSet::new(rules)
+        rules
     }
 
     /// An entry's destination and metadata; `None` (with an error) when
@@ -424,14 +650,14 @@ impl Compiler {
         Some((dest, Some(Arc::new(meta))))
     }
 
+    /// One file's `clients`; `seen` holds where each name was defined, in
+    /// this file and the files before it.
     fn clients(
         &mut self,
         raw: Vec<Spanned<RawClient>>,
-        default_ports: &Ports,
-        top_mode: Mode,
-        top_message: Option<&Arc<str>>,
+        (default_ports, top_mode, top_message): (&Ports, Mode, Option<&Arc<str>>),
+        seen: &mut HashMap<String, At>,
     ) -> Vec<Client> {
-        let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(raw.len());
         for entry in raw {
             let at = entry.referenced;
@@ -445,24 +671,31 @@ impl Compiler {
                     "client has no name",
                     Some("name each client, e.g. `name: payments`".into()),
                 );
-            } else if !seen.insert(name.clone()) {
+            } else if let Some(first) = seen.get(&name) {
+                let message = format!(
+                    "client `{name}` is defined twice: first at {}",
+                    first.place()
+                );
                 self.error(
                     Code::DuplicateClient,
                     name_at,
-                    format!("client `{name}` is defined twice"),
-                    Some("merge the two entries".into()),
+                    message,
+                    Some("merge the two entries, or give one a new name".into()),
                 );
+            } else {
+                seen.insert(name.clone(), self.at(name_at));
             }
             let selectors = self.selectors(&c, &name, name_at);
             self.spans.clients.push(ClientSpans {
-                at: name_at.into(),
-                mode: c.mode.as_ref().map(|m| m.referenced.into()),
+                at: self.at(name_at),
+                mode: c.mode.as_ref().map(|m| self.at(m.referenced)),
             });
+            let allow = self.rules(c.allow.unwrap_or_default(), default_ports);
             out.push(Client {
                 name: Arc::from(name),
                 selectors,
-                mode: mode(c.mode.as_ref()).unwrap_or(top_mode),
-                allow: self.rules(c.allow.unwrap_or_default(), default_ports),
+                mode: c.mode.as_ref().map_or(top_mode, mode_of),
+                allow: RuleSet::new(allow),
                 deny_message: self
                     .deny_message(c.deny_message)
                     .or_else(|| top_message.cloned()),
@@ -571,11 +804,11 @@ impl Compiler {
     }
 }
 
-fn mode(raw: Option<&Spanned<RawMode>>) -> Option<Mode> {
-    raw.map(|m| match m.value {
+fn mode_of(raw: &Spanned<RawMode>) -> Mode {
+    match raw.value {
         RawMode::Enforce => Mode::Enforce,
         RawMode::Report => Mode::Report,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -648,6 +881,137 @@ mod tests {
         assert_eq!(
             codes("2027-02-01"),
             vec![(4, "expired-rule"), (6, "expired-rule")]
+        );
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    fn sources<'a>(files: &[(&'a str, &'a str)]) -> Vec<Source<'a>> {
+        (files.iter())
+            .map(|&(name, text)| Source {
+                name: Some(name),
+                text,
+            })
+            .collect()
+    }
+
+    fn problems(files: &[(&str, &str)]) -> Vec<String> {
+        let checked = check_sources(&sources(files), Date::from_days(0));
+        (checked.problems.iter())
+            .map(|d| format!("{}:{d}", d.file.as_deref().unwrap_or("-")))
+            .collect()
+    }
+
+    const BASE: &str = "version: 1\nmode: enforce\ndefault_ports: [443, 8443]\nallow:\n  - a.example\ndeny:\n  - evil.example\n";
+
+    #[test]
+    fn lists_concatenate_in_file_order_and_settings_apply_to_every_file() {
+        let team = "version: 1\nallow:\n  - b.example\nclients:\n  - name: payments\n    sources: [10.0.1.0/24]\n    allow: [pay.example]\n";
+        let compiled = compile_sources(&sources(&[("00-base.yaml", BASE), ("10-pay.yaml", team)]))
+            .expect("valid");
+        let policy = &compiled.policy;
+        let texts: Vec<&str> = policy.allow.rules().iter().map(|r| &*r.text).collect();
+        assert_eq!(texts, ["a.example", "b.example"]);
+        let b = &policy.allow.rules()[1];
+        assert_eq!(b.place(), "10-pay.yaml line 3");
+        assert_eq!(policy.allow.rules()[0].place(), "00-base.yaml line 5");
+        let clients = policy.clients.as_ref().expect("clients from the team file");
+        assert_eq!(&*clients[0].name, "payments");
+        let ip = std::net::IpAddr::from([10, 0, 1, 7]);
+        // The base file's default_ports reach the team file's rules.
+        assert!(policy.decide_str(ip, "pay.example", 8443).verdict.permits());
+        assert!(policy.decide_str(ip, "b.example", 8443).verdict.permits());
+        assert!(!policy.decide_str(ip, "evil.example", 443).verdict.permits());
+    }
+
+    #[test]
+    fn a_setting_in_two_files_is_an_error_naming_both() {
+        let other = "version: 1\nallow: [b.example]\nmode: report\n";
+        assert_eq!(
+            problems(&[("00-base.yaml", BASE), ("20-x.yaml", other)]),
+            [
+                "20-x.yaml:3:1: error[duplicate-key]: `mode` is set in 00-base.yaml line 2 and again here; each file of a policy directory may add rules and clients, but `mode` is set in one file only (hint: keep `mode` in one file (the platform's base file) and remove it here)"
+            ]
+        );
+        let guard = "version: 1\nip_guard:\n  blocked: default\n";
+        let errors = compile_sources(&sources(&[("a.yaml", guard), ("b.yaml", guard)]))
+            .expect_err("two ip_guard");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].file.as_deref(), Some("b.yaml"));
+        assert_eq!((errors[0].line, errors[0].column), (2, 1));
+        assert!(
+            errors[0].message.contains("a.yaml line 2"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn a_client_defined_in_two_files_is_an_error_naming_both() {
+        let a = "version: 1\nclients:\n  - name: payments\n    sources: [10.0.1.0/24]\n";
+        let b = "version: 1\n\nclients:\n  - name: payments\n    sources: [10.0.2.0/24]\n";
+        let got = problems(&[("10-a.yaml", a), ("20-b.yaml", b)]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("20-b.yaml:4:11: error[duplicate-client]: client `payments` is defined twice: first at 10-a.yaml line 3"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn every_file_is_checked_and_problems_name_their_file() {
+        let broken = "version: 1\nallow: [a.example\n";
+        let no_version = "allow: [b.example:0]\n";
+        let got = problems(&[
+            ("a.yaml", broken),
+            ("b.yaml", no_version),
+            ("c.yaml", "# x\n"),
+        ]);
+
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(
+            got[0].starts_with("a.yaml:2:8: error[yaml-syntax]"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("b.yaml:1:1: error[missing-key]"),
+            "{got:?}"
+        );
+        assert!(got[2].starts_with("b.yaml:1:9: error[bad-port]"), "{got:?}");
+        assert!(
+            got[3].starts_with("c.yaml:1:1: error[empty-file]"),
+            "{got:?}"
+        );
+        assert!(compile_sources(&[]).is_err(), "no file is no policy");
+    }
+
+    #[test]
+    fn warnings_and_ignore_comments_stay_in_their_file() {
+        let a =
+            "version: 1\nallow:\n  - \"*.co.uk\"  # portcullis: ignore[public-suffix-wildcard]\n";
+        let b = "version: 1\nallow:\n  - \"*.co.uk\"\n";
+        let got = problems(&[("a.yaml", a), ("b.yaml", b)]);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[0].starts_with("b.yaml:3:5: warning[duplicate-rule]"),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("b.yaml:3:5: warning[public-suffix-wildcard]"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_single_file_keeps_its_plain_positions() {
+        let compiled = compile(BASE).expect("valid");
+        let rule = &compiled.policy.allow.rules()[0];
+        assert_eq!(
+            (rule.file.as_deref(), rule.place()),
+            (None, "line 5".to_string())
         );
     }
 }
