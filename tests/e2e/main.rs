@@ -15,6 +15,7 @@ mod exposition;
 mod hostile;
 mod identity;
 mod observability;
+mod policy_dir;
 mod proxy_clients;
 mod proxy_connect;
 mod proxy_dns;
