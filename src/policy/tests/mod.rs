@@ -483,6 +483,7 @@ clients:
 }
 
 mod deny_message;
+mod directory;
 mod guard_and_clients;
 mod identity;
 mod index;
