@@ -106,9 +106,9 @@ pub enum SchemaKind {
 /// `portcullis diff` arguments.
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The policy before the change (e.g. the base branch's file).
+    /// The policy before the change (e.g. the base branch's file or directory).
     pub old: PathBuf,
-    /// The policy after the change.
+    /// The policy after the change (a file or a directory).
     pub new: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
@@ -127,7 +127,7 @@ pub enum OutputFormat {
 /// `portcullis run` arguments.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Policy file (YAML, version 1); reloaded when it changes.
+    /// Policy file (YAML, version 1), or a directory of them (every *.yaml/*.yml in it); reloaded when it changes.
     #[arg(long, env = "PORTCULLIS_POLICY", default_value = DEFAULT_POLICY)]
     pub policy: PathBuf,
     /// Explicit proxy listener (CONNECT and absolute-form HTTP).
@@ -304,7 +304,7 @@ pub enum AuditOverflow {
 /// `portcullis check` arguments.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Policy files to validate.
+    /// Policy files (or directories of them) to validate.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
     /// Output format.
@@ -318,7 +318,7 @@ pub struct CheckArgs {
 /// `portcullis explain` arguments.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// Policy file to evaluate.
+    /// Policy file (or directory of policy files) to evaluate.
     #[arg(long, env = "PORTCULLIS_POLICY")]
     pub policy: PathBuf,
     /// The client: a `clients` name (its rules), or a source address (matched as the proxy would).
@@ -341,7 +341,7 @@ pub struct ExplainArgs {
 /// `portcullis test` arguments.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Policy file the cases are run against.
+    /// Policy file (or directory of policy files) the cases are run against.
     #[arg(long, env = "PORTCULLIS_POLICY")]
     pub policy: PathBuf,
     /// Cases file: a YAML list of `{client: NAME | source: IP, dest: DEST, expect: allow|deny|report, reason: REASON}`.

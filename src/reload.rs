@@ -4,7 +4,9 @@
 //!
 //! A file written in place is taken when its writer closes it, never while
 //! it is being written (the `watch` module says which events mean "complete"); a
-//! rename-replace or a symlink swap is taken at once.
+//! rename-replace or a symlink swap is taken at once. A policy directory is
+//! taken when one of its files is, or is added or removed, and only once
+//! two reads of it agree.
 
 mod watch;
 
@@ -17,8 +19,8 @@ use std::time::Duration;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 
-use crate::policy::{Credentials, Host, Mode, Policy, diff};
-use crate::policy_file::{render, sha256_hex};
+use crate::policy::{Credentials, Host, Mode, diff};
+use crate::policy_file::{PolicyFiles, read_policy, render};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::audit::{AuditRecord, ReloadDetails};
 use crate::telemetry::{ReloadResult, Telemetry};
@@ -27,6 +29,10 @@ use watch::{Due, Events, PolicyWatch};
 /// Editors and ConfigMap swaps touch several names at once: let a burst of
 /// events land before acting on it.
 const BURST: Duration = Duration::from_millis(25);
+
+/// How many times a policy directory is read again, [`BURST`] apart, for
+/// two reads that agree before the reload gives up (and keeps the policy).
+const SETTLE_READS: usize = 20;
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +103,10 @@ impl Reloader {
             }
             match work {
                 Work::Watch(Due::Take) => reload(shared, path, Trigger::Watch, &mut gone).await,
+                // A file of a policy directory removed or renamed away is a change to take.
+                Work::Watch(Due::Recheck) if is_dir(path).await => {
+                    reload(shared, path, Trigger::Watch, &mut gone).await
+                }
                 Work::Watch(Due::Recheck) => recheck(shared, path, &mut gone).await,
                 Work::Signal => {
                     // Before the reload's own record, so that record already goes to the new file.
@@ -140,6 +150,36 @@ async fn refresh(watch: &Arc<Mutex<PolicyWatch>>) {
     }
 }
 
+async fn is_dir(path: &Path) -> bool {
+    tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir())
+}
+
+/// Reads the policy; a directory until two reads [`BURST`] apart agree, so
+/// that a change of several files (a `git pull`, an editor's save) is
+/// taken whole. A directory that never settles is a problem to report.
+fn read_settled(path: &Path) -> PolicyFiles {
+    let mut files = read_policy(path);
+    if !files.is_dir {
+        return files;
+    }
+    for _ in 0..SETTLE_READS {
+        std::thread::sleep(BURST);
+        let again = read_policy(path);
+        if again == files {
+            return again;
+        }
+        files = again;
+    }
+    files.problems.push(crate::policy::Diagnostic::at(
+        crate::policy::Code::Unreadable,
+        1,
+        1,
+        "the policy directory kept changing while it was read; the change is taken at its next event",
+        None,
+    ));
+    files
+}
+
 /// A name on the chain went away: report the policy gone if it is.
 async fn recheck(shared: &Shared, path: &Path, gone: &mut bool) {
     // Still there, a writer may be filling a new file: its close is what
@@ -164,30 +204,34 @@ fn policy_gone(shared: &Shared, path: &Path, e: &std::io::Error) {
 /// audited, and the generation stays.
 async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut bool) {
     let current = shared.policy.load_full();
-    let bytes = match tokio::fs::read(path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if !std::mem::replace(gone, true) || trigger == Trigger::Signal {
-                policy_gone(shared, path, &e);
-            }
-            return;
-        }
+    let files = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || read_settled(&path)).await
+    };
+    let files = match files {
+        Ok(files) => files,
         Err(e) => {
-            let error = format!("cannot read: {e}");
+            let error = format!("policy read panicked: {e}");
             return reload_failed(shared, path, &current, None, error);
         }
     };
+    if files.missing {
+        if !std::mem::replace(gone, true) || trigger == Trigger::Signal {
+            let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+            policy_gone(shared, path, &e);
+        }
+        return;
+    }
     *gone = false;
-    let sha = sha256_hex(&bytes);
-    if *sha == *current.sha256 {
+    let sha = (!files.files.is_empty()).then(|| files.sha256());
+    if files.problems.is_empty() && sha.as_deref() == Some(&*current.sha256) {
         return reload_unchanged(shared, path, &current, trigger);
     }
     let started = std::time::Instant::now();
     // Compiling and comparing a large policy takes a while: off the event loop, both.
     let previous = Arc::clone(&current);
     let compiled = tokio::task::spawn_blocking(move || {
-        let text = String::from_utf8_lossy(&bytes);
-        Policy::from_yaml(&text).map(|c| {
+        files.compile().map(|c| {
             let changes = diff::diff(&previous.policy, &c.policy);
             (c, changes)
         })
@@ -213,12 +257,17 @@ async fn reload(shared: &Arc<Shared>, path: &Path, trigger: Trigger, gone: &mut 
                 .map(|p| render(path, p))
                 .collect::<Vec<_>>()
                 .join("; ");
-            return reload_failed(shared, path, &current, Some(sha), summary);
+            return reload_failed(shared, path, &current, sha, summary);
         }
         Err(e) => {
             let error = format!("compiler panicked: {e}");
-            return reload_failed(shared, path, &current, Some(sha), error);
+            return reload_failed(shared, path, &current, sha, error);
         }
+    };
+    let Some(sha) = sha else {
+        // A policy compiles from at least one file; never swap in one made of none.
+        let error = "no policy file was read".to_string();
+        return reload_failed(shared, path, &current, None, error);
     };
     let generation = current.generation + 1;
     let next = Arc::new(Snapshot {
@@ -264,6 +313,7 @@ pub(crate) fn announce(
                 path = %path.display(),
                 generation,
                 rule = %rule.text,
+                file = rule.file.as_deref().unwrap_or(""),
                 line = rule.line,
                 expires = %day,
                 owner = rule.owner().unwrap_or(""),

@@ -1,4 +1,4 @@
-//! `portcullis check`: every error and warning of each policy file, with its code.
+//! `portcullis check`: every error and warning of each policy file or directory, with its code.
 
 use std::io::Write;
 use std::path::Path;
@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::cli::{CheckArgs, OutputFormat};
 use crate::cmd::exit;
 use crate::policy::{Diagnostic, Severity};
-use crate::policy_file::check_policy;
+use crate::policy_file::{check_policy, display_path};
 
 /// `portcullis check`: prints each file's problems; returns the exit code.
 pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
@@ -45,7 +45,7 @@ pub fn check(args: &CheckArgs, out: &mut impl Write) -> std::io::Result<i32> {
                 serde_json::json!({
                     "code": d.code,
                     "severity": d.severity,
-                    "file": path.display().to_string(),
+                    "file": display_path(path, d).display().to_string(),
                     "line": d.line,
                     "column": d.column,
                     "message": d.message,
@@ -84,12 +84,13 @@ fn count(problems: &[Diagnostic], severity: Severity) -> usize {
     problems.iter().filter(|d| d.severity == severity).count()
 }
 
-/// `PATH:LINE:COLUMN: severity[CODE]: message`, then `  hint: ...` on its own line.
+/// `PATH:LINE:COLUMN: severity[CODE]: message`, then `  hint: ...` on its
+/// own line; in a policy directory, PATH is the problem's file.
 fn write_problem(out: &mut impl Write, path: &Path, d: &Diagnostic) -> std::io::Result<()> {
     writeln!(
         out,
         "{}:{}:{}: {}[{}]: {}",
-        path.display(),
+        display_path(path, d).display(),
         d.line,
         d.column,
         d.severity.as_str(),

@@ -207,13 +207,14 @@ fn client_line(policy: &Policy, asker: &Asker<'_>) -> String {
     }
 }
 
-/// `TEXT (deny rule, line L, column C)`.
+/// `TEXT (deny rule, line L, column C)`; in a policy directory
+/// `TEXT (deny rule, FILE line L, column C)`.
 fn rule_line(r: &Placed<'_>) -> String {
     format!(
-        "{} ({}, line {}, column {})",
+        "{} ({}, {}, column {})",
         r.rule.text,
         r.kind(),
-        r.rule.line,
+        r.rule.place(),
         r.rule.column
     )
 }
@@ -223,6 +224,7 @@ fn placed_json(r: &Placed<'_>) -> serde_json::Value {
         "text": &*r.rule.text,
         "list": r.list.as_str(),
         "ports": r.rule.ports.to_string(),
+        "file": r.rule.file.as_deref(),
         "line": r.rule.line,
         "column": r.rule.column,
         "owner": r.rule.owner(),

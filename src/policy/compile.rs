@@ -1,6 +1,6 @@
 //! Raw YAML -> `Policy`: validate, normalise every pattern once, and collect every error.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -10,9 +10,9 @@ use super::date::Date;
 use super::identity::{self, CertName, Selectors, TokenDigest};
 use super::ignore::Ignores;
 use super::ip_guard::{default_blocked, forbidden_private, parse_net};
-use super::lint::{self, ClientSpans, Spans};
+use super::lint::{self, At, ClientSpans, Spans};
 use super::pattern::{Ports, parse_destination, valid_port};
-use super::raw::{RawClient, RawEch, RawMode, RawPolicy, RawRule, Text};
+use super::raw::{RawClient, RawEch, RawIpGuard, RawMode, RawPolicy, RawRule, Text};
 use super::ruleset::{Rule, RuleMeta, RuleSet};
 use super::{Client, IpGuard, Mode, Policy, TlsPolicy, keys};
 
@@ -26,6 +26,16 @@ pub const DENY_MESSAGE_MAX: usize = 200;
 
 pub use super::diagnostic::{Code, Diagnostic, Severity};
 
+/// One file of a policy: its name inside the policy directory (`None` for
+/// a policy that is one file) and its text.
+#[derive(Clone, Copy, Debug)]
+pub struct Source<'a> {
+    /// The file's name inside the directory, which diagnostics and rules carry.
+    pub name: Option<&'a str>,
+    /// The file's YAML.
+    pub text: &'a str,
+}
+
 /// A policy that compiled. Its warnings are worked out on demand: `check`
 /// and start-up want them, a hot reload does not wait for them.
 #[derive(Debug)]
@@ -33,7 +43,7 @@ pub struct Compiled {
     /// The compiled policy.
     pub policy: Policy,
     spans: Spans,
-    ignores: Ignores,
+    ignores: FileIgnores,
 }
 
 impl Compiled {
@@ -43,7 +53,7 @@ impl Compiled {
         let mut out = self
             .ignores
             .apply(lint::lint(&self.policy, &self.spans, today));
-        out.sort_by_key(|d| (d.line, d.column));
+        out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         out
     }
 }
@@ -62,14 +72,19 @@ pub struct Checked {
 /// did compile; only a text that is not YAML, or a value of the wrong type,
 /// stops the check early. `today` decides which rules have expired.
 pub fn check(text: &str, today: Date) -> Checked {
-    let built = build(text);
+    check_sources(&[Source { name: None, text }], today)
+}
+
+/// [`check`] for a policy made of several files (a policy directory).
+pub fn check_sources(sources: &[Source<'_>], today: Date) -> Checked {
+    let built = build(sources);
     let mut problems = built.errors;
     let warnings = built
         .policy
         .as_ref()
         .map(|(policy, spans)| built.ignores.apply(lint::lint(policy, spans, today)));
     problems.extend(warnings.into_iter().flatten());
-    problems.sort_by_key(|d| (d.line, d.column));
+    problems.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     let compiled = match built.policy {
         Some((policy, spans)) if problems.iter().all(|d| d.severity == Severity::Warning) => {
             Some(Compiled {
@@ -85,7 +100,14 @@ pub fn check(text: &str, today: Date) -> Checked {
 
 /// Parses and compiles a policy file's text, collecting every error (sorted by position).
 pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
-    let built = build(text);
+    compile_sources(&[Source { name: None, text }])
+}
+
+/// [`compile`] for a policy made of several files, in the order given:
+/// `allow`, `deny` and `clients` concatenate; `mode`, `default_ports`,
+/// `ip_guard`, `tls` and `deny_message` may each be set in one file only.
+pub fn compile_sources(sources: &[Source<'_>]) -> Result<Compiled, Vec<Diagnostic>> {
+    let built = build(sources);
     match built.policy {
         Some((policy, spans)) if built.errors.is_empty() => Ok(Compiled {
             policy,
@@ -94,36 +116,110 @@ pub fn compile(text: &str) -> Result<Compiled, Vec<Diagnostic>> {
         }),
         _ => {
             let mut errors = built.errors;
-            errors.sort_by_key(|d| (d.line, d.column));
+            errors.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
             Err(errors)
         }
     }
 }
 
-/// What one pass over a policy text produced: its errors, and the policy
-/// made of everything that did compile (`None` when the text's structure
-/// could not be read at all).
+/// What one pass over a policy's files produced: their errors, and the
+/// policy made of everything that did compile (`None` when some file's
+/// structure could not be read at all).
 struct Built {
     policy: Option<(Policy, Spans)>,
     errors: Vec<Diagnostic>,
-    ignores: Ignores,
+    ignores: FileIgnores,
 }
 
-fn build(text: &str) -> Built {
+/// The ignore comments of each file.
+#[derive(Debug, Default)]
+struct FileIgnores(Vec<(Option<Arc<str>>, Ignores)>);
+
+impl FileIgnores {
+    /// `diags` less those a comment in their own file silences, plus the
+    /// comments that name no code.
+    fn apply(&self, diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+        let silenced = |d: &Diagnostic| {
+            (self.0.iter()).any(|(file, ignores)| *file == d.file && ignores.silences(d))
+        };
+        let mut out: Vec<Diagnostic> = diags.into_iter().filter(|d| !silenced(d)).collect();
+        for (file, ignores) in &self.0 {
+            out.extend((ignores.apply(Vec::new()).into_iter()).map(|d| d.in_file(file.clone())));
+        }
+        out
+    }
+}
+
+/// One file's parsed YAML.
+struct Part<'a> {
+    file: Option<Arc<str>>,
+    text: &'a str,
+    raw: RawPolicy,
+    /// Where its first content is.
+    top: (u64, u64),
+}
+
+fn build(sources: &[Source<'_>]) -> Built {
     let mut built = Built {
         policy: None,
         errors: Vec::new(),
-        ignores: Ignores::scan(text),
+        ignores: FileIgnores::default(),
     };
-    let Some(top) = keys::first_content(text) else {
+    if sources.is_empty() {
+        // Never an empty policy that denies everything without saying why.
         built.errors.push(Diagnostic::at(
+            Code::EmptyFile,
+            1,
+            1,
+            "no policy file: the policy directory holds no `*.yaml` or `*.yml` file",
+            Some("add a file that starts with `version: 1`".to_string()),
+        ));
+        return built;
+    }
+    let mut parts = Vec::with_capacity(sources.len());
+    for source in sources {
+        let file: Option<Arc<str>> = source.name.map(Arc::from);
+        built
+            .ignores
+            .0
+            .push((file.clone(), Ignores::scan(source.text)));
+        let mut errors = Vec::new();
+        if let Some((raw, top)) = parse(source.text, &mut errors) {
+            parts.push(Part {
+                file: file.clone(),
+                text: source.text,
+                raw,
+                top,
+            });
+        }
+        (built.errors).extend(errors.into_iter().map(|d| d.in_file(file.clone())));
+    }
+    // The files that parsed are compiled even when another did not, for
+    // their errors; the policy is only whole when every file parsed.
+    let whole = parts.len() == sources.len();
+    let mut cx = Compiler {
+        errors: std::mem::take(&mut built.errors),
+        spans: Spans::default(),
+        file: None,
+    };
+    let policy = cx.policy(parts);
+    built.errors = cx.errors;
+    built.policy = whole.then_some((policy, cx.spans));
+    built
+}
+
+/// One file's text as the serde mirror, with the place of its first
+/// content; `None` when its structure cannot be read (the reasons are in `errors`).
+fn parse(text: &str, errors: &mut Vec<Diagnostic>) -> Option<(RawPolicy, (u64, u64))> {
+    let Some(top) = keys::first_content(text) else {
+        errors.push(Diagnostic::at(
             Code::EmptyFile,
             1,
             1,
             "the policy file holds no YAML document, only comments or blank lines",
             Some("start with `version: 1` and an `allow:` list".to_string()),
         ));
-        return built;
+        return None;
     };
     // One parse when all is well: unknown keys are only noticed here, and
     // located by a second reading when there are some.
@@ -136,23 +232,23 @@ fn build(text: &str) -> Built {
         Err(e) => {
             match keys::unknown_keys(text) {
                 // Not YAML at all: the plain tree does not parse either.
-                Err(syntax) => built.errors.push(yaml_error(&syntax, Code::YamlSyntax)),
+                Err(syntax) => errors.push(yaml_error(&syntax, Code::YamlSyntax)),
                 // A value of the wrong type: the shape past it is unknown,
                 // but every unknown key is still worth reporting.
                 Ok(found) => {
-                    built.errors.extend(found);
-                    built.errors.push(yaml_error(&e, Code::InvalidValue));
+                    errors.extend(found);
+                    errors.push(yaml_error(&e, Code::InvalidValue));
                 }
             }
-            return built;
+            return None;
         }
     };
     if unknown {
         match keys::unknown_keys(text) {
-            Ok(found) if !found.is_empty() => built.errors.extend(found),
+            Ok(found) if !found.is_empty() => errors.extend(found),
             // The schema and serde disagree: never load a file with a key
             // serde ignored.
-            _ => built.errors.push(Diagnostic::at(
+            _ => errors.push(Diagnostic::at(
                 Code::UnknownKey,
                 top.0,
                 top.1,
@@ -161,14 +257,21 @@ fn build(text: &str) -> Built {
             )),
         }
     }
-    let mut cx = Compiler {
-        errors: std::mem::take(&mut built.errors),
-        spans: Spans::default(),
+    Some((raw, top))
+}
+
+/// Where the top-level `key` is written in `text` (its first content when
+/// it cannot be found). Only asked when two files set the same key.
+fn key_at(text: &str, key: &str) -> (u64, u64) {
+    let found = match serde_saphyr::from_str::<keys::Node>(text) {
+        Ok(keys::Node::Map(entries)) => (entries.into_iter())
+            .find(|(k, _)| k.value == key)
+            .map(|(k, _)| (k.referenced.line(), k.referenced.column())),
+        _ => None,
     };
-    let policy = cx.policy(raw, top);
-    built.errors = cx.errors;
-    built.policy = Some((policy, cx.spans));
-    built
+    found
+        .or_else(|| keys::first_content(text))
+        .unwrap_or((1, 1))
 }
 
 /// A parser or type error. `fallback` is the code when the message is not
@@ -218,6 +321,20 @@ pub(crate) fn yaml_message(e: &serde_saphyr::Error) -> String {
 struct Compiler {
     errors: Vec<Diagnostic>,
     spans: Spans,
+    /// The file being compiled, which errors and rules are tagged with.
+    file: Option<Arc<str>>,
+}
+
+/// A key that may be set in one file only: the file that set it, its
+/// text (to find the key again on a conflict) and the value.
+type Once<'a, T> = Option<(Option<Arc<str>>, &'a str, T)>;
+
+/// Lists that concatenate across files, with the file they come from.
+struct Lists {
+    file: Option<Arc<str>>,
+    allow: Vec<Spanned<RawRule>>,
+    deny: Vec<Spanned<RawRule>>,
+    clients: Option<Vec<Spanned<RawClient>>>,
 }
 
 impl Compiler {
@@ -228,61 +345,125 @@ impl Compiler {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
-        self.errors.push(Diagnostic::new(code, at, message, hint));
+        let d = Diagnostic::new(code, at, message, hint).in_file(self.file.clone());
+        self.errors.push(d);
     }
 
-    fn policy(&mut self, raw: RawPolicy, top: (u64, u64)) -> Policy {
-        match &raw.version {
-            None => self.errors.push(Diagnostic::at(
-                Code::MissingKey,
-                top.0,
-                top.1,
-                "missing key `version`",
-                Some(format!("start the file with `version: {VERSION}`")),
-            )),
-            Some(v) if v.value != VERSION => self.error(
-                Code::BadVersion,
-                v.referenced,
-                format!("unsupported policy version {}", v.value),
-                Some(format!("this portcullis reads `version: {VERSION}`")),
-            ),
-            Some(_) => {}
+    /// `at` in the file being compiled, for the warnings' spans.
+    fn at(&self, at: Location) -> At {
+        At {
+            line: at.line(),
+            column: at.column(),
+            file: self.file.clone(),
         }
-        let top_mode = mode(raw.mode.as_ref()).unwrap_or_default();
-        self.spans.mode = raw.mode.as_ref().map(|m| m.referenced.into());
-        let default_ports = self.default_ports(raw.default_ports);
-        let top_message = self.deny_message(raw.deny_message);
-        let allow = self.rules(raw.allow.unwrap_or_default(), &default_ports, List::Allow);
-        let deny = self.rules(raw.deny.unwrap_or_default(), &Ports::Any, List::Deny);
-        let clients = raw
-            .clients
-            .map(|cs| self.clients(cs, &default_ports, top_mode, top_message.as_ref()));
-        let guard = match raw.ip_guard {
-            Some(g) => {
-                let blocked = match g.blocked {
-                    Some(b) => {
-                        let names_default = b.value.0.iter().any(|i| i.value.trim() == "default");
-                        self.spans.blocked = Some((b.referenced.into(), names_default));
-                        self.blocked(b)
-                    }
-                    None => default_blocked(),
-                };
-                let mut allowed = Vec::new();
-                for item in g.allowed.unwrap_or_default() {
-                    let at = item.referenced;
-                    if let Some(net) = self.net(item) {
-                        self.spans.guard_allowed.push((net, at.into()));
-                        allowed.push(net);
-                    }
-                }
-                IpGuard::new(blocked, allowed)
+    }
+
+    /// Keeps `value` in `slot` when no earlier file set `key`; when one
+    /// did, an error at this file's key naming the other file's.
+    fn once<'a, T>(
+        &mut self,
+        key: &str,
+        slot: &mut Once<'a, T>,
+        (file, text): (&Option<Arc<str>>, &'a str),
+        value: Option<T>,
+    ) {
+        let Some(value) = value else { return };
+        let Some((first_file, first_text, _)) = slot else {
+            *slot = Some((file.clone(), text, value));
+            return;
+        };
+        let (line, column) = key_at(text, key);
+        let (first_line, first_column) = key_at(first_text, key);
+        let first = At {
+            line: first_line,
+            column: first_column,
+            file: first_file.clone(),
+        };
+        self.errors.push(
+            Diagnostic::at(
+                Code::DuplicateKey,
+                line,
+                column,
+                format!(
+                    "`{key}` is set in {} and again here; each file of a policy directory may add rules and clients, but `{key}` is set in one file only",
+                    first.place()
+                ),
+                Some(format!(
+                    "keep `{key}` in one file (the platform's base file) and remove it here"
+                )),
+            )
+            .in_file(file.clone()),
+        );
+    }
+
+    fn policy(&mut self, parts: Vec<Part<'_>>) -> Policy {
+        let mut mode: Once<'_, Spanned<RawMode>> = None;
+        let mut default_ports: Once<'_, _> = None;
+        let mut deny_message: Once<'_, Text> = None;
+        let mut ip_guard: Once<'_, _> = None;
+        let mut tls: Once<'_, _> = None;
+        let mut lists = Vec::with_capacity(parts.len());
+        for part in parts {
+            self.file = part.file.clone();
+            self.version(part.raw.version.as_ref(), part.top);
+            let raw = part.raw;
+            let here = (&part.file, part.text);
+            self.once("mode", &mut mode, here, raw.mode);
+            self.once("default_ports", &mut default_ports, here, raw.default_ports);
+            self.once("deny_message", &mut deny_message, here, raw.deny_message);
+            self.once("ip_guard", &mut ip_guard, here, raw.ip_guard);
+            self.once("tls", &mut tls, here, raw.tls);
+            lists.push(Lists {
+                file: part.file,
+                allow: raw.allow.unwrap_or_default(),
+                deny: raw.deny.unwrap_or_default(),
+                clients: raw.clients,
+            });
+        }
+        let top_mode = match mode {
+            Some((file, _, m)) => {
+                self.file = file;
+                self.spans.mode = Some(self.at(m.referenced));
+                mode_of(&m)
+            }
+            None => Mode::default(),
+        };
+        let default_ports = match default_ports {
+            Some((file, _, ports)) => {
+                self.file = file;
+                self.default_ports(Some(ports))
+            }
+            None => self.default_ports(None),
+        };
+        let top_message = deny_message.and_then(|(file, _, text)| {
+            self.file = file;
+            self.deny_message(Some(text))
+        });
+        let guard = match ip_guard {
+            Some((file, _, g)) => {
+                self.file = file;
+                self.ip_guard(g)
             }
             None => IpGuard::default(),
         };
-        let tls = raw.tls.map_or_else(TlsPolicy::default, |t| TlsPolicy {
+        let tls = tls.map_or_else(TlsPolicy::default, |(_, _, t)| TlsPolicy {
             sni_must_match: t.sni_must_match.unwrap_or(true),
             ech_allowed: t.ech == Some(RawEch::Allow),
         });
+        let (mut allow, mut deny) = (Vec::new(), Vec::new());
+        let mut clients: Option<Vec<Client>> = None;
+        let mut seen = HashMap::new();
+        for list in lists {
+            self.file = list.file;
+            allow.extend(self.rules(list.allow, &default_ports, List::Allow));
+            deny.extend(self.rules(list.deny, &Ports::Any, List::Deny));
+            if let Some(cs) = list.clients {
+                let defaults = (&default_ports, top_mode, top_message.as_ref());
+                let more = self.clients(cs, defaults, &mut seen);
+                clients.get_or_insert_with(Vec::new).extend(more);
+            }
+        }
+        self.file = None;
         let uses_tokens = (clients.iter().flatten()).any(|c| !c.selectors.tokens.is_empty());
         let has_deny_messages =
             top_message.is_some() || (clients.iter().flatten()).any(|c| c.deny_message.is_some());
@@ -292,12 +473,55 @@ impl Compiler {
             uses_tokens,
             mode: top_mode,
             default_ports,
-            allow,
-            deny,
+            allow: RuleSet::new(allow),
+            deny: RuleSet::new(deny),
             clients,
             guard,
             tls,
         }
+    }
+
+    /// A file's `version`, which every file of a directory states.
+    fn version(&mut self, version: Option<&Spanned<i64>>, top: (u64, u64)) {
+        match version {
+            None => self.errors.push(
+                Diagnostic::at(
+                    Code::MissingKey,
+                    top.0,
+                    top.1,
+                    "missing key `version`",
+                    Some(format!("start the file with `version: {VERSION}`")),
+                )
+                .in_file(self.file.clone()),
+            ),
+            Some(v) if v.value != VERSION => self.error(
+                Code::BadVersion,
+                v.referenced,
+                format!("unsupported policy version {}", v.value),
+                Some(format!("this portcullis reads `version: {VERSION}`")),
+            ),
+            Some(_) => {}
+        }
+    }
+
+    fn ip_guard(&mut self, g: RawIpGuard) -> IpGuard {
+        let blocked = match g.blocked {
+            Some(b) => {
+                let names_default = b.value.0.iter().any(|i| i.value.trim() == "default");
+                self.spans.blocked = Some((self.at(b.referenced), names_default));
+                self.blocked(b)
+            }
+            None => default_blocked(),
+        };
+        let mut allowed = Vec::new();
+        for item in g.allowed.unwrap_or_default() {
+            let at = self.at(item.referenced);
+            if let Some(net) = self.net(item) {
+                self.spans.guard_allowed.push((net, at));
+                allowed.push(net);
+            }
+        }
+        IpGuard::new(blocked, allowed)
     }
 
     /// A `deny_message`: one line of at most [`DENY_MESSAGE_MAX`] printable
@@ -358,7 +582,13 @@ impl Compiler {
         Ports::Ranges(ranges)
     }
 
-    fn rules(&mut self, list: Vec<Spanned<RawRule>>, default_ports: &Ports, kind: List) -> RuleSet {
+    /// The rules of one list in one file, in file order.
+    fn rules(
+        &mut self,
+        list: Vec<Spanned<RawRule>>,
+        default_ports: &Ports,
+        kind: List,
+    ) -> Vec<Rule> {
         let mut rules = Vec::with_capacity(list.len());
         for item in list {
             let Some((dest, meta)) = self.entry(item, kind) else {
@@ -371,12 +601,13 @@ impl Compiler {
                     ports: ports.unwrap_or_else(|| default_ports.clone()),
                     line: dest.referenced.line(),
                     column: dest.referenced.column(),
+                    file: self.file.clone(),
                     meta,
                 }),
                 Err(e) => self.error(e.code, dest.referenced, e.message, e.hint),
             }
         }
-        RuleSet::new(rules)
+        rules
     }
 
     /// An entry's destination and metadata; `None` (with an error) when
@@ -462,14 +693,14 @@ impl Compiler {
         (!nets.is_empty()).then(|| nets.into())
     }
 
+    /// One file's `clients`; `seen` holds where each name was defined, in
+    /// this file and the files before it.
     fn clients(
         &mut self,
         raw: Vec<Spanned<RawClient>>,
-        default_ports: &Ports,
-        top_mode: Mode,
-        top_message: Option<&Arc<str>>,
+        (default_ports, top_mode, top_message): (&Ports, Mode, Option<&Arc<str>>),
+        seen: &mut HashMap<String, At>,
     ) -> Vec<Client> {
-        let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(raw.len());
         for entry in raw {
             let at = entry.referenced;
@@ -483,24 +714,31 @@ impl Compiler {
                     "client has no name",
                     Some("name each client, e.g. `name: payments`".into()),
                 );
-            } else if !seen.insert(name.clone()) {
+            } else if let Some(first) = seen.get(&name) {
+                let message = format!(
+                    "client `{name}` is defined twice: first at {}",
+                    first.place()
+                );
                 self.error(
                     Code::DuplicateClient,
                     name_at,
-                    format!("client `{name}` is defined twice"),
-                    Some("merge the two entries".into()),
+                    message,
+                    Some("merge the two entries, or give one a new name".into()),
                 );
+            } else {
+                seen.insert(name.clone(), self.at(name_at));
             }
             let selectors = self.selectors(&c, &name, name_at);
             self.spans.clients.push(ClientSpans {
-                at: name_at.into(),
-                mode: c.mode.as_ref().map(|m| m.referenced.into()),
+                at: self.at(name_at),
+                mode: c.mode.as_ref().map(|m| self.at(m.referenced)),
             });
+            let allow = self.rules(c.allow.unwrap_or_default(), default_ports, List::Allow);
             out.push(Client {
                 name: Arc::from(name),
                 selectors,
-                mode: mode(c.mode.as_ref()).unwrap_or(top_mode),
-                allow: self.rules(c.allow.unwrap_or_default(), default_ports, List::Allow),
+                mode: c.mode.as_ref().map_or(top_mode, mode_of),
+                allow: RuleSet::new(allow),
                 deny_message: self
                     .deny_message(c.deny_message)
                     .or_else(|| top_message.cloned()),
@@ -616,11 +854,11 @@ enum List {
     Deny,
 }
 
-fn mode(raw: Option<&Spanned<RawMode>>) -> Option<Mode> {
-    raw.map(|m| match m.value {
+fn mode_of(raw: &Spanned<RawMode>) -> Mode {
+    match raw.value {
         RawMode::Enforce => Mode::Enforce,
         RawMode::Report => Mode::Report,
-    })
+    }
 }
 
 #[cfg(test)]

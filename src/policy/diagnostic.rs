@@ -1,6 +1,7 @@
 //! What `check` reports: a problem's stable code, its severity, where it is and how to fix it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_saphyr::Location;
 
@@ -147,6 +148,10 @@ impl serde::Serialize for Code {
 pub struct Diagnostic {
     /// The stable name of the problem.
     pub code: Code,
+    /// The file it is in, by its name inside the policy directory; `None`
+    /// for a policy that is one file (the caller knows its path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<Arc<str>>,
     /// Error or warning (follows from the code).
     pub severity: Severity,
     /// 1-based line (0 when unknown).
@@ -180,12 +185,26 @@ impl Diagnostic {
     ) -> Self {
         Diagnostic {
             code,
+            file: None,
             severity: code.severity(),
             line,
             column,
             message: message.into(),
             hint: hint.into(),
         }
+    }
+}
+
+impl Diagnostic {
+    /// The same problem, placed in `file` (a name inside the policy directory).
+    pub fn in_file(mut self, file: Option<Arc<str>>) -> Self {
+        self.file = file;
+        self
+    }
+
+    /// The order problems are listed in: by file (directory order), then position.
+    pub fn sort_key(&self) -> (Option<&str>, u64, u64) {
+        (self.file.as_deref(), self.line, self.column)
     }
 }
 

@@ -51,14 +51,15 @@ impl Placed<'_> {
 }
 
 impl fmt::Display for Placed<'_> {
-    /// ``allow rule `api.stripe.com` (line 4)``
+    /// ``allow rule `api.stripe.com` (line 4)``, or
+    /// ``(20-payments.yaml line 4)`` when the policy is a directory.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} `{}` (line {})",
+            "{} `{}` ({})",
             self.kind(),
             self.rule.text,
-            self.rule.line
+            self.rule.place()
         )
     }
 }
@@ -99,12 +100,7 @@ impl Explanation<'_> {
         }
         if self.rule.is_none() && !self.other_ports.is_empty() {
             let by: Vec<String> = (self.other_ports.iter())
-                .map(|p| {
-                    format!(
-                        "{} by `{}` (line {})",
-                        p.rule.ports, p.rule.text, p.rule.line
-                    )
-                })
+                .map(|p| format!("{} by `{}` ({})", p.rule.ports, p.rule.text, p.rule.place()))
                 .collect();
             s.push_str(&format!(" ({})", by.join("; ")));
         }

@@ -23,6 +23,9 @@ pub struct Rule {
     pub line: u64,
     /// 1-based column in the file.
     pub column: u64,
+    /// The file it is written in, by its name inside the policy directory;
+    /// `None` for a policy that is one file.
+    pub file: Option<Arc<str>>,
     /// Owner, ticket, expiry and note, when the rule is written as a mapping.
     pub meta: Option<Arc<RuleMeta>>,
 }
@@ -43,6 +46,15 @@ pub struct RuleMeta {
 }
 
 impl Rule {
+    /// Where the rule is written, for people: `line 4`, or
+    /// `20-payments.yaml line 4` when the policy is a directory.
+    pub fn place(&self) -> String {
+        match &self.file {
+            Some(file) => format!("{file} line {}", self.line),
+            None => format!("line {}", self.line),
+        }
+    }
+
     /// Who owns the rule, when the file says.
     pub fn owner(&self) -> Option<&str> {
         self.meta.as_ref()?.owner.as_deref()

@@ -1,5 +1,6 @@
 //! The policy watch: which directories to watch (the path's symlink chain,
-//! re-resolved after every change) and which file events mean "the file is
+//! re-resolved after every change; for a policy directory, the chain of
+//! each of its policy files too) and which file events mean "the file is
 //! complete, take it".
 
 use std::collections::{HashMap, HashSet};
@@ -128,6 +129,12 @@ pub(super) fn chain(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 struct Pending {
     /// The chain entries, as of the last [`PolicyWatch::refresh`].
     entries: HashSet<PathBuf>,
+    /// When the policy is a directory: that directory, resolved. An event
+    /// on any policy file name in it counts (a file added is no entry yet).
+    dir: Option<PathBuf>,
+    /// Files of the policy directory written in place and not closed yet:
+    /// nothing is taken while one is (see [`Events::due`]).
+    writing: HashSet<PathBuf>,
     take: bool,
     recheck: bool,
     /// Events were lost (the kernel queue overflowed).
@@ -162,10 +169,19 @@ impl Events {
         self.lock().settle_at
     }
 
-    /// Takes what the events since the last call asked for.
+    /// Takes what the events since the last call asked for. While a file of
+    /// a policy directory is being written in place, nothing is due until
+    /// its writer closes it, or it has had no write for [`SETTLE`]: the
+    /// other files are never taken beside half of it.
     pub(super) fn due(&self) -> Option<Due> {
         let now = Instant::now();
         let mut p = self.lock();
+        if !p.writing.is_empty() {
+            if p.settle_at.is_some_and(|at| at > now) {
+                return None;
+            }
+            p.writing.clear();
+        }
         if p.lost {
             p.lost = false;
             tracing::warn!("policy watch events were lost; send SIGHUP if a change is not taken");
@@ -202,12 +218,11 @@ impl Events {
         }
         let relevant: Vec<&PathBuf> = {
             let p = self.lock();
-            event
-                .paths
-                .iter()
-                .filter(|e| p.entries.contains(*e))
+            (event.paths.iter())
+                .filter(|e| p.entries.contains(*e) || in_policy_dir(p.dir.as_deref(), e))
                 .collect()
         };
+        self.track_writers(&event.kind, &relevant);
         let action =
             (relevant.iter()).find_map(|path| classify(&event.kind, || is_link_or_dir(path)));
         let Some(action) = action else { return };
@@ -220,6 +235,38 @@ impl Events {
         drop(p);
         self.wake.notify_one();
     }
+}
+
+impl Events {
+    /// Notes which files of a policy directory a writer has open, from the
+    /// events on them: data written or a regular file created opens one, its
+    /// close, removal or rename away closes it.
+    fn track_writers(&self, kind: &EventKind, paths: &[&PathBuf]) {
+        let mut p = self.lock();
+        let Some(dir) = p.dir.clone() else { return };
+        for &path in paths.iter().filter(|e| in_policy_dir(Some(&dir), e)) {
+            match kind {
+                EventKind::Modify(ModifyKind::Data(_)) => {}
+                EventKind::Create(CreateKind::File) if !is_link_or_dir(path) => {}
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(_)) => {
+                    p.writing.remove(path);
+                    continue;
+                }
+                _ => continue,
+            }
+            p.writing.insert(path.clone());
+            p.settle_at = Some(Instant::now() + SETTLE);
+        }
+    }
+}
+
+/// Whether `path` names a policy file directly in the policy directory `dir`.
+fn in_policy_dir(dir: Option<&Path>, path: &Path) -> bool {
+    dir.is_some_and(|dir| path.parent() == Some(dir))
+        && (path.file_name().and_then(|n| n.to_str()))
+            .is_some_and(crate::policy_file::is_policy_name)
 }
 
 fn is_link_or_dir(path: &Path) -> bool {
@@ -264,12 +311,18 @@ impl PolicyWatch {
     /// Blocking: call it off the event loops, and before reading the file,
     /// so that no change after the read goes unseen.
     pub(super) fn refresh(&mut self) {
-        let entries = match chain(&self.path) {
+        let mut entries = match chain(&self.path) {
             Ok(entries) => entries,
             Err(e) => {
                 return tracing::warn!(path = %self.path.display(), error = %e, "cannot resolve the policy path; watching what was watched");
             }
         };
+        let dir = (entries.last())
+            .filter(|last| std::fs::symlink_metadata(last).is_ok_and(|m| m.is_dir()))
+            .cloned();
+        if let Some(dir) = &dir {
+            entries.extend(policy_file_chains(dir));
+        }
         let dirs: HashMap<PathBuf, (u64, u64)> = (entries.iter())
             .filter_map(|e| e.parent())
             .filter_map(|d| {
@@ -280,7 +333,10 @@ impl PolicyWatch {
             })
             .collect();
         // Entries first: an event in a directory watched below must count.
-        self.events.lock().entries = entries.into_iter().collect();
+        let mut p = self.events.lock();
+        p.entries = entries.into_iter().collect();
+        p.dir = dir;
+        drop(p);
         let watcher = &mut self.watcher;
         self.watched.retain(|dir, id| {
             let keep = dirs.get(dir) == Some(id);
@@ -304,6 +360,28 @@ impl PolicyWatch {
             }
         }
     }
+}
+
+/// The chains of the policy files directly in `dir` (the links of a
+/// ConfigMap mount lead through `..data` into a hidden directory).
+fn policy_file_chains(dir: &Path) -> Vec<PathBuf> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in read.flatten() {
+        let name = entry.file_name();
+        if !(name.to_str()).is_some_and(crate::policy_file::is_policy_name) {
+            continue;
+        }
+        let path = dir.join(&name);
+        match chain(&path) {
+            Ok(links) => out.extend(links),
+            // A loop: the file itself still counts; the reload reports it.
+            Err(_) => out.push(path),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod exposition;
 mod hostile;
 mod identity;
 mod observability;
+mod policy_dir;
 mod private_endpoint;
 mod proxy_clients;
 mod proxy_connect;

@@ -133,6 +133,7 @@ fn without_implied(moved: Vec<(Moved, &Pattern)>) -> Vec<Moved> {
                 ports: Ports::Any,
                 line: 0,
                 column: 0,
+                file: None,
                 meta: None,
             })
             .collect(),

@@ -173,7 +173,7 @@ pub(crate) struct Spans {
 }
 
 /// Where one client is written.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct ClientSpans {
     /// The client's entry (its first key).
     pub(crate) at: At,
@@ -181,18 +181,20 @@ pub(crate) struct ClientSpans {
     pub(crate) mode: Option<At>,
 }
 
-/// A 1-based line and column.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A 1-based line and column, and the file of a policy directory it is in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct At {
     pub(crate) line: u64,
     pub(crate) column: u64,
+    pub(crate) file: Option<std::sync::Arc<str>>,
 }
 
-impl From<serde_saphyr::Location> for At {
-    fn from(l: serde_saphyr::Location) -> At {
-        At {
-            line: l.line(),
-            column: l.column(),
+impl At {
+    /// `line 4`, or `20-payments.yaml line 4` in a policy directory.
+    pub(crate) fn place(&self) -> String {
+        match &self.file {
+            Some(file) => format!("{file} line {}", self.line),
+            None => format!("line {}", self.line),
         }
     }
 }
@@ -203,7 +205,7 @@ pub(crate) fn lint(policy: &Policy, spans: &Spans, today: Date) -> Vec<Diagnosti
     rules::lint(policy, &mut out);
     reach::lint(policy, spans, &mut out);
     expired(policy, today, &mut out);
-    out.sort_by_key(|d| (d.line, d.column));
+    out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     out
 }
 
@@ -223,19 +225,22 @@ fn expired(policy: &Policy, today: Date, out: &mut Vec<Diagnostic>) {
             true => String::new(),
             false => format!(" ({})", whose.join(", ")),
         };
-        out.push(Diagnostic::at(
-            Code::ExpiredRule,
-            rule.line,
-            rule.column,
-            format!(
-                "`{}`{whose} expired on {day}; it is still enforced",
-                rule.text
-            ),
-            Some(
-                "remove the rule if it is no longer needed, or move `expires` to a later day"
-                    .into(),
-            ),
-        ));
+        out.push(
+            Diagnostic::at(
+                Code::ExpiredRule,
+                rule.line,
+                rule.column,
+                format!(
+                    "`{}`{whose} expired on {day}; it is still enforced",
+                    rule.text
+                ),
+                Some(
+                    "remove the rule if it is no longer needed, or move `expires` to a later day"
+                        .into(),
+                ),
+            )
+            .in_file(rule.file.clone()),
+        );
     }
 }
 
@@ -282,10 +287,10 @@ pub fn too_broad(tail: &str) -> Option<Breadth> {
 
 /// A warning located at `rule`.
 fn warn(code: Code, rule: &Rule, message: String, hint: String) -> Diagnostic {
-    Diagnostic::at(code, rule.line, rule.column, message, Some(hint))
+    Diagnostic::at(code, rule.line, rule.column, message, Some(hint)).in_file(rule.file.clone())
 }
 
 /// A warning located at `at`.
-fn warn_at(code: Code, at: At, message: String, hint: String) -> Diagnostic {
-    Diagnostic::at(code, at.line, at.column, message, Some(hint))
+fn warn_at(code: Code, at: &At, message: String, hint: String) -> Diagnostic {
+    Diagnostic::at(code, at.line, at.column, message, Some(hint)).in_file(at.file.clone())
 }

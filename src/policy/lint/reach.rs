@@ -29,7 +29,7 @@ fn report_mode(policy: &Policy, spans: &Spans, out: &mut Vec<Diagnostic>) {
         "switch to `mode: enforce` once the audit log shows what is needed (`portcullis suggest` turns it into rules)".to_string()
     };
     if policy.mode == Mode::Report
-        && let Some(at) = spans.mode
+        && let Some(at) = &spans.mode
     {
         out.push(warn_at(
             Code::ReportMode,
@@ -39,7 +39,7 @@ fn report_mode(policy: &Policy, spans: &Spans, out: &mut Vec<Diagnostic>) {
         ));
     }
     for (client, at) in policy.clients.iter().flatten().zip(&spans.clients) {
-        if let (Mode::Report, Some(mode_at)) = (client.mode, at.mode) {
+        if let (Mode::Report, Some(mode_at)) = (client.mode, &at.mode) {
             out.push(warn_at(
                 Code::ReportMode,
                 mode_at,
@@ -85,7 +85,7 @@ fn guard_opened(policy: &Policy, spans: &Spans, out: &mut Vec<Diagnostic>) {
         if !opened.is_empty() {
             out.push(warn_at(
                 Code::GuardOpened,
-                *at,
+                at,
                 format!(
                     "`ip_guard.allowed` entry `{net}` lets the proxy dial {}: a workload could read credentials through it",
                     opened.join(", ")
@@ -95,7 +95,7 @@ fn guard_opened(policy: &Policy, spans: &Spans, out: &mut Vec<Diagnostic>) {
         } else if net.prefix_len() < WIDE_PREFIX {
             out.push(warn_at(
                 Code::GuardOpened,
-                *at,
+                at,
                 format!(
                     "`ip_guard.allowed` entry `{net}` is wider than /8: it makes most of the guarded space dialable"
                 ),
@@ -103,14 +103,14 @@ fn guard_opened(policy: &Policy, spans: &Spans, out: &mut Vec<Diagnostic>) {
             ));
         }
     }
-    if let Some((at, false)) = spans.blocked {
+    if let Some((at, false)) = &spans.blocked {
         blocked_replaced(policy.guard.blocked(), at, out);
     }
 }
 
 /// A `blocked` list without `default` replaces the built-in ranges: say
 /// which of them, and which metadata addresses, it leaves dialable.
-fn blocked_replaced(blocked: &[IpNet], at: At, out: &mut Vec<Diagnostic>) {
+fn blocked_replaced(blocked: &[IpNet], at: &At, out: &mut Vec<Diagnostic>) {
     let only_blocked = IpGuard::new(blocked.to_vec(), Vec::new());
     let mut opened: Vec<String> = metadata()
         .filter(|(ip, _)| only_blocked.is_dialable(*ip))
@@ -176,11 +176,11 @@ fn unreachable_clients(policy: &Policy, spans: &Spans, out: &mut Vec<Diagnostic>
                 (c.selectors.sources.iter())
                     .any(|e| client.selectors.sources.iter().any(|s| overlap(e, s)))
             })
-            .map(|(c, at)| format!("client `{}` (line {})", c.name, at.at.line))
+            .map(|(c, at)| format!("client `{}` ({})", c.name, at.at.place()))
             .collect();
         out.push(warn_at(
             Code::UnreachableClient,
-            at.at,
+            &at.at,
             format!(
                 "client `{}` is never matched: clients are tried in order, and every source it lists is taken by {}",
                 client.name,

@@ -502,6 +502,7 @@ fn a_rule_expires_the_day_after_its_expires_day_while_in_force() {
 }
 
 mod deny_message;
+mod directory;
 mod guard_and_clients;
 mod identity;
 mod index;
