@@ -330,16 +330,18 @@ fn publishing_stores_the_commit_and_the_sync_containers_log_it() {
     let [upload] = uploads.as_slice() else {
         panic!("one upload step: {uploads:?}")
     };
-    let metadata = upload
-        .split_once("--metadata")
-        .map(|(_, rest)| rest.trim())
-        .unwrap_or_else(|| panic!("no --metadata: {upload}"));
+    // Every upload command (a file: `s3 cp`; a directory: `s3 sync`) carries
+    // the metadata, and the metadata names the commit.
+    let commands: Vec<&str> = (upload.lines())
+        .filter(|l| l.contains("aws s3 cp") || l.contains("aws s3 sync"))
+        .collect();
+    assert!(!commands.is_empty(), "{upload}");
+    for command in commands {
+        assert!(command.contains("--metadata"), "no --metadata: {command}");
+    }
     assert!(
-        metadata
-            .trim_start_matches('"')
-            .starts_with("git-commit=$GITHUB_SHA")
-            || metadata.contains(",git-commit=$GITHUB_SHA"),
-        "{metadata}"
+        upload.contains("\"git-commit=$GITHUB_SHA,") || upload.contains(",git-commit=$GITHUB_SHA"),
+        "{upload}"
     );
 
     // The sync containers read the same key back and log it with the
