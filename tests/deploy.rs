@@ -478,3 +478,194 @@ fn health_exits_1_on_a_non_200_answer() {
     let out = health(addr);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+// ------------------------------------------------------------- releases ---
+
+/// Every `uses:` of a workflow, as written.
+fn workflow_uses(rel: &str) -> Vec<String> {
+    read(rel)
+        .lines()
+        .map(str::trim)
+        .map(|l| l.trim_start_matches("- "))
+        .filter_map(|l| l.strip_prefix("uses: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn release_workflow_pins_every_action_by_commit() {
+    let uses = workflow_uses("deploy/github-actions/release.yml");
+    assert!(uses.len() >= 8, "{uses:#?}");
+    for u in &uses {
+        let (action, rest) = u.split_once('@').unwrap_or_else(|| panic!("{u}"));
+        let (sha, comment) = rest.split_once(" # ").unwrap_or((rest, ""));
+        assert!(
+            sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{action} is not pinned by a full commit SHA: {u}"
+        );
+        assert!(
+            comment.starts_with('v'),
+            "{action}: say which release the SHA is (`# vX.Y.Z`): {u}"
+        );
+    }
+    // The same release pinned once: one SHA per action.
+    let mut by_action = std::collections::BTreeMap::new();
+    for u in &uses {
+        let (action, rest) = u.split_once('@').unwrap();
+        let previous = by_action.insert(action, &rest[..40]);
+        assert!(
+            previous.is_none_or(|p| p == &rest[..40]),
+            "{action} pinned twice"
+        );
+    }
+}
+
+#[test]
+fn release_workflow_builds_what_tests_release_rs_builds() {
+    let wf = read("deploy/github-actions/release.yml");
+    let test = read("tests/release.rs");
+    // One command for both: the profile, the lock file, zigbuild.
+    assert!(
+        wf.contains(
+            r#"cargo zigbuild --profile dist --locked --target "$TARGET" --bin portcullis"#
+        )
+    );
+    for arg in [
+        r#""zigbuild""#,
+        r#""--profile""#,
+        r#""dist""#,
+        r#""--locked""#,
+    ] {
+        assert!(test.contains(arg), "tests/release.rs lacks {arg}");
+    }
+    for target in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
+        assert!(wf.contains(&format!("target: {target}")), "{target}");
+    }
+    assert!(
+        !wf.contains("setup-qemu"),
+        "the Rust build must not run under QEMU"
+    );
+    for step in [
+        "sha256sum",
+        "cosign sign-blob",
+        "cosign sign --yes",
+        "cosign attest",
+        "cyclonedx",
+        "actions/attest-build-provenance@",
+        "file: deploy/Dockerfile.release",
+        "platforms: linux/amd64,linux/arm64",
+    ] {
+        assert!(wf.contains(step), "release.yml lacks {step}");
+    }
+    let cargo = read("Cargo.toml");
+    let dist = cargo
+        .split("[profile.dist]")
+        .nth(1)
+        .expect("a [profile.dist] in Cargo.toml");
+    assert!(dist.contains("inherits = \"release\""));
+    assert!(dist.contains("strip = true"));
+}
+
+#[test]
+fn release_dockerfile_copies_the_prebuilt_binary_onto_a_pinned_static_base() {
+    let df = read("deploy/Dockerfile.release");
+    let lines: Vec<&str> = df
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 1, "one stage: nothing is compiled here");
+    let (image, digest) = froms[0]["FROM ".len()..]
+        .split_once("@sha256:")
+        .expect("base pinned by digest");
+    assert!(image.starts_with("gcr.io/distroless/static"), "{image}");
+    assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(lines.contains(&"ARG TARGETARCH"));
+    assert!(lines.contains(&"COPY linux/${TARGETARCH}/portcullis /usr/local/bin/portcullis"));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("RUN ")),
+        "no RUN: no shell"
+    );
+    // The same run-time contract as the source build's image.
+    let source = read("deploy/Dockerfile");
+    for line in source.lines().map(str::trim) {
+        if line.starts_with("PORTCULLIS_")
+            || line.starts_with("USER ")
+            || line.starts_with("EXPOSE ")
+            || line.starts_with("ENTRYPOINT ")
+            || line.starts_with("CMD ")
+            || line.starts_with("HEALTHCHECK ")
+        {
+            assert!(
+                lines.contains(&line),
+                "deploy/Dockerfile.release lacks `{line}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn kubernetes_namespace_enforces_the_restricted_pod_security_standard() {
+    let ns = yaml(
+        &read("deploy/kubernetes/namespace.yaml"),
+        "deploy/kubernetes/namespace.yaml",
+    );
+    let labels = &ns["metadata"]["labels"];
+    for mode in ["enforce", "audit", "warn"] {
+        assert_eq!(
+            labels[format!("pod-security.kubernetes.io/{mode}")],
+            "restricted",
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_deployments_name_the_priority_class_and_the_hpa_their_deployment() {
+    let pc = yaml(
+        &read("deploy/kubernetes/priorityclass.yaml"),
+        "priorityclass.yaml",
+    );
+    assert_eq!(pc["kind"], "PriorityClass");
+    assert_eq!(pc["globalDefault"], false);
+    let value = pc["value"].as_i64().unwrap();
+    assert!(
+        value > 0 && value < 1_000_000_000,
+        "below the system classes"
+    );
+    for rel in [
+        "deploy/kubernetes/deployment.yaml",
+        "deploy/kubernetes/git-sync/deployment.yaml",
+    ] {
+        let d = yaml(&read(rel), rel);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["priorityClassName"], pc["metadata"]["name"],
+            "{rel}"
+        );
+    }
+    let base = read("deploy/kubernetes/kustomization.yaml");
+    assert!(base.lines().any(|l| l.trim() == "- priorityclass.yaml"));
+
+    let hpa = yaml(
+        &read("deploy/kustomize/shared-service/hpa.yaml"),
+        "hpa.yaml",
+    );
+    let deployment = yaml(
+        &read("deploy/kubernetes/deployment.yaml"),
+        "deployment.yaml",
+    );
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert_eq!(
+        hpa["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
+    assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+    // CPU utilisation is relative to the request: the container must have one.
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+}
