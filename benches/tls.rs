@@ -1,6 +1,6 @@
 //! Micro-benchmarks of rustls alone: what one full mTLS handshake costs the
 //! server, in memory (no sockets, no proxy), and the cryptographic steps it
-//! cannot skip, for the `ring` and `aws-lc-rs` crypto providers.
+//! cannot skip, for the `ring` crypto provider the listener uses.
 //!
 //! Certificates as on `--listen-tls` in the e2e bench: ECDSA P-256 server and
 //! client certificates from one CA, the client's with a SPIFFE URI SAN.
@@ -147,14 +147,10 @@ fn handshake(
     panic!("handshake did not finish in 8 flights");
 }
 
-fn providers() -> [(&'static str, Arc<CryptoProvider>); 2] {
-    [
-        ("ring", Arc::new(rustls::crypto::ring::default_provider())),
-        (
-            "aws-lc-rs",
-            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-        ),
-    ]
+/// The provider the TLS listener uses. (aws-lc-rs was measured too and
+/// not adopted: docs/performance.md.)
+fn providers() -> [(&'static str, Arc<CryptoProvider>); 1] {
+    [("ring", Arc::new(rustls::crypto::ring::default_provider()))]
 }
 
 /// The server's side of whole handshakes: full (with 0 or 2 tickets) and resumed.

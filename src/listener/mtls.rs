@@ -136,7 +136,7 @@ fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
             why: format!("not a CA certificate: {e}"),
         })?;
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Required: a client without a certificate chained to the CA, within
     // its validity and allowed for client authentication, is refused.
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -154,7 +154,7 @@ fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     // worker can resume any ticket without a shared cache, and a reload of
     // the files (a new CA, say) makes every earlier ticket useless.
     config.ticketer =
-        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(config)
 }
 
