@@ -46,6 +46,11 @@ pub struct Options {
     #[arg(long, default_value_t = 1024)]
     pub http_body: usize,
 
+    /// `--workers` counts of the proxy measured by the `mtls` figure, one proxy each, in
+    /// the same run (comma list; empty: the proxy's default, or `--portcullis-arg`'s).
+    #[arg(long, value_delimiter = ',')]
+    pub mtls_proxy_workers: Vec<usize>,
+
     /// Parallel stream counts of the throughput figures (comma list).
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     pub streams: Vec<usize>,

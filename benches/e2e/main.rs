@@ -187,6 +187,7 @@ async fn run(opts: &Options) -> Result<(), String> {
                 origins.raw,
                 &opts.portcullis_args,
                 opts.workers,
+                &opts.mtls_proxy_workers,
                 opts.warmup(),
                 opts.measure(),
             )

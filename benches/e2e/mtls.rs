@@ -1,12 +1,16 @@
 //! New mTLS proxy connections per second, against plain CONNECT on the same process:
 //! workers loop connect, (full TLS handshake with a client certificate,) CONNECT,
-//! 1-byte echo, close. ECDSA P-256 certificates, session resumption off, so every
-//! connection pays a full handshake. The proxy's CPU per connection is read from
-//! /proc over each measured window; the ratio compares two windows of one run.
+//! 1-byte echo, close. ECDSA P-256 certificates, client-side session resumption off, so
+//! every connection pays a full handshake; then the same with resumption on (each worker
+//! resumes a session from an earlier connection). The proxy's CPU per connection is read
+//! from /proc over each measured window; the ratios compare windows of one run. With
+//! `--mtls-proxy-workers 1,2` the whole figure is repeated on a proxy started with each
+//! `--workers` count, in the same run.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rcgen::{
@@ -15,7 +19,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::{ClientConfig, HandshakeKind, RootCertStore};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
@@ -36,24 +40,38 @@ pub struct Rate {
     pub first_error: Option<String>,
     /// Proxy CPU (user + system) per completed connection, microseconds.
     pub proxy_cpu_us_per_connection: Option<f64>,
+    /// Proxy CPU over the window / the window: how many cores the proxy kept busy.
+    pub proxy_cores: Option<f64>,
+    /// Over TLS: the share of handshakes that resumed a session.
+    pub resumed_share: Option<f64>,
 }
 
 /// The figure: plain and mTLS, and how they compare.
 #[derive(Debug, Clone, Serialize)]
 pub struct Mtls {
+    /// Client workers (closed loop).
     pub workers: usize,
+    /// The proxy's `--workers` (None: its default, one per CPU).
+    pub proxy_workers: Option<usize>,
     pub plain: Rate,
     pub mtls: Rate,
+    /// mTLS with client-side session resumption on.
+    pub resumed: Rate,
     /// mTLS CPU per connection / plain CPU per connection.
     pub cpu_ratio: Option<f64>,
     /// mTLS connections per second / plain connections per second.
     pub rate_ratio: f64,
+    /// Resumed mTLS CPU per connection / plain CPU per connection.
+    pub resumed_cpu_ratio: Option<f64>,
 }
 
 /// Certificates for the run, in a scratch directory removed when dropped.
 struct Pki {
     dir: PathBuf,
+    /// Every connection a full handshake.
     client: Arc<ClientConfig>,
+    /// Resumes sessions (rustls's in-memory client cache, shared by the workers).
+    resuming: Arc<ClientConfig>,
 }
 
 impl Drop for Pki {
@@ -106,11 +124,16 @@ fn pki() -> Result<Pki, String> {
     let (cert, key) = leaf(vec![], Some(spiffe), ExtendedKeyUsagePurpose::ClientAuth)?;
     write("client.pem", &cert)?;
     write("client.key", &key)?;
-    let client = client_config(&dir)?;
-    Ok(Pki { dir, client })
+    let client = client_config(&dir, false)?;
+    let resuming = client_config(&dir, true)?;
+    Ok(Pki {
+        dir,
+        client,
+        resuming,
+    })
 }
 
-fn client_config(dir: &Path) -> Result<Arc<ClientConfig>, String> {
+fn client_config(dir: &Path, resume: bool) -> Result<Arc<ClientConfig>, String> {
     let certs = |name: &str| -> Result<Vec<CertificateDer<'static>>, String> {
         CertificateDer::pem_file_iter(dir.join(name))
             .map_err(|e| e.to_string())?
@@ -129,22 +152,65 @@ fn client_config(dir: &Path) -> Result<Arc<ClientConfig>, String> {
         .with_root_certificates(roots)
         .with_client_auth_cert(certs("client.pem")?, key)
         .map_err(|e| e.to_string())?;
-    // Every connection a full handshake.
-    config.resumption = rustls::client::Resumption::disabled();
+    if !resume {
+        // Every connection a full handshake.
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 
-/// Starts portcullis with `--listen-tls` and measures plain then mTLS connections.
+/// Starts portcullis with `--listen-tls` (once per entry of `proxy_workers`, with that
+/// `--workers`; once with `extra` as given when it is empty) and measures plain, full mTLS
+/// and resumed mTLS connections on each.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     bin: &Path,
     dns: SocketAddr,
     origin: SocketAddr,
     extra: &[String],
     workers: usize,
+    proxy_workers: &[usize],
+    warmup: Duration,
+    measure: Duration,
+) -> Result<Vec<Mtls>, String> {
+    let pki = pki()?;
+    let counts: Vec<Option<usize>> = if proxy_workers.is_empty() {
+        vec![None]
+    } else {
+        proxy_workers.iter().copied().map(Some).collect()
+    };
+    let mut figures = Vec::new();
+    for count in counts {
+        let mut args: Vec<String> = extra.to_vec();
+        if let Some(n) = count {
+            args.push(format!("--workers={n}"));
+        }
+        eprintln!(
+            "e2e: mTLS figure, proxy --workers {}",
+            count.map_or("default".into(), |n| n.to_string())
+        );
+        figures.push(
+            run_one(
+                &pki, bin, dns, origin, &args, workers, count, warmup, measure,
+            )
+            .await?,
+        );
+    }
+    Ok(figures)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_one(
+    pki: &Pki,
+    bin: &Path,
+    dns: SocketAddr,
+    origin: SocketAddr,
+    extra: &[String],
+    workers: usize,
+    proxy_workers: Option<usize>,
     warmup: Duration,
     measure: Duration,
 ) -> Result<Mtls, String> {
-    let pki = pki()?;
     let mut args: Vec<String> = extra.to_vec();
     args.extend(
         [
@@ -163,27 +229,51 @@ pub async fn run(
     let result = async {
         let plain = target.proxy.ok_or("no explicit listener")?;
         let tls = (target.listening("explicit_tls")).ok_or("no explicit_tls listener announced")?;
-        let connector = TlsConnector::from(pki.client.clone());
         let plain = measure_rate(&target, workers, warmup, measure, move || async move {
             let mut s = connect(plain).await?;
             connect_and_echo(&mut s, origin).await
         })
         .await;
-        let mtls = measure_rate(&target, workers, warmup, measure, move || {
-            let connector = connector.clone();
-            async move {
-                let tcp = connect(tls).await?;
-                let name = ServerName::try_from("localhost").expect("valid name");
-                let mut s = timeout(STEP, connector.connect(name, tcp))
-                    .await
-                    .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
-                connect_and_echo(&mut s, origin).await
+        // Counts handshakes, and those that resumed a session.
+        let over_tls = |config: Arc<ClientConfig>, seen: Arc<[AtomicU64; 2]>| {
+            let connector = TlsConnector::from(config);
+            move || {
+                let (connector, seen) = (connector.clone(), seen.clone());
+                async move {
+                    let tcp = connect(tls).await?;
+                    let name = ServerName::try_from("localhost").expect("valid name");
+                    let mut s = timeout(STEP, connector.connect(name, tcp))
+                        .await
+                        .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+                    seen[0].fetch_add(1, Ordering::Relaxed);
+                    if s.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed) {
+                        seen[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    connect_and_echo(&mut s, origin).await
+                }
             }
-        })
-        .await;
-        let cpu_ratio = match (
+        };
+        let measure_tls = async |config: &Arc<ClientConfig>| {
+            let seen: Arc<[AtomicU64; 2]> = Arc::new(Default::default());
+            let mut rate = measure_rate(
+                &target,
+                workers,
+                warmup,
+                measure,
+                over_tls(config.clone(), seen.clone()),
+            )
+            .await;
+            let [all, resumed] = &*seen;
+            let all = all.load(Ordering::Relaxed);
+            rate.resumed_share =
+                (all > 0).then(|| resumed.load(Ordering::Relaxed) as f64 / all as f64);
+            rate
+        };
+        let mtls = measure_tls(&pki.client).await;
+        let resumed = measure_tls(&pki.resuming).await;
+        let cpu_ratio = |r: &Rate| match (
             plain.proxy_cpu_us_per_connection,
-            mtls.proxy_cpu_us_per_connection,
+            r.proxy_cpu_us_per_connection,
         ) {
             (Some(p), Some(m)) if p > 0.0 => Some(m / p),
             _ => None,
@@ -195,10 +285,13 @@ pub async fn run(
         };
         Ok(Mtls {
             workers,
+            proxy_workers,
+            cpu_ratio: cpu_ratio(&mtls),
+            resumed_cpu_ratio: cpu_ratio(&resumed),
+            rate_ratio,
             plain,
             mtls,
-            cpu_ratio,
-            rate_ratio,
+            resumed,
         })
     }
     .await;
@@ -287,36 +380,75 @@ where
         }
     }
     sleep(Duration::from_millis(500)).await;
-    let cpu = match (cpu_from, cpu_to) {
-        (Some(a), Some(b)) if total.done > 0 => Some((b - a) * 1e6 / total.done as f64),
+    let busy = match (cpu_from, cpu_to) {
+        (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    let cpu = busy
+        .filter(|_| total.done > 0)
+        .map(|s| s * 1e6 / total.done as f64);
     Rate {
         per_second: total.done as f64 / window.seconds(),
         completed: total.done,
         errors: total.errors,
         first_error: total.first_error,
         proxy_cpu_us_per_connection: cpu,
+        proxy_cores: busy.map(|s| s / window.seconds()),
+        resumed_share: None,
     }
 }
 
-/// The figure as table lines.
-pub fn table(m: &Mtls) -> String {
+/// The figures as table lines.
+pub fn table(figures: &[Mtls]) -> String {
     let cpu = |r: &Rate| {
         r.proxy_cpu_us_per_connection
             .map_or("-".into(), |c| format!("{c:.0}"))
     };
-    format!(
-        "new connections ({} workers)   conn/s   proxy CPU us/conn\n\
-         plain CONNECT                 {:>7.0}   {:>7}\n\
-         mTLS + CONNECT                {:>7.0}   {:>7}\n\
-         mTLS / plain                  {:>7.2}   {:>7}\n",
-        m.workers,
-        m.plain.per_second,
-        cpu(&m.plain),
-        m.mtls.per_second,
-        cpu(&m.mtls),
-        m.rate_ratio,
-        m.cpu_ratio.map_or("-".into(), |r| format!("{r:.2}")),
-    )
+    let cores = |r: &Rate| r.proxy_cores.map_or("-".into(), |c| format!("{c:.2}"));
+    let share = |r: &Rate| r.resumed_share.map_or("-".into(), |c| format!("{c:.2}"));
+    let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
+    let mut out = String::new();
+    for m in figures {
+        let proxy = m.proxy_workers.map_or("default".into(), |n| n.to_string());
+        out.push_str(&format!(
+            "new connections ({} client workers, proxy --workers {proxy})\n\
+             {:<28} {:>8} {:>10} {:>12} {:>8}\n",
+            m.workers, "", "conn/s", "proxy us/conn", "proxy cores", "resumed",
+        ));
+        for (name, r) in [
+            ("plain CONNECT", &m.plain),
+            ("mTLS full + CONNECT", &m.mtls),
+            ("mTLS resumed + CONNECT", &m.resumed),
+        ] {
+            out.push_str(&format!(
+                "{name:<28} {:>8.0} {:>10} {:>12} {:>8}\n",
+                r.per_second,
+                cpu(r),
+                cores(r),
+                share(r)
+            ));
+        }
+        out.push_str(&format!(
+            "{:<28} {:>8.2} {:>10}\n{:<28} {:>8} {:>10}\n",
+            "mTLS full / plain",
+            m.rate_ratio,
+            ratio(m.cpu_ratio),
+            "mTLS resumed / plain",
+            "",
+            ratio(m.resumed_cpu_ratio),
+        ));
+    }
+    if let [one, two, ..] = figures
+        && one.mtls.per_second > 0.0
+    {
+        out.push_str(&format!(
+            "mTLS full rate, proxy --workers {} / {}: {:.2}\n",
+            two.proxy_workers
+                .map_or("default".into(), |n| n.to_string()),
+            one.proxy_workers
+                .map_or("default".into(), |n| n.to_string()),
+            two.mtls.per_second / one.mtls.per_second,
+        ));
+    }
+    out
 }

@@ -142,12 +142,20 @@ fn build(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    // Resumption skips the signature and both certificate verifications.
+    // Tickets carry the session (the verified client chain included),
+    // encrypted under keys that live in this configuration only: every
+    // worker can resume any ticket without a shared cache, and a reload of
+    // the files (a new CA, say) makes every earlier ticket useless.
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(config)
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

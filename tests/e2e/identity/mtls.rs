@@ -11,7 +11,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::support::client::{LOCAL, connect, curl, eventually, expect_closed};
 use crate::support::dns::TestDns;
@@ -503,4 +503,85 @@ async fn an_overloaded_tls_listener_closes_without_writing_plain_text() {
         .wait_audit(|r| r["reason"] == "overloaded", WAIT)
         .await;
     assert_eq!(record["listener"], "explicit_tls", "{record}");
+}
+
+/// Session resumption (Python's `ssl`, i.e. OpenSSL, reusing its session):
+/// a resumed connection is the same client as the full handshake that made
+/// the ticket; once a new client CA is in force, a ticket issued under the
+/// old one resumes nothing and the old certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_keeps_its_identity_until_the_client_ca_changes() {
+    let s = setup(&[]).await;
+    let origin = HttpOrigin::start().await;
+    let script = "import socket, ssl, sys, time\n\
+        ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])\n\
+        port, t = int(sys.argv[4]), sys.argv[5]\n\
+        def get(session):\n\
+        \x20   raw = socket.create_connection(('127.0.0.1', port), timeout=20)\n\
+        \x20   try:\n\
+        \x20       conn = ctx.wrap_socket(raw, server_hostname='localhost', session=session)\n\
+        \x20       conn.sendall(('GET http://%s/ HTTP/1.1\\r\\nHost: %s\\r\\nConnection: close\\r\\n\\r\\n' % (t, t)).encode())\n\
+        \x20       data = b''\n\
+        \x20       while True:\n\
+        \x20           chunk = conn.recv(4096)\n\
+        \x20           if not chunk: break\n\
+        \x20           data += chunk\n\
+        \x20       ok = data.startswith(b'HTTP/1.1 200')\n\
+        \x20       return (conn.session if ok else session), conn.session_reused, ok\n\
+        \x20   except (ssl.SSLError, OSError):\n\
+        \x20       return session, False, False\n\
+        session, reused, ok = get(None)\n\
+        print('first', reused, ok, flush=True)\n\
+        session, reused, ok = get(session)\n\
+        print('second', reused, ok, flush=True)\n\
+        sys.stdin.readline()\n\
+        deadline = time.monotonic() + 10\n\
+        while ok and time.monotonic() < deadline:\n\
+        \x20   session, reused, ok = get(session)\n\
+        \x20   time.sleep(0.05)\n\
+        session, reused, ok = get(session)\n\
+        print('after', reused, ok, flush=True)\n";
+    let target = format!("origin.test:{}", origin.addr().port());
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", script, &s.pems.path("server-ca.pem")])
+        .args([&s.pems.path("good.pem"), &s.pems.path("good.key")])
+        .args([&s.tls.port().to_string(), &target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run python3");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("python3 answers")
+            .unwrap()
+            .unwrap_or_default()
+    };
+    assert_eq!(next_line().await, "first False True");
+    assert_eq!(
+        next_line().await,
+        "second True True",
+        "the second connection did not resume"
+    );
+    eventually(WAIT, "both connections audited", || async {
+        let records: Vec<Value> = s.proxy.audit_records();
+        let ok: Vec<&Value> = records.iter().filter(|r| r["status"] == 200).collect();
+        ok.len() == 2 && ok.iter().all(|r| r["identity"] == SPIFFE)
+    })
+    .await;
+
+    let next = make_ca("next client CA");
+    let tmp = s.pems.write("ca.pem.new", &next.pem());
+    std::fs::rename(tmp, s.pems.path("ca.pem")).unwrap();
+    stdin.write_all(b"go\n").await.unwrap();
+    assert_eq!(
+        next_line().await,
+        "after False False",
+        "a ticket from before the new CA still got through"
+    );
 }
