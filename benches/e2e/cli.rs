@@ -10,8 +10,9 @@ use clap::Parser;
 ///
 /// Default: builds nothing (cargo bench already built `portcullis`), starts portcullis with
 /// an allow-origin policy, audit log to a temp file and metrics on, and measures it plus a
-/// direct (no proxy) baseline. `--compare-squid` also starts Squid with
-/// `benches/e2e/peers/squid.conf` and prints portcullis/Squid ratios.
+/// direct (no proxy) baseline. `--compare squid,trafficserver` also starts Squid
+/// (`benches/e2e/peers/squid.conf`) and/or Apache Traffic Server
+/// (`benches/e2e/peers/trafficserver/`) and prints portcullis/peer ratios.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "e2e")]
 pub struct Options {
@@ -67,8 +68,12 @@ pub struct Options {
     #[arg(long, default_value = "proxy")]
     pub proxy_name: String,
 
-    /// Also start Squid (`squid -N -f SQUID_CONF`) and measure it in the same run.
-    /// Binds the origins on 9000 (raw) and 9001 (HTTP), as the Squid config expects.
+    /// Peers to start and measure in the same run (comma list of: squid, trafficserver).
+    /// Squid binds the origins on 9000 (raw) and 9001 (HTTP), as its config expects.
+    #[arg(long, value_delimiter = ',')]
+    pub compare: Vec<String>,
+
+    /// Same as `--compare squid`.
     #[arg(long)]
     pub compare_squid: bool,
 
@@ -79,6 +84,20 @@ pub struct Options {
     /// Squid's listening address (as in the config).
     #[arg(long, default_value = "127.0.0.1:3128")]
     pub squid_addr: SocketAddr,
+
+    /// Directory of the Traffic Server configuration for `--compare trafficserver`
+    /// (default: benches/e2e/peers/trafficserver in the crate).
+    #[arg(long)]
+    pub trafficserver_conf: Option<PathBuf>,
+
+    /// Traffic Server's listening address (as in its records.config).
+    #[arg(long, default_value = "127.0.0.1:3130")]
+    pub trafficserver_addr: SocketAddr,
+
+    /// Another portcullis binary measured in the same run as `portcullis-b` (same policy,
+    /// DNS and arguments): a same-run A/B of two builds.
+    #[arg(long)]
+    pub portcullis_b: Option<PathBuf>,
 
     /// Append `127.0.0.1 origin.test origin2.test` to /etc/hosts when missing (Squid needs it).
     #[arg(long)]
@@ -147,9 +166,14 @@ impl Options {
         self.only.is_empty() || self.only.iter().any(|o| o == name)
     }
 
+    /// Whether peer `name` (`squid` or `trafficserver`) is compared.
+    pub fn compares(&self, name: &str) -> bool {
+        self.compare.iter().any(|c| c == name) || (name == "squid" && self.compare_squid)
+    }
+
     /// Ports to bind the origins on: fixed ones when asked or when Squid is compared.
     pub fn origin_ports(&self) -> (u16, u16) {
-        let squid = self.compare_squid;
+        let squid = self.compares("squid");
         let raw = self.origin_raw_port.unwrap_or(if squid { 9000 } else { 0 });
         let http = self
             .origin_http_port
@@ -164,6 +188,11 @@ impl Options {
                 return Err(format!("--only: unknown figure {name:?}"));
             }
         }
+        for name in &self.compare {
+            if !["squid", "trafficserver"].contains(&name.as_str()) {
+                return Err(format!("--compare: unknown peer {name:?}"));
+            }
+        }
         if let Some(addr) = self.proxy
             && !addr.ip().is_loopback()
         {
@@ -173,6 +202,9 @@ impl Options {
         }
         if !self.squid_addr.ip().is_loopback() {
             return Err("--squid-addr must be a loopback address".into());
+        }
+        if !self.trafficserver_addr.ip().is_loopback() {
+            return Err("--trafficserver-addr must be a loopback address".into());
         }
         if self.streams.is_empty() || self.streams.iter().any(|&s| s == 0 || s > 256) {
             return Err("--streams: counts must be 1..=256".into());

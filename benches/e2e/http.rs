@@ -27,6 +27,8 @@ pub struct Forwarding {
     pub first_error: Option<String>,
     /// Request written -> whole response read.
     pub latency: Option<Latency>,
+    /// Proxy CPU (user + system) in the measured window per request completed in it.
+    pub proxy_cpu_us_per_request: Option<f64>,
     /// Cores the proxy used on average over the run (warm-up included).
     pub proxy_cores: Option<f64>,
     /// Cores busy with other work meanwhile.
@@ -74,6 +76,7 @@ pub async fn run(
     measure: Duration,
 ) -> Forwarding {
     let window = Window::after(warmup, measure);
+    let cpu = crate::sysstat::cpu_in_window(target.pid, window);
     let dial = target.proxy.unwrap_or(origin);
     let req = request(target.proxy.is_some(), origin, body);
     let mut tasks = JoinSet::new();
@@ -128,6 +131,7 @@ pub async fn run(
             reconnects += r;
         }
     }
+    let cpu = cpu.await.ok().flatten();
     sleep(Duration::from_millis(300)).await;
     Forwarding {
         clients,
@@ -138,6 +142,7 @@ pub async fn run(
         reconnects,
         first_error: total.first_error,
         latency: Latency::of(&total.hist),
+        proxy_cpu_us_per_request: crate::sysstat::us_per(cpu, total.done),
         proxy_cores: None,
         background_cores: None,
     }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench e2e                                  # portcullis vs direct
-//! cargo bench --bench e2e -- --compare-squid --setup-hosts # + Squid, with ratios
+//! cargo bench --bench e2e -- --compare squid,trafficserver --setup-hosts # + peers, ratios
 //! cargo bench --bench e2e -- --proxy 127.0.0.1:3128 --proxy-pid PID --skip-portcullis
 //! ```
 //! Each figure is measured for `--seconds` (default 5) after a short warm-up; the whole
@@ -77,7 +77,8 @@ fn start_watchdog(opts: &Options) {
     let figure = opts.measure() + opts.warmup() + Duration::from_secs(2);
     let figures = (2 * opts.streams.len() as u32 + 2) * opts.rounds as u32;
     let per_target = figure * figures + Duration::from_secs(180);
-    let bound = per_target * 4 + Duration::from_secs(120);
+    // Up to five targets: direct, portcullis, portcullis-b, Squid, Traffic Server.
+    let bound = per_target * 5 + Duration::from_secs(120);
     std::thread::spawn(move || {
         std::thread::sleep(bound);
         eprintln!("e2e: watchdog: run exceeded {bound:?}; stopping");
@@ -124,7 +125,7 @@ fn hosts_ready(setup: bool) -> Result<(), String> {
 }
 
 async fn run(opts: &Options) -> Result<(), String> {
-    if opts.compare_squid {
+    if opts.compares("squid") {
         hosts_ready(opts.setup_hosts)?;
     }
     let idle_fds = match opts.idle_tunnels {
@@ -155,6 +156,11 @@ async fn run(opts: &Options) -> Result<(), String> {
         eprintln!("e2e: starting {}", bin.display());
         targets.push(Target::portcullis(bin, dns, &opts.portcullis_args).await?);
     }
+    if let (Some(b), true) = (&opts.portcullis_b, bin.is_some()) {
+        eprintln!("e2e: starting {} as portcullis-b", b.display());
+        targets
+            .push(Target::portcullis_named("portcullis-b", b, dns, &opts.portcullis_args).await?);
+    }
     if let Some(addr) = opts.proxy {
         targets.push(Target::external(
             &opts.proxy_name,
@@ -162,7 +168,14 @@ async fn run(opts: &Options) -> Result<(), String> {
             opts.proxy_pid,
         ));
     }
-    if opts.compare_squid {
+    if opts.compares("trafficserver") {
+        let conf = opts.trafficserver_conf.clone().unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/e2e/peers/trafficserver")
+        });
+        eprintln!("e2e: starting traffic_server with {}", conf.display());
+        targets.push(Target::trafficserver(&conf, opts.trafficserver_addr, dns).await?);
+    }
+    if opts.compares("squid") {
         let conf = opts.squid_conf.clone().unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/e2e/peers/squid.conf")
         });
@@ -213,6 +226,8 @@ async fn run(opts: &Options) -> Result<(), String> {
         "idle_tunnels": opts.idle_tunnels,
         "idle_echo_bytes": opts.idle_echo_bytes,
         "rounds": opts.rounds,
+        "dns_ttl_seconds": dns::TTL,
+        "portcullis_b": opts.portcullis_b.as_ref().map(|b| b.display().to_string()),
         "origin_raw": origins.raw.to_string(),
         "origin_http": origins.http.to_string(),
         "portcullis_bin": bin.as_ref().map(|b| b.display().to_string()),

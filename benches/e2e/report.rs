@@ -1,5 +1,5 @@
-//! The results of a run: a human table (targets side by side, portcullis/Squid ratios against
-//! the goals of issue 6) and a JSON document.
+//! The results of a run: a human table (targets side by side, portcullis/peer ratios against
+//! the goals: issue 6's against Squid, issue 22's against Traffic Server) and a JSON document.
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -66,12 +66,23 @@ fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     })
 }
 
-/// Whether bigger is better, and the goal ratio portcullis/Squid of issue 6.
+/// Whether bigger is better, and the goal ratio portcullis/peer.
 #[derive(Clone, Copy)]
 enum Goal {
     AtLeast(f64),
     AtMost(f64),
     None,
+}
+
+/// The peers portcullis is compared with, in table order.
+const PEERS: [&str; 3] = ["squid", "trafficserver", "portcullis-b"];
+
+/// Median of one latency percentile over rounds, in milliseconds.
+fn ms<'a>(
+    l: impl Iterator<Item = &'a crate::tunnels::Latency>,
+    pick: fn(&crate::tunnels::Latency) -> u64,
+) -> Option<f64> {
+    median(l.map(|l| pick(l) as f64 / 1000.0))
 }
 
 /// Reads one figure of a target.
@@ -82,8 +93,21 @@ struct Row {
     key: String,
     label: String,
     unit: &'static str,
+    /// Against Squid (issue 6).
     goal: Goal,
+    /// Against Traffic Server (issue 22).
+    goal_ats: Goal,
     get: Getter,
+}
+
+impl Row {
+    fn goal_for(&self, peer: &str) -> Goal {
+        match peer {
+            "squid" => self.goal,
+            "trafficserver" => self.goal_ats,
+            _ => Goal::None,
+        }
+    }
 }
 
 fn rows(streams: &[usize]) -> Vec<Row> {
@@ -102,6 +126,7 @@ fn rows(streams: &[usize]) -> Vec<Row> {
                 ),
                 unit: "Gbit/s",
                 goal: Goal::AtLeast(2.0),
+                goal_ats: Goal::AtLeast(1.5),
                 get: Box::new(move |r| r.gbps(dir, s)),
             });
         }
@@ -111,7 +136,12 @@ fn rows(streams: &[usize]) -> Vec<Row> {
         label: label.into(),
         unit,
         goal,
+        goal_ats: Goal::None,
         get: Box::new(get),
+    };
+    let ats = |mut row: Row, goal: Goal| {
+        row.goal_ats = goal;
+        row
     };
     rows.extend([
         row(
@@ -135,12 +165,55 @@ fn rows(streams: &[usize]) -> Vec<Row> {
             Goal::None,
             |r| harness_cpu_per_gib(&r.throughput, Direction::Upload),
         ),
+        ats(
+            row(
+                "tunnels_per_second",
+                "new tunnels per second",
+                "/s",
+                Goal::AtLeast(1.5),
+                |r| median(r.tunnels.iter().map(|t| t.per_second)),
+            ),
+            Goal::AtLeast(1.25),
+        ),
         row(
-            "tunnels_per_second",
-            "new tunnels per second",
-            "/s",
-            Goal::AtLeast(1.5),
-            |r| median(r.tunnels.iter().map(|t| t.per_second)),
+            "cycle_p50_ms",
+            "whole cycle p50 (connect..close)",
+            "ms",
+            Goal::None,
+            |r| {
+                ms(
+                    r.tunnels.iter().filter_map(|t| t.cycle_latency.as_ref()),
+                    |l| l.p50_us,
+                )
+            },
+        ),
+        ats(
+            row(
+                "cycle_p99_ms",
+                "whole cycle p99 (connect..close)",
+                "ms",
+                Goal::None,
+                |r| {
+                    ms(
+                        r.tunnels.iter().filter_map(|t| t.cycle_latency.as_ref()),
+                        |l| l.p99_us,
+                    )
+                },
+            ),
+            Goal::AtMost(1.0),
+        ),
+        row(
+            "cpu_us_per_connection",
+            "proxy CPU per new tunnel",
+            "us",
+            Goal::None,
+            |r| {
+                median(
+                    r.tunnels
+                        .iter()
+                        .filter_map(|t| t.proxy_cpu_us_per_connection),
+                )
+            },
         ),
         row(
             "connect_p50_ms",
@@ -176,12 +249,35 @@ fn rows(streams: &[usize]) -> Vec<Row> {
             Goal::AtMost(1.0 / 3.0),
             |r| r.idle.as_ref().map(|i| i.kb_per_tunnel),
         ),
+        ats(
+            row(
+                "http_requests_per_second",
+                "plain-HTTP forwarding",
+                "req/s",
+                Goal::AtLeast(2.0),
+                |r| median(r.http.iter().map(|h| h.requests_per_second)),
+            ),
+            Goal::AtLeast(1.25),
+        ),
+        row("http_p50_ms", "forwarding p50", "ms", Goal::None, |r| {
+            ms(r.http.iter().filter_map(|h| h.latency.as_ref()), |l| {
+                l.p50_us
+            })
+        }),
+        ats(
+            row("http_p99_ms", "forwarding p99", "ms", Goal::None, |r| {
+                ms(r.http.iter().filter_map(|h| h.latency.as_ref()), |l| {
+                    l.p99_us
+                })
+            }),
+            Goal::AtMost(1.0),
+        ),
         row(
-            "http_requests_per_second",
-            "plain-HTTP forwarding",
-            "req/s",
-            Goal::AtLeast(2.0),
-            |r| median(r.http.iter().map(|h| h.requests_per_second)),
+            "cpu_us_per_request",
+            "proxy CPU per forwarded request",
+            "us",
+            Goal::None,
+            |r| median(r.http.iter().filter_map(|h| h.proxy_cpu_us_per_request)),
         ),
         row(
             "proxy_cores_http",
@@ -203,14 +299,14 @@ fn fmt(v: Option<f64>, unit: &str) -> String {
     }
 }
 
-/// portcullis / squid for a row, and whether it meets the goal.
+/// portcullis / peer for a row, and whether it meets the goal against that peer.
 fn ratio(row: &Row, ours: &TargetReport, theirs: &TargetReport) -> Option<(f64, Option<bool>)> {
     let (a, b) = ((row.get)(ours)?, (row.get)(theirs)?);
     if b == 0.0 {
         return None;
     }
     let r = a / b;
-    let met = match row.goal {
+    let met = match row.goal_for(&theirs.name) {
         Goal::AtLeast(g) => Some(r >= g),
         Goal::AtMost(g) => Some(r <= g),
         Goal::None => None,
@@ -220,6 +316,7 @@ fn ratio(row: &Row, ours: &TargetReport, theirs: &TargetReport) -> Option<(f64, 
 
 fn goal_text(goal: Goal) -> String {
     match goal {
+        Goal::AtLeast(g) if (g * 10.0).fract() != 0.0 => format!(">= {g:.2}x"),
         Goal::AtLeast(g) => format!(">= {g:.1}x"),
         Goal::AtMost(g) if (g - 1.0 / 3.0).abs() < 1e-9 => "<= 0.33x".into(),
         Goal::AtMost(g) => format!("<= {g:.1}x"),
@@ -227,29 +324,43 @@ fn goal_text(goal: Goal) -> String {
     }
 }
 
-/// The side-by-side table; with both `portcullis` and `squid`, their ratio and the goal.
+/// The peers of `reports` that portcullis is compared with.
+fn peers(reports: &[TargetReport]) -> Vec<&TargetReport> {
+    (PEERS.iter())
+        .filter_map(|p| reports.iter().find(|r| r.name == *p))
+        .collect()
+}
+
+/// The side-by-side table; with `portcullis` and peers, per peer the ratio and the goal.
 pub fn table(reports: &[TargetReport], streams: &[usize]) -> String {
     let ours = reports.iter().find(|r| r.name == "portcullis");
-    let theirs = reports.iter().find(|r| r.name == "squid");
-    let compare = ours.zip(theirs);
+    let peers = match ours {
+        Some(_) => peers(reports),
+        None => Vec::new(),
+    };
     let mut header = vec!["figure".to_owned()];
     header.extend(reports.iter().map(|r| r.name.clone()));
-    if compare.is_some() {
-        header.extend(["portcullis/squid".into(), "goal".into(), "met".into()]);
+    for p in &peers {
+        header.extend([
+            format!("portcullis/{}", p.name),
+            "goal".into(),
+            "met".into(),
+        ]);
     }
     let mut lines = vec![header];
     for row in rows(streams) {
         let mut line = vec![row.label.clone()];
         line.extend(reports.iter().map(|r| fmt((row.get)(r), row.unit)));
-        if let Some((ours, theirs)) = compare {
-            match ratio(&row, ours, theirs) {
+        for theirs in &peers {
+            let goal = goal_text(row.goal_for(&theirs.name));
+            match ours.and_then(|ours| ratio(&row, ours, theirs)) {
                 Some((r, met)) => {
                     // Three decimals, so a miss by a hair rarely prints as the goal itself.
                     line.push(format!("{r:.3}x"));
-                    line.push(goal_text(row.goal));
+                    line.push(goal);
                     line.push(met.map_or("", |m| if m { "yes" } else { "NO" }).into());
                 }
-                None => line.extend(["-".into(), goal_text(row.goal), "".into()]),
+                None => line.extend(["-".into(), goal, "".into()]),
             }
         }
         lines.push(line);
@@ -298,22 +409,28 @@ pub fn json(reports: &[TargetReport], streams: &[usize], settings: Value) -> Val
         summary.insert(r.name.clone(), Value::Object(figures));
     }
     let ours = reports.iter().find(|r| r.name == "portcullis");
-    let theirs = reports.iter().find(|r| r.name == "squid");
-    let ratios = ours.zip(theirs).map(|(ours, theirs)| {
+    let ratios_over = |theirs: &TargetReport| {
+        let ours = ours?;
         let map: serde_json::Map<String, Value> = (rows.iter())
             .map(|row| {
+                let goal = goal_text(row.goal_for(&theirs.name));
                 let value = ratio(row, ours, theirs)
-                    .map(|(r, met)| json!({"ratio": r, "goal": goal_text(row.goal), "met": met}));
+                    .map(|(r, met)| json!({"ratio": r, "goal": goal, "met": met}));
                 (row.key.clone(), json!(value))
             })
             .collect();
-        Value::Object(map)
-    });
+        Some(Value::Object(map))
+    };
+    let ratios: serde_json::Map<String, Value> = (peers(reports).into_iter())
+        .filter_map(|p| Some((p.name.clone(), ratios_over(p)?)))
+        .collect();
+    let squid = ratios.get("squid").cloned();
     json!({
         "settings": settings,
         "machine": machine(),
         "summary": summary,
-        "ratios_portcullis_over_squid": ratios,
+        "ratios_portcullis_over_squid": squid,
+        "ratios_portcullis_over": ratios,
         "targets": reports,
     })
 }

@@ -3,7 +3,10 @@
 
 use std::sync::OnceLock;
 
-use tokio::time::Instant;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+
+use crate::tunnels::Window;
 
 /// File descriptors this process needs besides the idle tunnels.
 const SPARE_FDS: u64 = 256;
@@ -135,4 +138,21 @@ fn nofile() -> Option<(u64, u64)> {
         n => n.parse().ok(),
     };
     Some((parse(nums.next())?, parse(nums.next())?))
+}
+
+/// CPU seconds `pid` used inside `window` (read at its start and end by a task of its
+/// own, so the warm-up and the wind-down are left out).
+pub fn cpu_in_window(pid: Option<u32>, window: Window) -> JoinHandle<Option<f64>> {
+    tokio::spawn(async move {
+        let pid = pid?;
+        sleep_until(window.from).await;
+        let before = cpu_seconds(pid)?;
+        sleep_until(window.to).await;
+        Some(cpu_seconds(pid)? - before)
+    })
+}
+
+/// Microseconds of proxy CPU per completed unit (connection, request) in a window.
+pub fn us_per(cpu: Option<f64>, done: u64) -> Option<f64> {
+    (done > 0).then_some(cpu? * 1e6 / done as f64)
 }

@@ -58,7 +58,17 @@ impl Target {
         dns: SocketAddr,
         extra: &[String],
     ) -> Result<Target, String> {
-        let scratch = std::env::temp_dir().join(format!("portcullis-e2e-{}", std::process::id()));
+        Self::portcullis_named("portcullis", bin, dns, extra).await
+    }
+
+    /// [`Target::portcullis`] under another name (its own scratch directory too).
+    pub async fn portcullis_named(
+        name: &str,
+        bin: &Path,
+        dns: SocketAddr,
+        extra: &[String],
+    ) -> Result<Target, String> {
+        let scratch = std::env::temp_dir().join(format!("{name}-e2e-{}", std::process::id()));
         std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
         // Separate directories: portcullis watches the policy's directory, so an audit log
         // beside it would wake the watcher on every audit write.
@@ -109,7 +119,7 @@ impl Target {
             }
         });
         let mut target = Target {
-            name: "portcullis".into(),
+            name: name.into(),
             proxy: None,
             pid,
             child: Some(child),
@@ -200,6 +210,127 @@ impl Target {
         }
         Ok(Target {
             name: "squid".into(),
+            proxy: Some(addr),
+            pid,
+            child: Some(child),
+            scratch: None,
+            _stderr: None,
+            lines: Arc::default(),
+        })
+    }
+
+    /// Starts Apache Traffic Server (`traffic_server` alone, no manager) with the files of
+    /// `conf` copied to /tmp/peers/trafficserver/etc, `dns` as its only nameserver (no
+    /// /etc/hosts), and waits until `addr` (the port of its records.config) accepts.
+    pub async fn trafficserver(
+        conf: &Path,
+        addr: SocketAddr,
+        dns: SocketAddr,
+    ) -> Result<Target, String> {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Err(format!(
+                "something already listens on {addr} (a stale traffic_server?)"
+            ));
+        }
+        let root = Path::new("/tmp/peers/trafficserver");
+        let etc = root.join("etc");
+        for dir in ["etc", "run", "cache"] {
+            let _ = std::fs::remove_dir_all(root.join(dir));
+        }
+        for dir in ["etc", "run", "cache"] {
+            std::fs::create_dir_all(root.join(dir))
+                .map_err(|e| format!("{}: {e}", root.join(dir).display()))?;
+        }
+        for log in ["access.log", "diags.log", "error.log", "traffic.out"] {
+            let _ = std::fs::remove_file(root.join(log));
+        }
+        let entries = std::fs::read_dir(conf).map_err(|e| format!("{}: {e}", conf.display()))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let to = match name.to_str() {
+                Some("runroot.yaml") => root.join("runroot.yaml"),
+                _ => etc.join(&name),
+            };
+            std::fs::copy(entry.path(), &to).map_err(|e| format!("{}: {e}", to.display()))?;
+        }
+        // Files ATS looks for; empty = feature unused (no cache storage at all).
+        for f in [
+            "storage.config",
+            "cache.config",
+            "hosting.config",
+            "parent.config",
+            "volume.config",
+            "splitdns.config",
+            "ssl_multicert.config",
+            "socks.config",
+            "sni.yaml",
+            "strategies.yaml",
+            "resolv.conf.empty",
+            "hosts.empty",
+        ] {
+            std::fs::write(etc.join(f), "").map_err(|e| format!("{f}: {e}"))?;
+        }
+        // The bench's DNS server (60 s TTL) as the only nameserver, as for portcullis; an
+        // empty hosts file so the names are not read from /etc/hosts (Squid's source).
+        let records = etc.join("records.config");
+        let text = std::fs::read_to_string(&records).map_err(|e| format!("records.config: {e}"))?;
+        let text: Vec<String> = (text.lines())
+            .map(|l| {
+                if l.starts_with("CONFIG proxy.config.dns.nameservers ") {
+                    format!("CONFIG proxy.config.dns.nameservers STRING {dns}")
+                } else if l.starts_with("CONFIG proxy.config.hostdb.host_file.path ") {
+                    format!(
+                        "CONFIG proxy.config.hostdb.host_file.path STRING {}",
+                        etc.join("hosts.empty").display()
+                    )
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&records, text.join("\n") + "\n")
+            .map_err(|e| format!("records.config: {e}"))?;
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "trafficserver:trafficserver"])
+            .arg(root)
+            .status();
+        if !matches!(chown, Ok(s) if s.success()) {
+            eprintln!(
+                "warning: `chown -R trafficserver {}` failed",
+                root.display()
+            );
+        }
+        let run_root = root.join("runroot.yaml");
+        // Its open-files limit up to the hard one, as for a deployed ATS.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"ulimit -n "$(ulimit -Hn)"; exec traffic_server --run-root="$1""#)
+            .arg("sh")
+            .arg(&run_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawn traffic_server (apt-get install -y trafficserver): {e}"))?;
+        let pid = child.id();
+        let deadline = Instant::now() + STARTUP;
+        while TcpStream::connect(addr).await.is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "traffic_server exited at start-up ({status}); see {}/diags.log",
+                    root.display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "traffic_server: {addr} not accepting within {STARTUP:?}"
+                ));
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Target {
+            name: "trafficserver".into(),
             proxy: Some(addr),
             pid,
             child: Some(child),

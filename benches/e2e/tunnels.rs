@@ -1,5 +1,6 @@
 //! New tunnels per second: workers loop connect, CONNECT, 1-byte echo, close; with the
-//! CONNECT -> 200 latency percentiles (hdrhistogram, microseconds).
+//! CONNECT -> 200 and whole-cycle latency percentiles (hdrhistogram, microseconds) and the
+//! proxy's CPU per connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -108,8 +109,13 @@ pub struct Tunnels {
     pub completed: u64,
     pub errors: u64,
     pub first_error: Option<String>,
-    /// CONNECT -> 200 (absent for the direct baseline).
+    /// CONNECT -> 200 (absent for the direct baseline). Not comparable between proxies
+    /// that answer before connecting upstream (Traffic Server) and those that answer after.
     pub connect_latency: Option<Latency>,
+    /// The whole cycle: connect, CONNECT, 200, 1-byte echo, close.
+    pub cycle_latency: Option<Latency>,
+    /// Proxy CPU (user + system) in the measured window per connection completed in it.
+    pub proxy_cpu_us_per_connection: Option<f64>,
     /// Cores the proxy used on average over the run (warm-up included).
     pub proxy_cores: Option<f64>,
     /// Cores busy with other work meanwhile.
@@ -125,15 +131,18 @@ pub async fn run(
     measure: Duration,
 ) -> Tunnels {
     let window = Window::after(warmup, measure);
+    let cpu = crate::sysstat::cpu_in_window(target.pid, window);
     let proxy = target.proxy;
     let mut tasks = JoinSet::new();
     for _ in 0..workers {
         tasks.spawn(async move {
-            let mut tally = Tally::new();
+            let (mut tally, mut cycles) = (Tally::new(), histogram());
             while Instant::now() < window.to {
+                let start = Instant::now();
                 let attempt = async {
                     let (mut stream, latency) = open_raw(proxy, origin).await?;
                     echo_byte(&mut stream, MODE_ECHO).await?;
+                    drop(stream);
                     std::io::Result::Ok(latency)
                 };
                 match attempt.await {
@@ -142,6 +151,7 @@ pub async fn run(
                         if let Some(l) = latency {
                             tally.hist.saturating_record(l.as_micros().max(1) as u64);
                         }
+                        cycles.saturating_record(start.elapsed().as_micros().max(1) as u64);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -151,15 +161,17 @@ pub async fn run(
                     }
                 }
             }
-            tally
+            (tally, cycles)
         });
     }
-    let mut total = Tally::new();
+    let (mut total, mut cycles) = (Tally::new(), histogram());
     while let Some(done) = tasks.join_next().await {
-        if let Ok(tally) = done {
+        if let Ok((tally, c)) = done {
             total.merge(tally);
+            cycles.add(&c).expect("same histogram bounds");
         }
     }
+    let cpu = cpu.await.ok().flatten();
     // Let the proxy (and the kernel) finish closing before the next figure.
     sleep(Duration::from_millis(500)).await;
     Tunnels {
@@ -169,6 +181,8 @@ pub async fn run(
         errors: total.errors,
         first_error: total.first_error,
         connect_latency: Latency::of(&total.hist),
+        cycle_latency: Latency::of(&cycles),
+        proxy_cpu_us_per_connection: crate::sysstat::us_per(cpu, total.done),
         proxy_cores: None,
         background_cores: None,
     }
