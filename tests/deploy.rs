@@ -648,7 +648,7 @@ fn kubernetes_deployments_name_the_priority_class_and_the_hpa_their_deployment()
     assert!(base.lines().any(|l| l.trim() == "- priorityclass.yaml"));
 
     let hpa = yaml(
-        &read("deploy/kustomize/shared-service/hpa.yaml"),
+        &read("deploy/kustomize/egress-service/hpa.yaml"),
         "hpa.yaml",
     );
     let deployment = yaml(
