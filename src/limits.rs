@@ -42,7 +42,7 @@ pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// once it gave up its reserve descriptor, and again before taking it back.
 pub(crate) const RESERVE_WAIT: Duration = Duration::from_millis(10);
 
-/// How far past `--drain-timeout` the process may run after SIGTERM (SPEC 10).
+/// How far past `--drain-timeout` the process may run after SIGTERM (docs/security.md).
 pub(crate) const EXIT_MARGIN: Duration = Duration::from_secs(5);
 
 /// Kept out of the audit flush's share of [`EXIT_MARGIN`]: the last log lines and exit.

@@ -1,5 +1,5 @@
 //! `CONNECT host:port`: decide, dial, answer 200, then tunnel with the
-//! TLS handshake checks of SPEC 9.
+//! TLS handshake checks described in docs/security.md.
 
 use std::sync::Arc;
 use std::time::Duration;

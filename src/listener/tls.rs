@@ -30,7 +30,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: Peer
     let mut ex = Exchange::new(Listener::TransparentTls, Event::Connection, peer);
     ex.came_through(vpc_endpoint);
     let port = original_dst(&stream).map_or(443, |d| d.port());
-    // Every later ClientHello must name the same server as the first (SPEC 9).
+    // Every later ClientHello must name the same server as the first (docs/security.md).
     let mut flight = ClientFlight::new(Expect::Any, snap.policy.tls.ech_allowed);
     let timeout = shared.limits.header_timeout;
     let host = match read_hello(&mut stream, &mut flight, timeout, peer).await {

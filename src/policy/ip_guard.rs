@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use ipnet::IpNet;
 
-/// The ranges SPEC section 2 calls `default`: private, loopback, link-local
+/// The ranges the policy reference calls `default`: private, loopback, link-local
 /// (cloud metadata 169.254.169.254, ECS task metadata 169.254.170.2),
 /// carrier-grade NAT, benchmarking, multicast and reserved space, and their
 /// IPv6 counterparts (site-local `fec0::/10` included: deprecated, but still

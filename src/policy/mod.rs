@@ -58,7 +58,7 @@ impl Verdict {
 }
 
 /// Why a connection or request ended the way it did. One value picks the
-/// status code, the metric label and the audit `reason` (SPEC section 3).
+/// status code, the metric label and the audit `reason` (docs/reference/refusals.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// Let through: a rule allowed it.
@@ -87,7 +87,7 @@ pub enum Reason {
     NoSni,
     /// A reload removed the destination of an open tunnel (`--revalidate-on-reload`).
     PolicyRevoked,
-    /// A TLS stream that breaks the handshake rules the proxy checks (SPEC 9).
+    /// A TLS stream that breaks the handshake rules the proxy checks (docs/security.md).
     TlsViolation,
     /// The audit log cannot take the exchange's record (`--audit-overflow refuse`).
     AuditUnavailable,

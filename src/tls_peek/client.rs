@@ -241,7 +241,7 @@ impl ClientFlight {
         Ok(any)
     }
 
-    /// The rules every ClientHello meets (SPEC 9).
+    /// The rules every ClientHello meets (docs/security.md).
     fn check(&mut self, hello: ClientHello) -> Result<(), Violation> {
         self.last_sni.clone_from(&hello.sni);
         if hello.ech && !self.ech_allowed {

@@ -1,6 +1,6 @@
 //! TLS handshake inspection without terminating TLS: every ClientHello the
 //! client sends in the clear is checked, until the server's first flight
-//! shows a ServerHello that is not a HelloRetryRequest (SPEC 9).
+//! shows a ServerHello that is not a HelloRetryRequest (docs/security.md).
 //!
 //! [`ClientFlight`] reads the client's records: the first must be a
 //! handshake record starting a ClientHello, and every ClientHello must pass

@@ -106,7 +106,7 @@ pub(crate) struct Inspect {
 /// opposite direction keeps flowing.
 ///
 /// With `inspect`, every byte the client sends is judged before it is
-/// forwarded until the TLS handshake is settled (SPEC 9), while upstream
+/// forwarded until the TLS handshake is settled (docs/security.md), while upstream
 /// bytes already flow (server-first protocols); a refused client gets a TLS
 /// `access_denied` alert and the tunnel ends.
 pub(crate) async fn pump(

@@ -1,4 +1,4 @@
-//! SPEC 10's hardened edges: own addresses in embedded forms, the admin listener's cap and
+//! docs/security.md's hardened edges: own addresses in embedded forms, the admin listener's cap and
 //! header timeout, broken request framing, an upstream `101`, and `dns_error` versus
 //! `blocked_ip` when one of the two lookups fails.
 

@@ -1,4 +1,4 @@
-//! Every row of SPEC 3's error table: status, `X-Portcullis-Reason`, body, close, and the audit record.
+//! Every row of docs/reference/refusals.md's error table: status, `X-Portcullis-Reason`, body, close, and the audit record.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Log sinks that stall or move (SPEC 10): a stderr or stdout nobody reads never stalls the
+//! Log sinks that stall or move (docs/security.md): a stderr or stdout nobody reads never stalls the
 //! data path or `/healthz`, losses are counted, SIGTERM ends in bounded time, and the audit
 //! file follows logrotate's rename and a delete. [`overflow`]: what a full audit queue does.
 

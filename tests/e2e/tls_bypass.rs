@@ -1,4 +1,4 @@
-//! The TLS bypasses an outside review found (SPEC 9), against the real
+//! The TLS bypasses an outside review found (docs/security.md), against the real
 //! binary: a second ClientHello after a HelloRetryRequest from a real
 //! OpenSSL server, records sent before the ClientHello, malformed
 //! server_name extensions and draft ECH codepoints, on CONNECT tunnels and

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// An audit record as the proxy writes it (SPEC 8), in report mode.
+/// An audit record as the proxy writes it (docs/reference/audit.md), in report mode.
 fn rec(client: Option<&str>, addr: &str, host: &str, port: u16, ts: &str) -> Value {
     json!({
         "ts": ts, "event": "connection", "listener": "explicit", "client": client,

@@ -1,4 +1,4 @@
-//! Table-driven tests of `Policy::decide`, one row per SPEC section 2 rule,
+//! Table-driven tests of `Policy::decide`, one row per policy reference rule,
 //! and a differential test of the index against the naive matcher.
 
 use std::net::IpAddr;

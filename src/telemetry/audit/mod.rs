@@ -1,4 +1,4 @@
-//! The audit log (SPEC section 8): one JSON line per decision, written off the data path.
+//! The audit log (docs/reference/audit.md): one JSON line per decision, written off the data path.
 
 use std::fmt;
 use std::io;

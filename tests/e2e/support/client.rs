@@ -180,7 +180,7 @@ async fn read_line<R: AsyncRead + Unpin>(stream: &mut R) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
-/// Asserts an error response exactly as SPEC 3 describes it: `status`, `X-Portcullis-Reason`,
+/// Asserts an error response exactly as docs/reference/refusals.md describes it: `status`, `X-Portcullis-Reason`,
 /// a one-line `text/plain` body and `Connection: close`; then that the proxy closes.
 pub async fn expect_refusal(stream: &mut TcpStream, status: u16, reason: &str) {
     let head = read_head(stream).await;
@@ -207,7 +207,7 @@ pub async fn expect_refusal(stream: &mut TcpStream, status: u16, reason: &str) {
     expect_closed(stream, IO).await;
 }
 
-/// Sends `CONNECT target` on a fresh connection and asserts the SPEC 3 refusal.
+/// Sends `CONNECT target` on a fresh connection and asserts the refusal of docs/reference/refusals.md.
 pub async fn connect_refused(proxy: SocketAddr, target: &str, status: u16, reason: &str) {
     let mut stream = connect(proxy).await;
     send_connect(&mut stream, target).await;
