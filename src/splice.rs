@@ -16,6 +16,8 @@ use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::tunnel::{BUF as COPY_BUF, Copied, copy_step};
+
 /// Pipe capacity asked for; the kernel may grant less (`/proc/sys/fs/pipe-max-size`).
 const PIPE: usize = 1024 * 1024;
 
@@ -61,12 +63,40 @@ impl Pipe {
 
 /// Relays until EOF (then shuts the write side down), like the copying
 /// loop in `tunnel.rs`. Errors other than "would block" end the relay.
+///
+/// Small exchanges (a request, an echo, a handshake) are copied: for a few
+/// bytes `recvfrom` + `sendto` cost less than two splices through a pipe and
+/// a third that finds the socket drained. Once a read fills the copy buffer
+/// the data is bulk, and the relay splices until a burst moves less than a
+/// copy buffer's worth again.
 pub(crate) async fn one_way(
-    r: OwnedReadHalf,
+    mut r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
     count: &AtomicU64,
     touch: &impl Fn(),
 ) -> io::Result<()> {
+    loop {
+        match copy_step(&mut r, &mut w, count, touch).await? {
+            Copied::Eof => return w.shutdown().await,
+            Copied::Bytes { full: false } => {}
+            Copied::Bytes { full: true } => {
+                if splice_while_busy(&r, &w, count, touch).await? == Copied::Eof {
+                    return w.shutdown().await;
+                }
+            }
+        }
+    }
+}
+
+/// Splices bursts from `r` to `w` while they stay large. Returns at EOF, or
+/// (with `Bytes`) once a burst moved less than a copy buffer's worth or no
+/// pipe could be had (no descriptor left): the caller copies from there.
+async fn splice_while_busy(
+    r: &OwnedReadHalf,
+    w: &OwnedWriteHalf,
+    count: &AtomicU64,
+    touch: &impl Fn(),
+) -> io::Result<Copied> {
     let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
     let mut pipe: Option<Pipe> = None;
     loop {
@@ -80,11 +110,7 @@ pub(crate) async fn one_way(
             size,
         }) = &pipe
         else {
-            // No descriptor for a pipe (EMFILE): copy this burst instead.
-            if crate::tunnel::copy_burst(&r, &mut w, count, touch).await? {
-                return w.shutdown().await;
-            }
-            continue;
+            return Ok(Copied::Bytes { full: false });
         };
         let size = *size;
         let mut burst = 0;
@@ -100,7 +126,7 @@ pub(crate) async fn one_way(
                     if let Some(pipe) = pipe.take() {
                         pipe.give_back();
                     }
-                    return w.shutdown().await;
+                    return Ok(Copied::Eof);
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -136,6 +162,9 @@ pub(crate) async fn one_way(
         {
             pipe.give_back();
         }
+        if burst < COPY_BUF {
+            return Ok(Copied::Bytes { full: false });
+        }
     }
 }
 
@@ -161,26 +190,43 @@ mod tests {
         POOL.with_borrow(Vec::len)
     }
 
-    /// Two relays one after the other on one thread: the second reuses the
-    /// first one's pipe, and carries its own bytes only.
+    /// Relays `payload` through `one_way` on fresh sockets; returns what arrived.
+    async fn relay_once(payload: &[u8]) -> Vec<u8> {
+        let (r, w, mut src_peer, mut dst_peer) = relay_ends().await;
+        let count = AtomicU64::new(0);
+        let relaying = one_way(r, w, &count, &|| {});
+        let driving = async {
+            src_peer.write_all(payload).await.unwrap();
+            src_peer.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            dst_peer.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let (res, got) = tokio::join!(relaying, driving);
+        res.unwrap();
+        assert_eq!(count.load(Ordering::Relaxed), payload.len() as u64);
+        got
+    }
+
+    /// Two bulk relays one after the other on one thread: the second reuses
+    /// the first one's pipe, and carries its own bytes only.
     #[tokio::test]
     async fn an_emptied_pipe_is_reused_and_carries_nothing_over() {
         POOL.with_borrow_mut(Vec::clear);
-        for payload in [b"first tunnel".as_slice(), b"second".as_slice()] {
-            let (r, w, mut src_peer, mut dst_peer) = relay_ends().await;
-            let count = AtomicU64::new(0);
-            let relaying = one_way(r, w, &count, &|| {});
-            let driving = async {
-                src_peer.write_all(payload).await.unwrap();
-                src_peer.shutdown().await.unwrap();
-                let mut got = Vec::new();
-                dst_peer.read_to_end(&mut got).await.unwrap();
-                got
-            };
-            let (res, got) = tokio::join!(relaying, driving);
-            res.unwrap();
-            assert_eq!(got, payload);
+        for fill in [1u8, 2] {
+            let payload = vec![fill; 4 * COPY_BUF + 17];
+            assert!(relay_once(&payload).await == payload);
             assert_eq!(pooled(), 1, "the emptied pipe went back to the pool");
         }
+    }
+
+    /// A small exchange is copied: it takes no pipe (none is made, none pooled).
+    #[tokio::test]
+    async fn small_exchanges_take_no_pipe() {
+        POOL.with_borrow_mut(Vec::clear);
+        for payload in [b"x".as_slice(), b"GET / HTTP/1.1\r\n\r\n".as_slice()] {
+            assert_eq!(relay_once(payload).await, payload);
+        }
+        assert_eq!(pooled(), 0, "no pipe was made for a few bytes");
     }
 }

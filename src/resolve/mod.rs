@@ -17,6 +17,9 @@ use tokio::sync::Semaphore;
 
 use crate::telemetry::metrics::{DnsResult, Metrics};
 
+mod recent;
+use recent::Recent;
+
 /// Per-try timeout; a dead server costs [`TRIES`] of these, not resolv.conf's 5 s each.
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Tries per query in all (hickory counts retries after the first).
@@ -188,6 +191,8 @@ pub(crate) struct Resolver {
     /// which the open-files budget must account for.
     slots: Arc<Semaphore>,
     queue_wait: Duration,
+    /// Whole answers still valid, found again without asking hickory.
+    recent: Arc<Recent>,
 }
 
 impl Resolver {
@@ -222,6 +227,7 @@ impl Resolver {
             metrics: None,
             slots: Arc::new(Semaphore::new(DEFAULT_MAX_LOOKUPS)),
             queue_wait: QUEUE_WAIT,
+            recent: Arc::default(),
         })
     }
 
@@ -249,6 +255,15 @@ impl Resolver {
             return Ok(Answers::literal(ip));
         }
         let started = Instant::now();
+        if let Some(addrs) = self.recent.get(host, started) {
+            if let Some(metrics) = &self.metrics {
+                metrics.dns_lookup(DnsResult::Ok, started.elapsed());
+            }
+            return Ok(Answers {
+                addrs,
+                failed: None,
+            });
+        }
         let result = match tokio::time::timeout(self.queue_wait, self.slots.acquire()).await {
             Ok(Ok(_slot)) => self.resolve(host).await,
             // Closed never happens (the semaphore is never closed); both mean no slot.
@@ -266,16 +281,25 @@ impl Resolver {
 
     async fn resolve(&self, host: &str) -> Result<Answers, DnsError> {
         let name = fully_qualified(host)?;
-        let (v4, v6) = tokio::join!(
+        let ((v4, v4_until), (v6, v6_until)) = tokio::join!(
             self.family(name.clone(), RecordType::A),
             self.family(name, RecordType::AAAA),
         );
-        combine(v4, v6)
+        let answers = combine(v4, v6)?;
+        if let (Some(v4), Some(v6), None) = (v4_until, v6_until, &answers.failed) {
+            let now = Instant::now();
+            self.recent.put(host, &answers.addrs, v4.min(v6), now);
+        }
+        Ok(answers)
     }
 
-    async fn family(&self, name: Name, record_type: RecordType) -> Answer {
+    /// One record type's outcome, with when it expires: a positive answer at
+    /// its records' TTL, a "no such records" at the negative TTL of the
+    /// zone's SOA; `None` for failures and negative answers without an SOA.
+    async fn family(&self, name: Name, record_type: RecordType) -> (Answer, Option<Instant>) {
         match self.inner.lookup(name, record_type).await {
             Ok(lookup) => {
+                let until = lookup.valid_until();
                 let addrs: Vec<IpAddr> = lookup
                     .answers()
                     .iter()
@@ -283,19 +307,25 @@ impl Resolver {
                     .filter_map(|record| record.data.ip_addr())
                     .collect();
                 if addrs.is_empty() {
-                    Answer::NoData
+                    (Answer::NoData, None)
                 } else {
-                    Answer::Addrs(addrs)
+                    (Answer::Addrs(addrs), Some(until))
                 }
             }
-            Err(NetError::Dns(WireError::NoRecordsFound(NoRecords { response_code, .. }))) => {
-                match response_code {
-                    ResponseCode::NXDomain => Answer::NxDomain,
-                    ResponseCode::NoError => Answer::NoData,
-                    code => Answer::Failed(LookupFailure::Code(code)),
+            Err(NetError::Dns(WireError::NoRecordsFound(NoRecords {
+                response_code,
+                negative_ttl,
+                ..
+            }))) => match response_code {
+                ResponseCode::NXDomain => (Answer::NxDomain, None),
+                ResponseCode::NoError => {
+                    let until = negative_ttl
+                        .map(|ttl| Instant::now() + Duration::from_secs(u64::from(ttl)));
+                    (Answer::NoData, until)
                 }
-            }
-            Err(error) => Answer::Failed(LookupFailure::of(error)),
+                code => (Answer::Failed(LookupFailure::Code(code)), None),
+            },
+            Err(error) => (Answer::Failed(LookupFailure::of(error)), None),
         }
     }
 }

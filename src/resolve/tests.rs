@@ -313,3 +313,35 @@ fn filter_splits_and_keeps_order() {
     assert!(filter([a], |_| false).all_blocked());
     assert!(!filter([], |_| false).all_blocked());
 }
+
+/// Only whole answers are kept for the next lookup, and only while valid:
+/// both families answered (a failed family or a NODATA without the SOA that
+/// gives its TTL is asked again next time), and a zero TTL is not kept.
+#[tokio::test]
+async fn only_whole_valid_answers_are_kept_for_the_next_lookup() {
+    let dns = TestDns::start().await;
+    let resolver = dns.resolver();
+    for name in ["both.test", "half.test", "v4.test", "zero-ttl.test"] {
+        let _ = resolver.lookup(name).await;
+    }
+    let now = Instant::now();
+    let kept = |name| resolver.recent.get(name, now);
+    assert_eq!(
+        kept("both.test"),
+        Some(vec![
+            IpAddr::V4(LOCAL_V4_B),
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        ])
+    );
+    assert_eq!(kept("half.test"), None, "the A lookup failed");
+    assert_eq!(kept("v4.test"), None, "NODATA for AAAA without an SOA");
+    assert_eq!(kept("zero-ttl.test"), None);
+    let again = resolver.lookup("both.test").await.expect("kept answer");
+    assert_eq!(again.addrs.len(), 2);
+    assert_eq!(again.failed, None);
+    assert_eq!(
+        dns.queries("both.test."),
+        2,
+        "one A and one AAAA query in all"
+    );
+}

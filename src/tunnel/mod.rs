@@ -5,12 +5,15 @@
 //! to become readable, borrows a buffer only while bytes are moving, and
 //! gives it back before waiting again.
 
+use std::cell::RefCell;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
@@ -21,7 +24,7 @@ use crate::tls_peek::{self, ClientFlight, Violation};
 mod handshake;
 
 /// Copy buffer per direction while bytes are moving.
-const BUF: usize = 16 * 1024;
+pub(crate) const BUF: usize = 16 * 1024;
 
 /// One end of a tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -359,40 +362,72 @@ async fn one_way(
 /// used without `splice`, and tested either way.
 #[cfg_attr(all(feature = "splice", target_os = "linux"), allow(dead_code))]
 pub(crate) async fn copy_one_way(
-    r: OwnedReadHalf,
+    mut r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
     count: &AtomicU64,
     touch: &impl Fn(),
 ) -> std::io::Result<()> {
-    loop {
-        r.readable().await?;
-        if copy_burst(&r, &mut w, count, touch).await? {
-            return w.shutdown().await;
-        }
-    }
+    while let Copied::Bytes { .. } = copy_step(&mut r, &mut w, count, touch).await? {}
+    w.shutdown().await
 }
 
-/// Copies what `r` has to give right now; `true` at EOF. The buffer lives
-/// only for the burst.
-pub(crate) async fn copy_burst(
-    r: &OwnedReadHalf,
+/// What one [`copy_step`] moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Copied {
+    /// The source sent its EOF.
+    Eof,
+    /// Bytes went on; `full` when they filled the copy buffer, so that the
+    /// source may well have more right now (bulk data).
+    Bytes { full: bool },
+}
+
+thread_local! {
+    /// The worker thread's copy buffer. It is filled and emptied within one
+    /// poll, never held across an `.await`, so one per thread serves every
+    /// tunnel on it: no allocation and no zeroing per read.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUF].into_boxed_slice());
+}
+
+/// Waits until `r` has bytes (or its EOF), reads them into the thread's
+/// buffer and writes them to `w` in the same poll; only what `w` does not
+/// take at once is copied out and written before returning.
+///
+/// Reading through `poll_read` lets tokio note a short read as "drained":
+/// the next wait goes straight to the event loop instead of first trying
+/// a read that would block. Per small exchange that is one `recvfrom` and
+/// one `sendto`, where `splice` takes two splices and a failed one.
+pub(crate) async fn copy_step(
+    r: &mut OwnedReadHalf,
     w: &mut OwnedWriteHalf,
     count: &AtomicU64,
     touch: &impl Fn(),
-) -> std::io::Result<bool> {
-    let mut buf = vec![0u8; BUF];
-    loop {
-        match r.try_read(&mut buf) {
-            Ok(0) => return Ok(true),
-            Ok(n) => {
-                w.write_all(&buf[..n]).await?;
-                count.fetch_add(n as u64, Ordering::Relaxed);
-                touch();
+) -> std::io::Result<Copied> {
+    let (n, rest) = std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|buf| {
+            let mut read = ReadBuf::new(buf);
+            std::task::ready!(Pin::new(&mut *r).poll_read(cx, &mut read))?;
+            let data = read.filled();
+            if data.is_empty() {
+                return Poll::Ready(Ok((0, Vec::new())));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        }
+            let sent = match w.try_write(data) {
+                Ok(sent) => sent,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            Poll::Ready(Ok((data.len(), data[sent..].to_vec())))
+        })
+    })
+    .await?;
+    if n == 0 {
+        return Ok(Copied::Eof);
     }
+    if !rest.is_empty() {
+        w.write_all(&rest).await?;
+    }
+    count.fetch_add(n as u64, Ordering::Relaxed);
+    touch();
+    Ok(Copied::Bytes { full: n == BUF })
 }
 
 /// Resolves once no byte has moved for `idle`.
