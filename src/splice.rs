@@ -16,7 +16,7 @@ use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::tunnel::{BUF as COPY_BUF, Copied, copy_step};
+use crate::tunnel::{Copied, copy_step};
 
 /// Pipe capacity asked for; the kernel may grant less (`/proc/sys/fs/pipe-max-size`).
 const PIPE: usize = 1024 * 1024;
@@ -67,8 +67,8 @@ impl Pipe {
 /// Small exchanges (a request, an echo, a handshake) are copied: for a few
 /// bytes `recvfrom` + `sendto` cost less than two splices through a pipe and
 /// a third that finds the socket drained. Once a read fills the copy buffer
-/// the data is bulk, and the relay splices until a burst moves less than a
-/// copy buffer's worth again.
+/// the direction carries bulk data, and it is spliced from then on
+/// (switching back and forth would copy the first buffer of every burst).
 pub(crate) async fn one_way(
     mut r: OwnedReadHalf,
     mut w: OwnedWriteHalf,
@@ -88,8 +88,7 @@ pub(crate) async fn one_way(
     }
 }
 
-/// Splices bursts from `r` to `w` while they stay large. Returns at EOF, or
-/// (with `Bytes`) once a burst moved less than a copy buffer's worth or no
+/// Splices from `r` to `w` until EOF. Returns `Bytes` early only when no
 /// pipe could be had (no descriptor left): the caller copies from there.
 async fn splice_while_busy(
     r: &OwnedReadHalf,
@@ -162,9 +161,6 @@ async fn splice_while_busy(
         {
             pipe.give_back();
         }
-        if burst < COPY_BUF {
-            return Ok(Copied::Bytes { full: false });
-        }
     }
 }
 
@@ -214,7 +210,7 @@ mod tests {
     async fn an_emptied_pipe_is_reused_and_carries_nothing_over() {
         POOL.with_borrow_mut(Vec::clear);
         for fill in [1u8, 2] {
-            let payload = vec![fill; 4 * COPY_BUF + 17];
+            let payload = vec![fill; 4 * crate::tunnel::BUF + 17];
             assert!(relay_once(&payload).await == payload);
             assert_eq!(pooled(), 1, "the emptied pipe went back to the pool");
         }

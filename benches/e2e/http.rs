@@ -29,6 +29,9 @@ pub struct Forwarding {
     pub latency: Option<Latency>,
     /// Proxy CPU (user + system) in the measured window per request completed in it.
     pub proxy_cpu_us_per_request: Option<f64>,
+    /// Time the proxy's threads waited, runnable, for a core in the window, per request
+    /// completed: the share of the latency that is the scheduler's, not the proxy's work.
+    pub proxy_wait_us_per_request: Option<f64>,
     /// Cores the proxy used on average over the run (warm-up included).
     pub proxy_cores: Option<f64>,
     /// Cores busy with other work meanwhile.
@@ -142,7 +145,8 @@ pub async fn run(
         reconnects,
         first_error: total.first_error,
         latency: Latency::of(&total.hist),
-        proxy_cpu_us_per_request: crate::sysstat::us_per(cpu, total.done),
+        proxy_cpu_us_per_request: crate::sysstat::us_per(cpu.map(|u| u.cpu), total.done),
+        proxy_wait_us_per_request: crate::sysstat::us_per(cpu.and_then(|u| u.run_wait), total.done),
         proxy_cores: None,
         background_cores: None,
     }

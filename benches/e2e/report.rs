@@ -216,6 +216,19 @@ fn rows(streams: &[usize]) -> Vec<Row> {
             },
         ),
         row(
+            "wait_us_per_connection",
+            "proxy run-queue wait per new tunnel",
+            "us",
+            Goal::None,
+            |r| {
+                median(
+                    r.tunnels
+                        .iter()
+                        .filter_map(|t| t.proxy_wait_us_per_connection),
+                )
+            },
+        ),
+        row(
             "connect_p50_ms",
             "CONNECT -> 200 p50",
             "ms",
@@ -278,6 +291,13 @@ fn rows(streams: &[usize]) -> Vec<Row> {
             "us",
             Goal::None,
             |r| median(r.http.iter().filter_map(|h| h.proxy_cpu_us_per_request)),
+        ),
+        row(
+            "wait_us_per_request",
+            "proxy run-queue wait per forwarded request",
+            "us",
+            Goal::None,
+            |r| median(r.http.iter().filter_map(|h| h.proxy_wait_us_per_request)),
         ),
         row(
             "proxy_cores_http",

@@ -140,15 +140,47 @@ fn nofile() -> Option<(u64, u64)> {
     Some((parse(nums.next())?, parse(nums.next())?))
 }
 
-/// CPU seconds `pid` used inside `window` (read at its start and end by a task of its
-/// own, so the warm-up and the wind-down are left out).
-pub fn cpu_in_window(pid: Option<u32>, window: Window) -> JoinHandle<Option<f64>> {
+/// Seconds the threads of `pid` spent runnable but waiting for a core
+/// (`run_delay`, the second field of /proc/PID/task/TID/schedstat), summed
+/// over the threads alive now; `None` without schedstats.
+pub fn run_wait_seconds(pid: u32) -> Option<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns: u64 = 0;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
+}
+
+/// What a proxy used inside a measured window.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowUse {
+    /// User + system CPU seconds.
+    pub cpu: f64,
+    /// Seconds its threads waited, runnable, for a core (see [`run_wait_seconds`]).
+    pub run_wait: Option<f64>,
+}
+
+/// CPU seconds `pid` used inside `window`, and how long its threads waited for a core
+/// meanwhile (read at its start and end by a task of its own, so the warm-up and the
+/// wind-down are left out).
+pub fn cpu_in_window(pid: Option<u32>, window: Window) -> JoinHandle<Option<WindowUse>> {
     tokio::spawn(async move {
         let pid = pid?;
         sleep_until(window.from).await;
-        let before = cpu_seconds(pid)?;
+        let (cpu, wait) = (cpu_seconds(pid)?, run_wait_seconds(pid));
         sleep_until(window.to).await;
-        Some(cpu_seconds(pid)? - before)
+        let run_wait = match (wait, run_wait_seconds(pid)) {
+            (Some(before), Some(after)) => Some((after - before).max(0.0)),
+            _ => None,
+        };
+        Some(WindowUse {
+            cpu: cpu_seconds(pid)? - cpu,
+            run_wait,
+        })
     })
 }
 

@@ -116,6 +116,9 @@ pub struct Tunnels {
     pub cycle_latency: Option<Latency>,
     /// Proxy CPU (user + system) in the measured window per connection completed in it.
     pub proxy_cpu_us_per_connection: Option<f64>,
+    /// Time the proxy's threads waited, runnable, for a core in the window, per connection
+    /// completed: the share of the latency that is the scheduler's, not the proxy's work.
+    pub proxy_wait_us_per_connection: Option<f64>,
     /// Cores the proxy used on average over the run (warm-up included).
     pub proxy_cores: Option<f64>,
     /// Cores busy with other work meanwhile.
@@ -182,7 +185,11 @@ pub async fn run(
         first_error: total.first_error,
         connect_latency: Latency::of(&total.hist),
         cycle_latency: Latency::of(&cycles),
-        proxy_cpu_us_per_connection: crate::sysstat::us_per(cpu, total.done),
+        proxy_cpu_us_per_connection: crate::sysstat::us_per(cpu.map(|u| u.cpu), total.done),
+        proxy_wait_us_per_connection: crate::sysstat::us_per(
+            cpu.and_then(|u| u.run_wait),
+            total.done,
+        ),
         proxy_cores: None,
         background_cores: None,
     }
