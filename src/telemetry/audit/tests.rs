@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::*;
 use std::sync::atomic::AtomicUsize;
 
-const SPEC_KEYS: [&str; 26] = [
+const RECORD_KEYS: [&str; 26] = [
     "ts",
     "event",
     "listener",
@@ -152,7 +152,7 @@ fn every_spec_key_is_present_and_absent_values_are_null() {
         assert_eq!(line.matches("\"error\":").count(), 1, "{line}");
     }
     for record in &records {
-        for key in SPEC_KEYS {
+        for key in RECORD_KEYS {
             assert!(record.contains_key(key), "{key} missing from {record:?}");
         }
         let ts = record["ts"].as_str().expect("ts is a string");
@@ -165,7 +165,7 @@ fn every_spec_key_is_present_and_absent_values_are_null() {
     }
 
     let conn = &records[0];
-    assert_eq!(conn.len(), SPEC_KEYS.len(), "no extra keys: {conn:?}");
+    assert_eq!(conn.len(), RECORD_KEYS.len(), "no extra keys: {conn:?}");
     assert_eq!(conn["event"], "connection");
     assert_eq!(conn["listener"], "explicit");
     assert_eq!(conn["client_addr"], "127.0.0.1:40000");
@@ -180,10 +180,10 @@ fn every_spec_key_is_present_and_absent_values_are_null() {
     assert_eq!(conn["request_id"].as_str().map(str::len), Some(36));
 
     let denied = &records[1];
-    assert_eq!(denied.len(), SPEC_KEYS.len());
+    assert_eq!(denied.len(), RECORD_KEYS.len());
     assert_eq!(denied["event"], "request");
     assert_eq!(denied["reason"], "not_allowed");
-    for key in SPEC_KEYS
+    for key in RECORD_KEYS
         .iter()
         .filter(|k| !["ts", "event", "decision", "reason"].contains(k))
     {
@@ -199,7 +199,7 @@ fn every_spec_key_is_present_and_absent_values_are_null() {
     assert_eq!(reload["policy_sha256"], "cd".repeat(32));
     assert!(reload["error"].is_null());
     assert!(reload["request_id"].is_null());
-    assert_eq!(reload.len(), SPEC_KEYS.len() + 5, "{reload:?}");
+    assert_eq!(reload.len(), RECORD_KEYS.len() + 5, "{reload:?}");
     assert_eq!(reload["changes"]["added"][0], "a.example");
 }
 
