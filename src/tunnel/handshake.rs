@@ -53,8 +53,10 @@ impl From<std::io::Error> for Stop {
 /// them. Returns when the client's stream is not TLS, when a ServerHello
 /// that is not a HelloRetryRequest answered a checked ClientHello, or when
 /// the client can send no more; the directions still open are handed back.
-pub(super) async fn inspect(
-    client: &mut TcpStream,
+///
+/// The client is a TCP socket, or TLS over one (`--listen-tls`).
+pub(super) async fn inspect<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
     upstream: &mut TcpStream,
     mut flight: ClientFlight,
     header_timeout: Duration,
@@ -76,33 +78,10 @@ pub(super) async fn inspect(
     inspected
 }
 
-/// [`inspect`] for a client stream that is not a TCP socket (TLS over one).
-pub(super) async fn inspect_io<C: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut C,
-    upstream: &mut TcpStream,
-    mut flight: ClientFlight,
-    header_timeout: Duration,
-    counters: &Counters,
-    touch: &impl Fn(),
-) -> Result<Open, Stop> {
-    let inspected = relay_io(
-        client,
-        upstream,
-        &mut flight,
-        header_timeout,
-        counters,
-        touch,
-    )
-    .await;
-    if let Some(sni) = flight.last_sni() {
-        let _ = counters.sni.set(sni.to_string());
-    }
-    inspected
-}
-
-/// [`relay`] with reads that wait on the stream itself; `read_buf` is
-/// cancel-safe, so losing the race to the upstream loses no client byte.
-async fn relay_io<C: AsyncRead + AsyncWrite + Unpin>(
+/// The loop of [`inspect`]. Client reads wait on the stream itself:
+/// `read_buf` is cancel-safe, so losing the race to the upstream loses no
+/// client byte.
+async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     upstream: &mut TcpStream,
     flight: &mut ClientFlight,
@@ -113,6 +92,7 @@ async fn relay_io<C: AsyncRead + AsyncWrite + Unpin>(
     let mut watch = ServerWatch::new();
     let mut open = Open::BOTH;
     let mut deadline: Option<Instant> = None;
+    // Bytes hyper read after the CONNECT head are already in `flight`.
     flight.inspect()?;
     loop {
         let ready = flight.ready();
@@ -152,89 +132,9 @@ async fn relay_io<C: AsyncRead + AsyncWrite + Unpin>(
             }
             readable = upstream.readable(), if open.upstream => {
                 readable?;
-                let mut buf = vec![0u8; BUF];
-                match upstream.try_read(&mut buf) {
-                    Ok(0) => {
-                        counters.closed(Side::Upstream);
-                        open.upstream = false;
-                        client.shutdown().await?;
-                    }
-                    Ok(n) => {
-                        if hello_seen {
-                            watch.feed(&buf[..n]);
-                        } else {
-                            watch.spoke_first();
-                        }
-                        client.write_all(&buf[..n]).await?;
-                        counters.ingress.fetch_add(n as u64, Ordering::Relaxed);
-                        touch();
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            () = hello_due => return Err(Violation::tls("ClientHello timeout").into()),
-        }
-    }
-}
-
-async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    flight: &mut ClientFlight,
-    header_timeout: Duration,
-    counters: &Counters,
-    touch: &impl Fn(),
-) -> Result<Open, Stop> {
-    let mut watch = ServerWatch::new();
-    let mut open = Open::BOTH;
-    let mut deadline: Option<Instant> = None;
-    // Bytes hyper read after the CONNECT head are already in `flight`.
-    flight.inspect()?;
-    loop {
-        let ready = flight.ready();
-        if !ready.is_empty() {
-            upstream.write_all(ready).await?;
-            let n = ready.len() as u64;
-            counters.egress.fetch_add(n, Ordering::Relaxed);
-            touch();
-            flight.advance();
-        }
-        let hello_seen = flight.first_hello().is_some();
-        let settled = hello_seen && watch.state() == ServerState::Established;
-        if flight.is_tls() == Some(false) || settled || !open.client {
-            return Ok(open);
-        }
-        if !hello_seen && !flight.buffer().is_empty() {
-            deadline.get_or_insert_with(|| Instant::now() + header_timeout);
-        }
-        let hello_due = async {
-            match deadline {
-                Some(at) if !hello_seen => tokio::time::sleep_until(at).await,
-                _ => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            readable = client.readable() => {
-                readable?;
-                let buf = flight.buffer();
-                buf.reserve(4096);
-                match client.try_read_buf(buf) {
-                    Ok(0) => {
-                        flight.closed()?;
-                        counters.closed(Side::Client);
-                        open.client = false;
-                        upstream.shutdown().await?;
-                    }
-                    Ok(_) => flight.inspect()?,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            readable = upstream.readable(), if open.upstream => {
-                readable?;
-                let mut buf = vec![0u8; BUF];
-                match upstream.try_read(&mut buf) {
+                // Uninitialised capacity: `try_read_buf` does not need it zeroed.
+                let mut buf = Vec::with_capacity(BUF);
+                match upstream.try_read_buf(&mut buf) {
                     Ok(0) => {
                         counters.closed(Side::Upstream);
                         open.upstream = false;

@@ -251,7 +251,7 @@ async fn first_flight<C: ClientIo>(
         }) => {
             flight.buffer().extend_from_slice(&prefix);
             drop(prefix);
-            handshake::inspect_io(client, upstream, flight, header_timeout, counters, touch).await
+            handshake::inspect(client, upstream, flight, header_timeout, counters, touch).await
         }
         None => {
             if !prefix.is_empty() {
