@@ -19,11 +19,9 @@ use tokio::time::timeout;
 use crate::support::client::{connect_refused, echo_roundtrip, finish, open_tunnel};
 use crate::support::dns::TestDns;
 use crate::support::proxy::{Launch, Proxy};
-use crate::support::{AbortOnDrop, bin, spawn_accept_loop};
+use crate::support::{AbortOnDrop, bin, netns, spawn_accept_loop};
 
 const WAIT: Duration = Duration::from_secs(10);
-/// Set for the inner run, inside the namespace.
-const INNER: &str = "PORTCULLIS_TEST_IN_NETNS";
 /// The private endpoint: an address the default `ip_guard` blocks (10.0.0.0/8).
 const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 5);
 /// Where a listener of the proxy binds in the own-address tests.
@@ -31,41 +29,10 @@ const PROXY_SIDE: Ipv4Addr = Ipv4Addr::new(10, 20, 1, 7);
 
 #[test]
 fn private_endpoints_are_reached_only_through_allow_private() {
-    let missing: Vec<&str> = ["unshare", "ip"]
-        .into_iter()
-        .filter(|tool| {
-            StdCommand::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .map_or(true, |o| !o.status.success())
-        })
-        .collect();
-    let root = StdCommand::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if !missing.is_empty() || !root {
-        eprintln!("SKIPPED private endpoints: needs root and {missing:?}");
+    let filter = ["private_endpoint::inner_"];
+    let Some(text) = netns::run_inside("private endpoints", &["ip"], &filter) else {
         return;
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let out = StdCommand::new("unshare")
-        .arg("--net")
-        .arg(exe)
-        .args(["private_endpoint::inner_", "--ignored", "--nocapture"])
-        .env(INNER, "1")
-        .output()
-        .expect("run unshare");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() && text.contains("unshare failed") {
-        eprintln!("SKIPPED private endpoints: no network namespaces here:\n{text}");
-        return;
-    }
-    assert!(out.status.success(), "inner run failed:\n{text}");
+    };
     assert!(
         text.contains("2 passed"),
         "inner tests did not run:\n{text}"
@@ -76,10 +43,7 @@ fn private_endpoints_are_reached_only_through_allow_private() {
 /// Refuses to touch a network with more than a loopback interface; safe to
 /// run from both inner tests (`replace` is idempotent).
 fn private_network() {
-    assert!(
-        std::env::var_os(INNER).is_some(),
-        "only inside unshare --net"
-    );
+    assert!(netns::inside(), "only inside unshare --net");
     let links = StdCommand::new("ip").args(["-o", "link"]).output().unwrap();
     let links = String::from_utf8_lossy(&links.stdout).to_string();
     assert_eq!(links.lines().count(), 1, "not a fresh namespace:\n{links}");

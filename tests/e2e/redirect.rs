@@ -11,58 +11,22 @@ use tokio::net::TcpListener;
 
 use crate::support::client::curl;
 use crate::support::dns::TestDns;
+use crate::support::netns;
 use crate::support::proxy::{Proxy, loopback_policy};
 use crate::support::tls::TlsOrigin;
 
 const WAIT: Duration = Duration::from_secs(10);
-/// Set for the inner run, inside the namespace.
-const INNER: &str = "PORTCULLIS_TEST_IN_NETNS";
 /// Clients bind this source address; only their connections are redirected,
 /// so the proxy's own connection to the origin is not.
 const CLIENT_SRC: &str = "127.0.0.5";
 
 #[test]
 fn iptables_redirect_reaches_the_transparent_tls_listener() {
-    let missing: Vec<&str> = ["unshare", "iptables", "ip", "curl"]
-        .into_iter()
-        .filter(|tool| {
-            StdCommand::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .map_or(true, |o| !o.status.success())
-        })
-        .collect();
-    let root = StdCommand::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if !missing.is_empty() || !root {
-        eprintln!("SKIPPED iptables REDIRECT: needs root and {missing:?}");
+    let tools = ["iptables", "ip", "curl"];
+    let filter = ["--exact", "redirect::inner_redirect_in_private_netns"];
+    let Some(text) = netns::run_inside("iptables REDIRECT", &tools, &filter) else {
         return;
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let out = StdCommand::new("unshare")
-        .arg("--net")
-        .arg(exe)
-        .args([
-            "--exact",
-            "redirect::inner_redirect_in_private_netns",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(INNER, "1")
-        .output()
-        .expect("run unshare");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() && text.contains("unshare failed") {
-        eprintln!("SKIPPED iptables REDIRECT: no network namespaces here:\n{text}");
-        return;
-    }
-    assert!(out.status.success(), "inner run failed:\n{text}");
+    };
     if text.contains("NO-IPTABLES-NAT") {
         eprintln!("SKIPPED iptables REDIRECT: no iptables NAT here:\n{text}");
         return;
@@ -103,10 +67,7 @@ fn run(cmd: &str, args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by iptables_redirect_reaches_the_transparent_tls_listener inside unshare --net"]
 async fn inner_redirect_in_private_netns() {
-    assert!(
-        std::env::var_os(INNER).is_some(),
-        "only inside unshare --net"
-    );
+    assert!(netns::inside(), "only inside unshare --net");
     let links = StdCommand::new("ip").args(["-o", "link"]).output().unwrap();
     let links = String::from_utf8_lossy(&links.stdout).to_string();
     assert_eq!(links.lines().count(), 1, "not a fresh namespace:\n{links}");

@@ -6,6 +6,7 @@ pub mod client;
 pub mod dns;
 pub mod log_line;
 pub mod metrics;
+pub mod netns;
 pub mod origin;
 pub mod proxy;
 pub mod tls;
