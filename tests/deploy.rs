@@ -5,15 +5,18 @@
 //! Regenerate the committed schema after changing `src/policy/raw.rs` with
 //! `cargo run -- schema > config/portcullis.schema.json`.
 
-use std::io::{BufRead, BufReader};
+#[path = "served/mod.rs"]
+mod served;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use served::Served;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 /// `--drain-timeout`'s default: stop timeouts and grace periods must exceed it.
@@ -357,64 +360,6 @@ fn tempdir() -> PathBuf {
     dir
 }
 
-/// `portcullis run` on loopback ephemeral ports; killed on drop.
-struct Proxy {
-    child: Child,
-    admin: SocketAddr,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_proxy(policy: &Path) -> Proxy {
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--nameserver",
-            "127.0.0.1:9",
-            "--log-format",
-            "json",
-            "--audit-log",
-            "-",
-            "--policy",
-        ])
-        .arg(policy)
-        .env_remove("PORTCULLIS_NAMESERVERS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn portcullis run");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if v["message"] == "listening" && v["listener"] == "admin" {
-                let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("no `listening` line for the admin listener");
-    Proxy {
-        child,
-        admin: addr.parse().expect("admin addr"),
-    }
-}
-
 fn health(admin: SocketAddr) -> Output {
     portcullis(&["health", "--admin", &admin.to_string(), "--timeout", "1s"])
 }
@@ -424,11 +369,11 @@ fn health_exits_0_when_the_proxy_is_ready() {
     let dir = tempdir();
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, "version: 1\nallow: [api.stripe.com]\n").unwrap();
-    let proxy = start_proxy(&policy);
+    let proxy = Served::start(Path::new(BIN), &policy, &["admin"]);
     // Ready follows the listeners' bind closely: allow a short wait.
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
-        let out = health(proxy.admin);
+        let out = health(proxy.addr("admin"));
         if out.status.success() || Instant::now() > deadline {
             break out;
         }
@@ -440,12 +385,12 @@ fn health_exits_0_when_the_proxy_is_ready() {
     // The env var works like the flag (what the image's HEALTHCHECK relies on).
     let out = Command::new(BIN)
         .arg("health")
-        .env("PORTCULLIS_ADMIN", proxy.admin.to_string())
+        .env("PORTCULLIS_ADMIN", proxy.addr("admin").to_string())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     // So does an unspecified bind address, as the image sets it.
-    let any = SocketAddr::from(([0, 0, 0, 0], proxy.admin.port()));
+    let any = SocketAddr::from(([0, 0, 0, 0], proxy.addr("admin").port()));
     assert_eq!(health(any).status.code(), Some(0));
 }
 

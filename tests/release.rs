@@ -10,15 +10,17 @@
 //! into its own target directory, `target/release-static`, and later runs
 //! only rebuild what changed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#[path = "served/mod.rs"]
+mod served;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use served::Served;
 
 /// The release workflow's Linux x86_64 target (its arm64 twin differs only
 /// in the triple).
@@ -125,80 +127,6 @@ fn assert_static_and_stripped(bin: &Path) {
     );
 }
 
-/// The release binary serving on loopback ephemeral ports; killed on drop.
-struct Served {
-    child: Child,
-    explicit: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(bin: &Path, policy: &Path) -> Served {
-    let mut child = Command::new(bin)
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--nameserver",
-            "127.0.0.1:9",
-            "--log-format",
-            "json",
-            "--audit-log",
-            "-",
-            "--policy",
-        ])
-        .arg(policy)
-        .env_remove("PORTCULLIS_NAMESERVERS")
-        .env_remove("PORTCULLIS_ADMIN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the release binary");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if v["message"] == "listening" {
-                let listener = v["listener"].as_str().unwrap_or_default().to_owned();
-                let addr = v["addr"].as_str().unwrap_or_default().to_owned();
-                let _ = tx.send((listener, addr));
-            }
-        }
-    });
-    let (mut explicit, mut admin) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while explicit.is_none() || admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (listener, addr) = rx
-            .recv_timeout(left)
-            .expect("no `listening` lines for the explicit and admin listeners");
-        let addr: SocketAddr = addr.parse().expect("listening addr");
-        match listener.as_str() {
-            "explicit" => explicit = Some(addr),
-            "admin" => admin = Some(addr),
-            _ => {}
-        }
-    }
-    Served {
-        child,
-        explicit: explicit.unwrap(),
-        admin: admin.unwrap(),
-    }
-}
-
 /// `portcullis health` of the release binary itself, until /readyz answers
 /// 200 or the deadline passes.
 fn wait_ready(bin: &Path, admin: SocketAddr) {
@@ -257,11 +185,11 @@ fn release_binary_is_static_and_serves_the_example_policy() {
     );
 
     let policy = root().join("config/portcullis.yaml");
-    let mut served = serve(&bin, &policy);
-    wait_ready(&bin, served.admin);
+    let mut served = Served::start(&bin, &policy, &["explicit", "admin"]);
+    wait_ready(&bin, served.addr("admin"));
     // The example policy allows no pastebin: the proxy answers with the
     // refusal, decided by the policy it loaded (no DNS needed).
-    let status = connect_status(served.explicit, "pastebin.com:443");
+    let status = connect_status(served.addr("explicit"), "pastebin.com:443");
     assert!(
         status.starts_with("HTTP/1.1 403"),
         "CONNECT pastebin.com:443 answered {status:?}"
