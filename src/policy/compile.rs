@@ -14,7 +14,7 @@ use super::lint::{self, At, ClientSpans, Spans};
 use super::pattern::{Ports, parse_destination, valid_port};
 use super::raw::{RawClient, RawEch, RawIpGuard, RawMode, RawPolicy, RawRule, Text};
 use super::ruleset::{Rule, RuleMeta, RuleSet};
-use super::{Client, IpGuard, Mode, Policy, TlsPolicy, keys};
+use super::{Client, IpGuard, Mode, Policy, TlsPolicy, keys, skipped};
 
 /// The only policy format version this build reads.
 pub const VERSION: i64 = 1;
@@ -223,12 +223,11 @@ fn parse(text: &str, errors: &mut Vec<Diagnostic>) -> Option<(RawPolicy, (u64, u
     };
     // One parse when all is well: unknown keys are only noticed here, and
     // located by a second reading when there are some.
-    let mut unknown = false;
     let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_ignored::deserialize(de, |path| unknown |= keys::is_unknown_key(&path))
+        skipped::deserialize::<_, RawPolicy>(de)
     });
-    let raw: RawPolicy = match parsed {
-        Ok(raw) => raw,
+    let (raw, unknown) = match parsed {
+        Ok(read) => read,
         Err(e) => {
             match keys::unknown_keys(text) {
                 // Not YAML at all: the plain tree does not parse either.

@@ -1,5 +1,5 @@
 //! Unknown keys at every level, each with a "did you mean" hint. `compile`
-//! learns that there are some from `serde_ignored` during its one parse; then
+//! learns that there are some during its one parse (`skipped.rs`); then
 //! the YAML is read again as a plain tree and walked alongside the policy's
 //! JSON Schema, for each key's place and hint. The keys checked are always
 //! the keys the serde mirror in `raw.rs` declares.
@@ -116,15 +116,6 @@ pub(crate) fn unknown_keys(text: &str) -> Result<Vec<Diagnostic>, serde_saphyr::
     let mut out = Vec::new();
     walk(&tree, &[root], root, "", &mut out);
     Ok(out)
-}
-
-/// Whether a path `serde_ignored` reports is a key the policy does not have,
-/// rather than the internals of a `Spanned` value.
-pub(crate) fn is_unknown_key(path: &serde_ignored::Path<'_>) -> bool {
-    match path {
-        serde_ignored::Path::Map { key, .. } => key != "__serde_saphyr_private_spanned",
-        _ => true,
-    }
 }
 
 /// Where the first line that is neither blank nor a comment starts; `None`

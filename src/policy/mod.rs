@@ -16,6 +16,7 @@ pub mod pattern;
 pub mod private;
 pub mod raw;
 pub mod ruleset;
+mod skipped;
 
 use std::sync::Arc;
 
