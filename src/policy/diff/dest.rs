@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::super::pattern::{Pattern, Ports, parse_destination};
+use super::super::pattern::{self, Pattern, Ports};
 use super::super::ruleset::{Rule, RuleSet};
 use super::ports::PortSet;
 
@@ -54,7 +54,7 @@ fn ports_of<'r>(rule: &'r Rule, default_ports: Option<&'r Ports>) -> &'r Ports {
 
 /// Whether the rule as written names its ports (else they are `default_ports`).
 pub(super) fn names_ports(rule: &Rule) -> bool {
-    parse_destination(&rule.text).map_or(true, |(_, ports)| ports.is_some())
+    pattern::names_ports(&rule.text)
 }
 
 /// One destination whose ports differ; an empty set is "not reachable".

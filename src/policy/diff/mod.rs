@@ -209,8 +209,10 @@ fn top_level(
         PortSet::of(&old.default_ports),
         PortSet::of(&new.default_ports),
     );
-    let takers = default_port_takers(new);
-    if old_ports != new_ports && !takers.is_empty() {
+    // Listing the destinations that take the default ports reads every rule:
+    // only when those ports changed.
+    let takers = (old_ports != new_ports).then(|| default_port_takers(new));
+    if let Some(takers) = takers.filter(|t| !t.is_empty()) {
         out.push(
             None,
             Kind::DefaultPorts {

@@ -190,6 +190,13 @@ pub fn parse_destination(text: &str) -> Result<(Pattern, Option<Ports>), Pattern
     Ok((pattern, ports))
 }
 
+/// Whether a destination as written names its ports (`host:443`), rather
+/// than taking the default ones; `true` for text that is not a destination.
+/// Reads only the separator, not the host.
+pub fn names_ports(text: &str) -> bool {
+    split_host_ports(text.trim()).map_or(true, |(_, ports)| ports.is_some())
+}
+
 fn split_host_ports(text: &str) -> Result<(&str, Option<&str>), PatternError> {
     if text.starts_with('[') {
         let close = text.find(']').ok_or_else(|| {
