@@ -147,3 +147,19 @@ fn ports_cover() {
     assert!(!p("443").covers(&p("443,80")));
     assert!(!p("443").covers(&Ports::Any));
 }
+
+#[test]
+fn names_ports_agrees_with_the_parse() {
+    for text in [
+        "api.example.com",
+        "api.example.com:443",
+        " *.example.com:8000-8100 ",
+        "10.0.0.0/8:*",
+        "[2001:db8::/32]",
+        "[2001:db8::1]:443",
+        "api-*.example.com:443,8443",
+    ] {
+        let (_, ports) = parse_destination(text).unwrap();
+        assert_eq!(names_ports(text), ports.is_some(), "{text}");
+    }
+}
