@@ -129,11 +129,17 @@ impl<'a> Target<'a> {
 #[derive(Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    exact: HashMap<Box<str>, Vec<u32>>,
-    suffix: HashMap<Box<str>, Vec<u32>>,
-    globs: HashMap<Box<str>, Vec<(u32, GlobMatcher)>>,
+    exact: Index<Vec<u32>>,
+    suffix: Index<Vec<u32>>,
+    globs: Index<Vec<(u32, GlobMatcher)>>,
     nets: Vec<u32>,
 }
+
+/// Rules by name or name tail. foldhash rather than SipHash: the keys come
+/// from the reviewed policy and every request probes one to four of them,
+/// so hashing speed counts and flooding a table is not open to a client
+/// (its seed is still random per process).
+type Index<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 impl Default for RuleSet {
     fn default() -> Self {
@@ -144,9 +150,9 @@ impl Default for RuleSet {
 impl RuleSet {
     /// Indexes `rules`, keeping their order.
     pub fn new(rules: Vec<Rule>) -> RuleSet {
-        let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut suffix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-        let mut globs: HashMap<Box<str>, Vec<(u32, GlobMatcher)>> = HashMap::new();
+        let mut exact: Index<Vec<u32>> = Index::default();
+        let mut suffix: Index<Vec<u32>> = Index::default();
+        let mut globs: Index<Vec<(u32, GlobMatcher)>> = Index::default();
         let mut nets = Vec::new();
         for (i, rule) in rules.iter().enumerate() {
             let i = i as u32;
