@@ -75,21 +75,20 @@ pub(super) fn compare(
     old_list: Side<'_>,
     new_list: Side<'_>,
 ) -> Vec<Moved> {
-    type Key = (String, Vec<(u16, u16)>);
-    let keyed = |(set, default_ports): Side<'_>| -> Vec<Key> {
+    type Key<'r> = (&'r Pattern, Vec<(u16, u16)>);
+    fn keyed<'r>((set, default_ports): Side<'r>) -> Vec<Key<'r>> {
         set.rules().iter().map(|r| key(r, default_ports)).collect()
-    };
+    }
     let (old_keys, new_keys) = (keyed(old_list), keyed(new_list));
-    let (old_set, new_set): (HashSet<&Key>, HashSet<&Key>) =
+    let (old_set, new_set): (HashSet<&Key<'_>>, HashSet<&Key<'_>>) =
         (old_keys.iter().collect(), new_keys.iter().collect());
-    let mut patterns: BTreeMap<&str, &Pattern> = BTreeMap::new();
-    for (set, keys, other) in [
-        (old_list.0, &old_keys, &new_set),
-        (new_list.0, &new_keys, &old_set),
-    ] {
-        for (rule, key) in set.rules().iter().zip(keys) {
+    // Only the rules one side lacks are spelled out, so a reload that
+    // changes one rule of 100k writes one pattern, not 100k.
+    let mut patterns: BTreeMap<String, &Pattern> = BTreeMap::new();
+    for (keys, other) in [(&old_keys, &new_set), (&new_keys, &old_set)] {
+        for key in keys {
             if !other.contains(key) {
-                patterns.entry(&key.0).or_insert(&rule.pattern);
+                patterns.entry(key.0.to_string()).or_insert(key.0);
             }
         }
     }
@@ -99,7 +98,7 @@ pub(super) fn compare(
             let (old, new) = (old.reach(pattern), new.reach(pattern));
             (old != new).then_some((
                 Moved {
-                    destination: destination.to_string(),
+                    destination,
                     old,
                     new,
                 },
@@ -111,9 +110,9 @@ pub(super) fn compare(
 }
 
 /// A rule as the diff sees it: its pattern and the ports it takes.
-fn key(rule: &Rule, default_ports: Option<&Ports>) -> (String, Vec<(u16, u16)>) {
+fn key<'r>(rule: &'r Rule, default_ports: Option<&Ports>) -> (&'r Pattern, Vec<(u16, u16)>) {
     (
-        rule.pattern.to_string(),
+        &rule.pattern,
         PortSet::of(ports_of(rule, default_ports)).ranges(),
     )
 }

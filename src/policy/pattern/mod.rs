@@ -75,7 +75,7 @@ impl fmt::Display for Ports {
 }
 
 /// What a destination matches, normalised.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Pattern {
     /// Exactly this name.
     Exact(Box<str>),
