@@ -80,7 +80,9 @@ pub(super) fn compare(
         set.rules().iter().map(|r| key(r, default_ports)).collect()
     }
     let (old_keys, new_keys) = (keyed(old_list), keyed(new_list));
-    let (old_set, new_set): (HashSet<&Key<'_>>, HashSet<&Key<'_>>) =
+    // foldhash: the keys are the two policies' own rules.
+    type Set<'k, 'r> = HashSet<&'k Key<'r>, foldhash::fast::RandomState>;
+    let (old_set, new_set): (Set<'_, '_>, Set<'_, '_>) =
         (old_keys.iter().collect(), new_keys.iter().collect());
     // Only the rules one side lacks are spelled out, so a reload that
     // changes one rule of 100k writes one pattern, not 100k.
