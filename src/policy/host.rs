@@ -161,12 +161,20 @@ pub(crate) fn normalize_name(name: &str) -> Result<String, HostError> {
     if let Some(simple) = simple_ascii(name) {
         return simple;
     }
-    let name_chars = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
-    if name.is_ascii() && !name.bytes().all(name_chars) {
+    if name.is_ascii() && !name.bytes().all(name_char) {
         return Err(HostError::BadCharacter);
     }
-    // UTS 46 maps case and width, so "ＡＰＩ.example.com" and "API.example.com"
-    // meet at "api.example.com"; '_' is let through (SRV-style names are real).
+    via_idna(name)
+}
+
+/// A byte a name may hold before lowercasing.
+fn name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'
+}
+
+/// UTS 46 maps case and width, so "ＡＰＩ.example.com" and "API.example.com"
+/// meet at "api.example.com"; '_' is let through (SRV-style names are real).
+fn via_idna(name: &str) -> Result<String, HostError> {
     const DENY: AsciiDenyList = AsciiDenyList::new(true, "%#/:<>?@[\\]^|*!\"$&'()+,;=`{}~");
     let out = Uts46::new()
         .to_ascii(name.as_bytes(), DENY, Hyphens::Allow, DnsLength::Ignore)
@@ -378,26 +386,20 @@ mod one_pass {
 
     /// The four-pass normalisation the one-pass version replaced: the oracle.
     fn reference(name: &str) -> Result<String, HostError> {
-        let ascii_simple = name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        let ascii_simple = name.bytes().all(name_char);
         let ace = |name: &str| {
             name.split('.')
                 .any(|l| l.len() >= 4 && l[..4].eq_ignore_ascii_case("xn--"))
         };
-        let out = if ascii_simple && !ace(name) {
-            name.to_ascii_lowercase()
+        if ascii_simple && !ace(name) {
+            let out = name.to_ascii_lowercase();
+            validate_name(&out)?;
+            Ok(out)
         } else if !ascii_simple && name.is_ascii() {
-            return Err(HostError::BadCharacter);
+            Err(HostError::BadCharacter)
         } else {
-            const DENY: AsciiDenyList = AsciiDenyList::new(true, "%#/:<>?@[\\]^|*!\"$&'()+,;=`{}~");
-            Uts46::new()
-                .to_ascii(name.as_bytes(), DENY, Hyphens::Allow, DnsLength::Ignore)
-                .map_err(|_| HostError::Idna)?
-                .into_owned()
-        };
-        validate_name(&out)?;
-        Ok(out)
+            via_idna(name)
+        }
     }
 
     #[test]

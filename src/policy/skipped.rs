@@ -6,7 +6,7 @@
 //! does nothing else; `keys::unknown_keys` then finds and names the keys.
 //! (The `serde_ignored` crate does the same with the key's path, which costs
 //! a `String` for every key read, and the location wrapper around each rule
-//! reads several keys: that made a 100,000-rule compile 35 % slower.)
+//! reads several keys: that made a 100,000-rule compile about 30 % slower.)
 //!
 //! serde-saphyr's `Spanned` is read as a synthetic mapping whose first
 //! entry is a marker its reader skips on purpose; that skip is not a key of
